@@ -1,0 +1,138 @@
+//! Command-line interface. Exit codes (also in `diffuq --help` and the README):
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success; for `run`/`report`, the paper's numbers were reproduced within tolerance |
+//! | 1 | the run finished, but the reproduced numbers are outside the paper's tolerance |
+//! | 2 | error: bad command line, config, input or output (one line on stderr names it) |
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::SCALES;
+use crate::experiments::{self, Invocation, ARTIFACTS};
+use crate::tracking::RunDir;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_NOT_REPRODUCED: i32 = 1;
+pub const EXIT_ERROR: i32 = 2;
+
+const EXIT_HELP: &str = "Exit codes: 0 success (numbers reproduced), 1 numbers outside the paper's tolerance, 2 error.\n\
+Overrides: key=value, value parsed as TOML (train.steps=500, uq.gamma2=1e-3, seeds=[0,1,2]).\n\
+Environment: DIFFUQ_<KEY> overrides a key too, `__` for nesting (DIFFUQ_TRAIN__STEPS=500).";
+
+#[derive(Debug, Parser)]
+#[command(name = "diffuq", version, about = "Reproduce uncertainty-estimation results for diffusion models", after_help = EXIT_HELP)]
+pub struct Cli {
+    /// Directory holding <artifact>/experiment.toml [default: ./experiments, else the source tree's]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub experiments: Option<PathBuf>,
+    /// Root of run directories
+    #[arg(long, global = true, value_name = "DIR", default_value = "runs")]
+    pub runs_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the artifacts with a one-line description
+    Ls,
+    /// Resolve and check an artifact's configuration without computing anything
+    Validate(Target),
+    /// Run an artifact (reuses a finished run with the same resolved configuration)
+    Run {
+        #[command(flatten)]
+        target: Target,
+        /// Recompute even if a finished run with this configuration exists
+        #[arg(long)]
+        force: bool,
+    },
+    /// Re-render the figures and table of a run directory and compare with the paper
+    Report {
+        /// A run directory, e.g. runs/gu-fig2/mini/<hash>
+        run_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    /// Artifact name (see `diffuq ls`)
+    pub artifact: String,
+    /// Scale profile: smoke (seconds), mini (minutes on a CPU), paper
+    #[arg(long, default_value = "mini")]
+    pub scale: String,
+    /// key=value overrides of the experiment configuration
+    pub overrides: Vec<String>,
+}
+
+/// The experiments directory to use when none is given.
+pub fn default_experiments_dir() -> PathBuf {
+    let local = Path::new("experiments");
+    if local.is_dir() {
+        local.to_path_buf()
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments")
+    }
+}
+
+fn invocation(cli: &Cli, t: &Target) -> Invocation {
+    Invocation {
+        artifact: t.artifact.clone(),
+        scale: t.scale.clone(),
+        overrides: t.overrides.clone(),
+        env: std::env::vars().collect(),
+        experiments_dir: cli.experiments.clone().unwrap_or_else(default_experiments_dir),
+    }
+}
+
+/// Run the CLI; returns the process exit code. Errors are printed as one line on stderr.
+pub fn run(cli: Cli) -> i32 {
+    match dispatch(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_ERROR
+        }
+    }
+}
+
+fn dispatch(cli: &Cli) -> crate::Result<i32> {
+    match &cli.command {
+        Command::Ls => {
+            let width = ARTIFACTS.iter().map(|a| a.name.len()).max().unwrap_or(0);
+            for a in ARTIFACTS {
+                println!("{:<width$}  {}", a.name, a.description);
+            }
+            println!("\nscales: {} (default mini)", SCALES.join(", "));
+            Ok(EXIT_OK)
+        }
+        Command::Validate(t) => {
+            let inv = invocation(cli, t);
+            let v = experiments::find(&t.artifact)?.validate(&inv, &cli.runs_dir)?;
+            println!("# {} at scale {} from {}", t.artifact, t.scale, v.file.display());
+            println!("# config hash {}", v.hash);
+            println!("# run directory {}", v.run_dir.display());
+            print!("{}", v.toml);
+            Ok(EXIT_OK)
+        }
+        Command::Run { target, force } => {
+            let inv = invocation(cli, target);
+            let out = experiments::find(&target.artifact)?.run(&inv, &cli.runs_dir, *force)?;
+            if out.reused {
+                println!("reusing finished run {} (pass --force to recompute)\n", out.dir.display());
+            }
+            print!("{}", out.verdict.table);
+            println!("\nrun directory: {}", out.dir.display());
+            Ok(if out.verdict.reproduced { EXIT_OK } else { EXIT_NOT_REPRODUCED })
+        }
+        Command::Report { run_dir } => {
+            let dir = RunDir::open(run_dir)?;
+            let manifest = dir.manifest()?;
+            let verdict = experiments::find(&manifest.artifact)?.report(&dir)?;
+            print!("{}", verdict.table);
+            Ok(if verdict.reproduced { EXIT_OK } else { EXIT_NOT_REPRODUCED })
+        }
+    }
+}

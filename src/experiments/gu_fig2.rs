@@ -1,0 +1,448 @@
+//! gu-fig2 — GU (Jazbec et al. 2025) Sec. 4.1, Fig. 2: a deep ensemble of small diffusion models on
+//! the 25-mode toy grid; 50 % of the samples with the highest generative uncertainty are dropped.
+//!
+//! Per seed (each seed is a full replicate: data, ensemble training, sampling, baseline):
+//! 1. draw the training set from the 5×5 grid ([`ToyGrid`]);
+//! 2. train M ε-MLPs with the DDPM loss (linear β, T = 1000) — [`train_ensemble`];
+//! 3. for each sample index i: x_T and the per-step DDPM noise come from the seed streams, shared
+//!    by all members (GU Alg. 1: same x_T; here also the same sampler randomness);
+//! 4. the *sample* is member 0's output (member 0 plays the "pretrained model" of Alg. 1); its
+//!    generative uncertainty is the entropy of the moment-matched Gaussian over all M members'
+//!    outputs with pixel likelihood γ² (GU Eq. 8, [`moment_matched_entropy`]);
+//! 5. keep the `keep_fraction` least uncertain, and as a baseline a uniformly random subset of the
+//!    same size; count "between-mode" samples (farther than k·mode_std from every centre).
+//!
+//! [`moment_matched_entropy`]: crate::uq::gu::moment_matched_entropy
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use polars::df;
+use polars::prelude::DataFrame;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::{Experiment, Verdict};
+use crate::config::{check, Resolved, Validate, Violation};
+use crate::data::toy_grid::ToyGrid;
+use crate::error::{Error, Result, TensorContext};
+use crate::metrics::stats::mean_std;
+use crate::model::toy_mlp::{EnsembleMlp, MlpSpec};
+use crate::model::train::{train_ensemble, TrainSpec};
+use crate::report::scatter::{write_scatter, Panel, ScatterSpec};
+use crate::report::table::{pm, Table};
+use crate::sampler::{ddpm, NoObserver, StreamNoise};
+use crate::schedule::{leading_grid, NoiseSchedule, ScheduleKind};
+use crate::seed::SeedStreams;
+use crate::tracking::{Manifest, RunDir};
+use crate::uq::gu::entropies_mnd;
+
+pub struct GuFig2;
+
+/// `experiments/gu-fig2/experiment.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Bumped whenever the expected numbers can move.
+    pub version: u32,
+    /// One full replicate per seed; the table reports mean ± std over them.
+    pub seeds: Vec<u64>,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub diffusion: DiffusionConfig,
+    pub train: TrainConfig,
+    pub ensemble: EnsembleConfig,
+    pub sampling: SamplingConfig,
+    pub uq: UqConfig,
+    pub eval: EvalConfig,
+    pub plot: PlotConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Modes per side of the square grid.
+    pub side: usize,
+    /// Distance between neighbouring mode centres.
+    pub spacing: f64,
+    /// Standard deviation of each isotropic mode.
+    pub mode_std: f64,
+    /// Training-set size.
+    pub n_train: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub hidden: usize,
+    pub layers: usize,
+    pub time_dim: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffusionConfig {
+    pub schedule: ScheduleKind,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    /// Training timesteps T.
+    pub timesteps: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnsembleConfig {
+    /// Ensemble size M.
+    pub members: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingConfig {
+    /// Generated samples per seed.
+    pub samples: usize,
+    /// DDPM sampling steps on the "leading" grid (= timesteps for the full ancestral chain).
+    pub steps: usize,
+    /// Samples per batched call (all members at once).
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UqConfig {
+    /// Observation variance γ² of the pixel likelihood N(x_m, γ² I) (GU Eq. 6).
+    pub gamma2: f64,
+    /// Fraction of samples kept (lowest uncertainty first).
+    pub keep_fraction: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// A sample is between modes when farther than `between_k · mode_std` from every centre.
+    pub between_k: f64,
+    /// The paper's claim holds when uncertainty filtering removes at least this share of the
+    /// between-mode samples ("removes all poor generations", GU Sec. 4.1).
+    pub min_removed: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlotConfig {
+    /// Points drawn per panel (the first N samples; they are i.i.d., so a uniform subsample).
+    pub max_points: usize,
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Vec<Violation> {
+        let mut v = vec![];
+        check(&mut v, !self.seeds.is_empty(), "seeds", "must list at least one seed");
+        let mut uniq = self.seeds.clone();
+        uniq.sort_unstable();
+        uniq.dedup();
+        check(&mut v, uniq.len() == self.seeds.len(), "seeds", "must not repeat a seed");
+        check(&mut v, self.data.side >= 2, "data.side", "must be ≥ 2");
+        check(&mut v, self.data.spacing > 0.0, "data.spacing", "must be > 0");
+        check(&mut v, self.data.mode_std > 0.0, "data.mode_std", "must be > 0");
+        check(&mut v, self.data.n_train >= 1, "data.n_train", "must be ≥ 1");
+        check(&mut v, self.model.hidden >= 1, "model.hidden", "must be ≥ 1");
+        check(&mut v, self.model.layers >= 1, "model.layers", "must be ≥ 1");
+        check(&mut v, self.model.time_dim >= 2 && self.model.time_dim % 2 == 0, "model.time_dim", "must be even and ≥ 2");
+        let d = &self.diffusion;
+        check(&mut v, d.beta_start > 0.0 && d.beta_start <= d.beta_end && d.beta_end < 1.0, "diffusion.beta_start", "need 0 < beta_start ≤ beta_end < 1");
+        check(&mut v, d.timesteps >= 2, "diffusion.timesteps", "must be ≥ 2");
+        check(&mut v, self.train.steps >= 1, "train.steps", "must be ≥ 1");
+        check(&mut v, self.train.batch_size >= 1, "train.batch_size", "must be ≥ 1");
+        check(&mut v, self.train.lr > 0.0 && self.train.lr.is_finite(), "train.lr", "must be finite and > 0");
+        check(&mut v, self.ensemble.members >= 2, "ensemble.members", "must be ≥ 2 (uncertainty needs disagreement)");
+        check(&mut v, self.sampling.samples >= 2, "sampling.samples", "must be ≥ 2");
+        check(&mut v, (1..=d.timesteps).contains(&self.sampling.steps), "sampling.steps", "must be in 1..=diffusion.timesteps");
+        check(&mut v, self.sampling.batch_size >= 1, "sampling.batch_size", "must be ≥ 1");
+        check(&mut v, self.uq.gamma2 > 0.0 && self.uq.gamma2.is_finite(), "uq.gamma2", "must be finite and > 0");
+        check(&mut v, self.uq.keep_fraction > 0.0 && self.uq.keep_fraction < 1.0, "uq.keep_fraction", "must be in (0, 1)");
+        check(&mut v, self.eval.between_k > 0.0, "eval.between_k", "must be > 0");
+        check(&mut v, (0.0..=1.0).contains(&self.eval.min_removed), "eval.min_removed", "must be in [0, 1]");
+        check(&mut v, self.plot.max_points >= 1, "plot.max_points", "must be ≥ 1");
+        v
+    }
+}
+
+impl Config {
+    fn grid(&self) -> ToyGrid {
+        ToyGrid { side: self.data.side, spacing: self.data.spacing, mode_std: self.data.mode_std }
+    }
+}
+
+/// Subsets reported in the table, in order.
+const SETS: [&str; 4] = ["training data", "all samples", "kept: uncertainty", "kept: random"];
+
+fn bar(len: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>18} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(what.to_string());
+    pb
+}
+
+/// Run one seed: returns (samples frame, metrics frame, first-seed training data for the figure).
+fn run_seed(cfg: &Config, seed: u64, device: &Device, manifest: &mut Manifest, run: &RunDir) -> Result<(DataFrame, DataFrame, DataFrame)> {
+    let grid = cfg.grid();
+    let streams = SeedStreams::new(seed);
+    let data = grid.sample(cfg.data.n_train, &streams.purpose("train-data"));
+    let schedule = NoiseSchedule::new(cfg.diffusion.schedule, cfg.diffusion.beta_start, cfg.diffusion.beta_end, cfg.diffusion.timesteps);
+    let spec = MlpSpec { data_dim: 2, hidden: cfg.model.hidden, layers: cfg.model.layers, time_dim: cfg.model.time_dim, members: cfg.ensemble.members };
+    let model = EnsembleMlp::init(spec, cfg.diffusion.timesteps, &streams, device).ctx("initialising the ensemble")?;
+
+    let t = Instant::now();
+    let pb = bar(cfg.train.steps, &format!("train seed {seed}"));
+    let tspec = TrainSpec { steps: cfg.train.steps, batch_size: cfg.train.batch_size, lr: cfg.train.lr };
+    let losses = train_ensemble(&model, &data, &schedule, tspec, &streams, device, |step, loss| {
+        pb.set_position(step as u64);
+        if step % 50 == 0 {
+            pb.set_message(format!("loss {loss:.4}"));
+        }
+    })?;
+    pb.finish_and_clear();
+    manifest.wall_seconds.insert(format!("train/seed-{seed}"), t.elapsed().as_secs_f64());
+    run.log(&format!("seed {seed}: trained {} members, final losses {losses:.4?}", spec.members))?;
+    if losses.iter().any(|l| !l.is_finite()) {
+        return Err(Error::invalid(format!("training seed {seed}"), format!("loss diverged ({losses:?}); lower train.lr")));
+    }
+
+    // Sampling: all members at once, per batch of sample indices.
+    let t = Instant::now();
+    let (n, m) = (cfg.sampling.samples, spec.members);
+    let steps = leading_grid(cfg.diffusion.timesteps, cfg.sampling.steps);
+    let x_t_purpose = streams.purpose("x_T");
+    let noise_purpose = streams.purpose("ddpm-noise");
+    let mut outputs = vec![0f32; m * n * 2]; // (M, N, 2)
+    let pb = bar(n, &format!("sample seed {seed}"));
+    let mut nfe = 0;
+    for start in (0..n).step_by(cfg.sampling.batch_size) {
+        let idx: Vec<u64> = (start as u64..(start + cfg.sampling.batch_size).min(n) as u64).collect();
+        let b = idx.len();
+        let x0 = (|| -> candle_core::Result<Vec<f32>> {
+            let x_t = Tensor::from_vec(x_t_purpose.normals(&idx, None, 2), (1, b, 2), device)?.broadcast_as((m, b, 2))?.contiguous()?;
+            let noise = StreamNoise { purpose: noise_purpose, indices: &idx, dim: 2, device };
+            let out = ddpm::sample(&model, &schedule, &steps, x_t, &noise, &mut NoObserver)?;
+            nfe = out.nfe * m;
+            out.x0.flatten_all()?.to_vec1::<f32>()
+        })()
+        .ctx("sampling the ensemble")?;
+        for member in 0..m {
+            let dst = (member * n + start) * 2;
+            outputs[dst..dst + 2 * b].copy_from_slice(&x0[member * b * 2..(member + 1) * b * 2]);
+        }
+        pb.inc(b as u64);
+    }
+    pb.finish_and_clear();
+    manifest.wall_seconds.insert(format!("sample/seed-{seed}"), t.elapsed().as_secs_f64());
+
+    let h = entropies_mnd(&outputs, m, n, 2, cfg.uq.gamma2);
+    if let Some(i) = h.iter().position(|v| !v.is_finite()) {
+        return Err(Error::invalid(format!("seed {seed} sample {i}"), "non-finite ensemble output; the model diverged"));
+    }
+    let keep = ((n as f64) * cfg.uq.keep_fraction).floor() as usize;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| h[a].total_cmp(&h[b]).then(a.cmp(&b)));
+    let mut kept_gu = vec![false; n];
+    order[..keep].iter().for_each(|&i| kept_gu[i] = true);
+    // Random baseline: partial Fisher–Yates from its own stream.
+    let mut perm: Vec<usize> = (0..n).collect();
+    let mut rng = streams.purpose("random-keep").rng(0);
+    for i in 0..keep {
+        let j = rng.random_range(i..n);
+        perm.swap(i, j);
+    }
+    let mut kept_random = vec![false; n];
+    perm[..keep].iter().for_each(|&i| kept_random[i] = true);
+
+    let sample_xy: Vec<[f64; 2]> = (0..n).map(|i| [f64::from(outputs[i * 2]), f64::from(outputs[i * 2 + 1])]).collect();
+    let dist: Vec<f64> = sample_xy.iter().map(|p| grid.nearest_distance(*p)).collect();
+    let radius = cfg.eval.between_k * cfg.data.mode_std;
+    let between: Vec<bool> = dist.iter().map(|&d| d > radius).collect();
+    let data_between = data.chunks(2).filter(|r| grid.is_between_modes([f64::from(r[0]), f64::from(r[1])], cfg.eval.between_k)).count();
+
+    let count = |mask: &dyn Fn(usize) -> bool| -> (u64, u64) {
+        let total = (0..n).filter(|&i| mask(i)).count() as u64;
+        let bad = (0..n).filter(|&i| mask(i) && between[i]).count() as u64;
+        (total, bad)
+    };
+    let rows = [
+        (cfg.data.n_train as u64, data_between as u64),
+        count(&|_| true),
+        count(&|i| kept_gu[i]),
+        count(&|i| kept_random[i]),
+    ];
+    let metrics = df!(
+        "seed" => vec![seed; SETS.len()],
+        "set" => SETS.to_vec(),
+        "n" => rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        "n_between" => rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+        "share_between" => rows.iter().map(|r| r.1 as f64 / r.0 as f64).collect::<Vec<_>>(),
+        "final_loss" => vec![losses.iter().sum::<f64>() / m as f64; SETS.len()],
+    )
+    .ctx("building metrics frame")?;
+    let samples = df!(
+        "seed" => vec![seed; n],
+        "index" => (0..n as u64).collect::<Vec<_>>(),
+        "x" => sample_xy.iter().map(|p| p[0]).collect::<Vec<_>>(),
+        "y" => sample_xy.iter().map(|p| p[1]).collect::<Vec<_>>(),
+        "uncertainty" => h,
+        "nearest_mode_distance" => dist,
+        "between_mode" => between,
+        "kept_uncertainty" => kept_gu,
+        "kept_random" => kept_random,
+        "nfe" => vec![nfe as u64; n],
+    )
+    .ctx("building samples frame")?;
+    let shown = cfg.plot.max_points.min(cfg.data.n_train);
+    let train = df!(
+        "x" => data[..2 * shown].iter().step_by(2).map(|&v| f64::from(v)).collect::<Vec<_>>(),
+        "y" => data[1..2 * shown].iter().step_by(2).map(|&v| f64::from(v)).collect::<Vec<_>>(),
+    )
+    .ctx("building training-data frame")?;
+    Ok((samples, metrics, train))
+}
+
+impl Experiment for GuFig2 {
+    const NAME: &'static str = "gu-fig2";
+    const DESCRIPTION: &'static str = "GU Fig. 2: toy 25-mode grid, ensemble generative uncertainty drops between-mode samples";
+    type Config = Config;
+
+    fn run(cfg: &Resolved<Config>, run: &RunDir, manifest: &mut Manifest) -> Result<()> {
+        let c = &cfg.config;
+        let device = Device::Cpu;
+        let mut samples: Option<DataFrame> = None;
+        let mut metrics: Option<DataFrame> = None;
+        for &seed in &c.seeds {
+            let part = format!("seeds/seed-{seed}");
+            // Resume: a seed whose parts are all present was finished by an earlier attempt.
+            if !(run.has(&format!("{part}/metrics.parquet")) && run.has(&format!("{part}/samples.parquet"))) {
+                let (mut s, mut m, mut t) = run_seed(c, seed, &device, manifest, run)?;
+                run.write_parquet(&format!("{part}/samples.parquet"), &mut s)?;
+                if seed == c.seeds[0] {
+                    run.write_parquet("train_data.parquet", &mut t)?;
+                }
+                run.write_parquet(&format!("{part}/metrics.parquet"), &mut m)?;
+                run.write_manifest(manifest)?;
+            } else {
+                run.log(&format!("seed {seed}: reusing finished part"))?;
+            }
+            let s = run.read_parquet(&format!("{part}/samples.parquet"))?;
+            let m = run.read_parquet(&format!("{part}/metrics.parquet"))?;
+            samples = Some(match samples {
+                None => s,
+                Some(acc) => acc.vstack(&s).ctx("stacking samples")?,
+            });
+            metrics = Some(match metrics {
+                None => m,
+                Some(acc) => acc.vstack(&m).ctx("stacking metrics")?,
+            });
+        }
+        let (mut samples, mut metrics) = (samples.expect("≥1 seed"), metrics.expect("≥1 seed"));
+        run.write_parquet("samples.parquet", &mut samples)?;
+        run.write_parquet("metrics.parquet", &mut metrics)
+    }
+
+    fn report(cfg: &Config, run: &RunDir) -> Result<Verdict> {
+        let metrics = run.read_parquet("metrics.parquet")?;
+        let col = |name: &str| -> Result<Vec<f64>> {
+            Ok(metrics.column(name).ctx(name)?.cast(&polars::prelude::DataType::Float64).ctx(name)?.f64().ctx(name)?.into_no_null_iter().collect())
+        };
+        let sets: Vec<String> = metrics.column("set").ctx("set")?.str().ctx("set")?.iter().map(|v| v.unwrap_or_default().to_string()).collect();
+        let (share, n_between, seeds) = (col("share_between")?, col("n_between")?, col("seed")?);
+        let per_set = |set: &str, values: &[f64]| -> Vec<f64> { sets.iter().zip(values).filter(|(s, _)| *s == set).map(|(_, v)| *v).collect() };
+        let n_seeds = per_set(SETS[0], &seeds).len();
+
+        // Share of the between-mode samples that a filter removed, per seed.
+        let all_bad = per_set(SETS[1], &n_between);
+        let removed = |set: &str| -> Vec<f64> {
+            per_set(set, &n_between).iter().zip(&all_bad).map(|(k, a)| if *a > 0.0 { 1.0 - k / a } else { 1.0 }).collect()
+        };
+        let mut table = Table::new(["set", "between-mode share (%)", "between-mode samples removed (%)"]);
+        for set in SETS {
+            let (m, s) = mean_std(&per_set(set, &share).iter().map(|v| v * 100.0).collect::<Vec<_>>());
+            let removed_cell = if set.starts_with("kept") {
+                let (rm, rs) = mean_std(&removed(set).iter().map(|v| v * 100.0).collect::<Vec<_>>());
+                pm(rm, rs, 1)
+            } else {
+                "—".into()
+            };
+            table.row([set.to_string(), pm(m, s, 2), removed_cell]);
+        }
+        let (gu_removed, _) = mean_std(&removed(SETS[2]));
+        let (rand_removed, _) = mean_std(&removed(SETS[3]));
+        let reproduced = gu_removed >= cfg.eval.min_removed && gu_removed > rand_removed;
+        let summary = format!(
+            "uncertainty filtering removed {:.1}% of between-mode samples (random: {:.1}%); paper claim (≥ {:.0}% removed) {}",
+            gu_removed * 100.0,
+            rand_removed * 100.0,
+            cfg.eval.min_removed * 100.0,
+            if reproduced { "REPRODUCED" } else { "NOT reproduced" }
+        );
+        let claim = paper_claim()?;
+        let md = format!(
+            "# gu-fig2 — GU Fig. 2 (toy 25-mode grid)\n\nPaper: {claim}\n\nMean ± std over {n_seeds} seeds; {} samples per seed, {} ensemble members, keep {:.0}%; between-mode = farther than {}·σ_mode = {} from every centre.\n\n{}\n{summary}\n",
+            cfg.sampling.samples,
+            cfg.ensemble.members,
+            cfg.uq.keep_fraction * 100.0,
+            cfg.eval.between_k,
+            cfg.eval.between_k * cfg.data.mode_std,
+            table.to_markdown()
+        );
+        run.write("table.md", md.as_bytes())?;
+        write_figure(cfg, run)?;
+        Ok(Verdict { table: md, reproduced, summary })
+    }
+}
+
+/// The paper's statement, from `paper/gu-fig2.toml` (compiled in, so reports never depend on cwd).
+fn paper_claim() -> Result<String> {
+    const PAPER: &str = include_str!("../../paper/gu-fig2.toml");
+    let t: toml::Table = toml::from_str(PAPER).map_err(|e| Error::invalid("paper/gu-fig2.toml", e.message().to_string()))?;
+    t.get("claim")
+        .and_then(|c| c.as_str())
+        .map(|c| c.trim().to_string())
+        .ok_or_else(|| Error::invalid("paper/gu-fig2.toml", "missing string key `claim`"))
+}
+
+fn write_figure(cfg: &Config, run: &RunDir) -> Result<()> {
+    let xy = |df: &DataFrame| -> Result<Vec<[f64; 2]>> {
+        let x = df.column("x").ctx("x")?.f64().ctx("x")?;
+        let y = df.column("y").ctx("y")?.f64().ctx("y")?;
+        Ok(x.into_no_null_iter().zip(y.into_no_null_iter()).map(|(a, b)| [a, b]).collect())
+    };
+    let train = xy(&run.read_parquet("train_data.parquet")?)?;
+    let first = cfg.seeds[0];
+    let samples = run.read_parquet(&format!("seeds/seed-{first}/samples.parquet"))?;
+    let all = xy(&samples)?;
+    let kept_mask: Vec<bool> = samples.column("kept_uncertainty").ctx("kept_uncertainty")?.bool().ctx("kept_uncertainty")?.iter().map(|v| v.unwrap_or(false)).collect();
+    let shown = cfg.plot.max_points.min(all.len());
+    let kept: Vec<[f64; 2]> = all[..shown].iter().zip(&kept_mask).filter(|(_, k)| **k).map(|(p, _)| *p).collect();
+    let grid = cfg.grid();
+    let extent = grid.spacing * (grid.side as f64 - 1.0) / 2.0 + 2.0 * grid.spacing;
+    let panels = [
+        Panel { title: "training data".into(), points: &train, color: plotters::style::RGBColor(90, 90, 90) },
+        Panel { title: format!("all samples ({shown} shown)"), points: &all[..shown], color: plotters::style::RGBColor(31, 119, 180) },
+        Panel { title: format!("kept: {:.0}% least uncertain", cfg.uq.keep_fraction * 100.0), points: &kept, color: plotters::style::RGBColor(44, 160, 44) },
+    ];
+    let spec = ScatterSpec {
+        extent,
+        markers: &grid.centres(),
+        caption: format!("gu-fig2 seed {first}: {}-member ensemble, {} DDPM steps; crosses = mode centres", cfg.ensemble.members, cfg.sampling.steps),
+    };
+    write_scatter(&run.file("figures"), "gu-fig2", &panels, &spec)
+}

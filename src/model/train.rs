@@ -1,0 +1,122 @@
+//! Training an ε-model ensemble with the DDPM simple objective (Ho et al. 2020, Eq. 14):
+//!
+//!   L_simple(θ) = E_{t ~ U{0..T−1}, x₀ ~ data, ε ~ N(0, I)} ‖ε − ε_θ(√ᾱ_t x₀ + √(1−ᾱ_t) ε, t)‖².
+//!
+//! Members are trained jointly on the *sum* of their per-member mean losses. The gradient of that
+//! sum with respect to member m's parameters is exactly the gradient of m's own loss, and Adam is
+//! per-parameter, so this is M independent trainings computed in one batched pass. Each member draws
+//! its own minibatches (purpose `train-batch`, index = member, step = optimiser step), which is what
+//! makes the members a deep ensemble (Lakshminarayanan et al. 2017) rather than copies.
+
+use candle_core::{Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rand::Rng;
+use rand_distr::StandardNormal;
+
+use super::toy_mlp::EnsembleMlp;
+use crate::error::{Result, TensorContext};
+use crate::schedule::NoiseSchedule;
+use crate::seed::SeedStreams;
+
+/// Optimisation settings.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainSpec {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+}
+
+/// Train `model` in place on `data` (N × D, row-major). Calls `progress` after every step with the
+/// step number and the mean per-member loss; returns the final per-member losses averaged over the
+/// last 10% of steps (a smoothed view of where training ended).
+pub fn train_ensemble(
+    model: &EnsembleMlp,
+    data: &[f32],
+    schedule: &NoiseSchedule,
+    spec: TrainSpec,
+    streams: &SeedStreams,
+    device: &Device,
+    mut progress: impl FnMut(usize, f64),
+) -> Result<Vec<f64>> {
+    let ms = model.spec();
+    let (m, d, b) = (ms.members, ms.data_dim, spec.batch_size);
+    let n = data.len() / d;
+    let t_max = schedule.len();
+    let sqrt_ab: Vec<f32> = (0..t_max).map(|t| schedule.alpha_bar(Some(t)).sqrt() as f32).collect();
+    let sqrt_1mab: Vec<f32> = (0..t_max).map(|t| (1.0 - schedule.alpha_bar(Some(t))).sqrt() as f32).collect();
+    let mut opt = AdamW::new(model.vars(), ParamsAdamW { lr: spec.lr, weight_decay: 0.0, ..Default::default() })
+        .ctx("creating the Adam optimiser")?;
+    let purpose = streams.purpose("train-batch");
+    let tail_from = spec.steps - (spec.steps / 10).max(1);
+    let mut tail = vec![0f64; m];
+    let mut tail_count = 0usize;
+
+    let mut x_t = vec![0f32; m * b * d];
+    let mut eps = vec![0f32; m * b * d];
+    let mut ts = vec![0u32; m * b];
+    for step in 0..spec.steps {
+        for member in 0..m {
+            let mut rng = purpose.rng_at(member as u64, step as u32);
+            for row in 0..b {
+                let i = rng.random_range(0..n);
+                let t = rng.random_range(0..t_max);
+                let r = member * b + row;
+                ts[r] = t as u32;
+                for k in 0..d {
+                    let e: f32 = rng.sample(StandardNormal);
+                    eps[r * d + k] = e;
+                    x_t[r * d + k] = sqrt_ab[t] * data[i * d + k] + sqrt_1mab[t] * e;
+                }
+            }
+        }
+        let losses = (|| -> candle_core::Result<Tensor> {
+            let xt = Tensor::from_slice(&x_t, (m, b, d), device)?;
+            let target = Tensor::from_slice(&eps, (m, b, d), device)?;
+            let t = Tensor::from_slice(&ts, m * b, device)?;
+            let temb = model.embed(&t)?.reshape((m, b, ms.time_dim))?;
+            let pred = model.forward(&xt, &temb)?;
+            // Per-member mean squared error, shape (M).
+            (pred - target)?.sqr()?.mean_keepdim(2)?.mean_keepdim(1)?.flatten_all()
+        })()
+        .ctx("ensemble training forward pass")?;
+        let total = losses.sum_all().ctx("summing member losses")?;
+        opt.backward_step(&total).ctx("ensemble training backward pass")?;
+        let per_member: Vec<f32> = losses.to_vec1().ctx("reading losses")?;
+        if step >= tail_from {
+            for (acc, l) in tail.iter_mut().zip(&per_member) {
+                *acc += f64::from(*l);
+            }
+            tail_count += 1;
+        }
+        progress(step + 1, per_member.iter().map(|&l| f64::from(l)).sum::<f64>() / m as f64);
+    }
+    Ok(tail.into_iter().map(|s| s / tail_count.max(1) as f64).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::toy_mlp::MlpSpec;
+    use crate::schedule::ScheduleKind;
+
+    #[test]
+    fn training_reduces_the_loss_below_the_untrained_level() {
+        // Expected: an ε-model that predicts 0 has loss E‖ε‖²/D = 1; training on a single point
+        // mass at (1, -1) must get clearly below that (the optimum is far below 1 for large t).
+        let device = Device::Cpu;
+        let s = SeedStreams::new(0);
+        let spec = MlpSpec { data_dim: 2, hidden: 32, layers: 2, time_dim: 8, members: 2 };
+        let sched = NoiseSchedule::new(ScheduleKind::Linear, 1e-4, 0.02, 100);
+        let model = EnsembleMlp::init(spec, 100, &s, &device).unwrap();
+        let data: Vec<f32> = (0..64).flat_map(|_| [1.0f32, -1.0]).collect();
+        let mut first = None;
+        let end = train_ensemble(&model, &data, &sched, TrainSpec { steps: 300, batch_size: 64, lr: 3e-3 }, &s, &device, |step, l| {
+            if step == 1 {
+                first = Some(l)
+            }
+        })
+        .unwrap();
+        assert_eq!(end.len(), 2);
+        assert!(end.iter().all(|&l| l < 0.5 && l < first.unwrap()), "first {first:?}, end {end:?}");
+    }
+}

@@ -1,0 +1,4 @@
+//! Figures (plotters, PNG + SVG) and tables (Markdown) — rendering only; numbers come from frames.
+
+pub mod scatter;
+pub mod table;

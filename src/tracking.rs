@@ -1,0 +1,239 @@
+//! Run directories: `runs/<artifact>/<scale>/<config-hash>/` with `config.resolved.toml`,
+//! `manifest.json`, Polars frames as parquet, `figures/`, `table.md` and `log.txt`.
+//!
+//! Every result file is written atomically (temporary file in the same directory, fsync, rename),
+//! so an interrupted run never leaves a half-written result that a later run would trust. A run
+//! whose manifest says `finished` is reused; an unfinished one resumes from the per-part files it
+//! already wrote (see [`RunDir::has`]).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use polars::prelude::{DataFrame, ParquetReader, ParquetWriter, SerReader};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result, TensorContext};
+
+/// Lifecycle of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Running,
+    Finished,
+}
+
+/// `manifest.json`: what ran, from which code, where, and how long it took.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub artifact: String,
+    pub scale: String,
+    pub config_hash: String,
+    pub status: Status,
+    pub crate_version: String,
+    pub git_sha: String,
+    pub git_dirty: Option<bool>,
+    pub device: String,
+    pub threads: usize,
+    pub started_unix: u64,
+    pub finished_unix: Option<u64>,
+    /// Wall-clock seconds per phase (e.g. `train/seed-0`, `sample/seed-0`, `report`, `total`).
+    pub wall_seconds: BTreeMap<String, f64>,
+    /// Verdict against the paper, once reported.
+    pub reproduced: Option<bool>,
+}
+
+impl Manifest {
+    pub fn new(artifact: &str, scale: &str, config_hash: &str, device: &str) -> Self {
+        let (git_sha, git_dirty) = git_state();
+        Self {
+            artifact: artifact.into(),
+            scale: scale.into(),
+            config_hash: config_hash.into(),
+            status: Status::Running,
+            crate_version: env!("CARGO_PKG_VERSION").into(),
+            git_sha,
+            git_dirty,
+            device: device.into(),
+            threads: candle_core::utils::get_num_threads(),
+            started_unix: unix_now(),
+            finished_unix: None,
+            wall_seconds: BTreeMap::new(),
+            reproduced: None,
+        }
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The commit and dirty flag of the source tree this binary was built from (`unknown` outside git).
+fn git_state() -> (String, Option<bool>) {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "HEAD"]) {
+        Some(sha) => (sha, git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty())),
+        None => ("unknown".into(), None),
+    }
+}
+
+/// Write `bytes` to `path` atomically: temp file beside it, fsync, rename over.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+/// A temporary sibling of `path` that keeps its extension (plotters picks formats by extension).
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    path.with_file_name(format!(".tmp-{}-{name}", std::process::id()))
+}
+
+/// One run directory.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    /// Create (or open) `root/<artifact>/<scale>/<hash>/`, checking it is writable.
+    pub fn create(root: &Path, artifact: &str, scale: &str, hash: &str) -> Result<Self> {
+        Self::create_at(root.join(artifact).join(scale).join(hash))
+    }
+
+    pub fn create_at(path: PathBuf) -> Result<Self> {
+        fs::create_dir_all(path.join("figures"))
+            .map_err(|e| Error::RunDir { path: path.clone(), reason: format!("cannot create: {e}") })?;
+        let probe = path.join(".write-probe");
+        atomic_write(&probe, b"ok")
+            .and_then(|_| fs::remove_file(&probe).map_err(|e| Error::io(&probe, e)))
+            .map_err(|e| Error::RunDir { path: path.clone(), reason: format!("not writable: {e}") })?;
+        Ok(Self { path })
+    }
+
+    /// Open an existing run directory (for `diffuq report`).
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.join("manifest.json").is_file() {
+            return Err(Error::RunDir { path: path.to_path_buf(), reason: "no manifest.json: not a diffuq run directory".into() });
+        }
+        Ok(Self { path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    pub fn has(&self, rel: &str) -> bool {
+        self.file(rel).is_file()
+    }
+
+    pub fn write(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        let p = self.file(rel);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        atomic_write(&p, bytes)
+    }
+
+    pub fn read_to_string(&self, rel: &str) -> Result<String> {
+        let p = self.file(rel);
+        fs::read_to_string(&p).map_err(|e| Error::io(p, e))
+    }
+
+    /// Write a frame as parquet, atomically.
+    pub fn write_parquet(&self, rel: &str, df: &mut DataFrame) -> Result<()> {
+        let mut buf = Vec::new();
+        ParquetWriter::new(&mut buf).finish(df).ctx(&format!("encoding {rel}"))?;
+        self.write(rel, &buf)
+    }
+
+    pub fn read_parquet(&self, rel: &str) -> Result<DataFrame> {
+        let p = self.file(rel);
+        let f = File::open(&p).map_err(|e| Error::io(&p, e))?;
+        ParquetReader::new(f).finish().ctx(&format!("reading {}", p.display()))
+    }
+
+    pub fn manifest(&self) -> Result<Manifest> {
+        let text = self.read_to_string("manifest.json")?;
+        serde_json::from_str(&text).map_err(|e| Error::invalid(self.file("manifest.json").display().to_string(), e.to_string()))
+    }
+
+    pub fn write_manifest(&self, m: &Manifest) -> Result<()> {
+        let text = serde_json::to_string_pretty(m).map_err(|e| Error::invalid("manifest.json", e.to_string()))?;
+        self.write("manifest.json", text.as_bytes())
+    }
+
+    /// Append a line to `log.txt` (the log is a diary, not a result: plain append is enough).
+    pub fn log(&self, line: &str) -> Result<()> {
+        let p = self.file("log.txt");
+        let mut f = OpenOptions::new().create(true).append(true).open(&p).map_err(|e| Error::io(&p, e))?;
+        writeln!(f, "[{}] {line}", unix_now()).map_err(|e| Error::io(&p, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polars::df;
+
+    #[test]
+    fn parquet_round_trip_and_atomic_writes_leave_no_temp_files() {
+        let d = tempfile::tempdir().unwrap();
+        let run = RunDir::create(d.path(), "a", "smoke", "h").unwrap();
+        let mut df = df!("x" => [1.0f64, 2.0], "k" => [true, false]).unwrap();
+        run.write_parquet("sub/x.parquet", &mut df).unwrap();
+        assert_eq!(run.read_parquet("sub/x.parquet").unwrap(), df);
+        run.write("t.md", b"one").unwrap();
+        run.write("t.md", b"two").unwrap();
+        assert_eq!(run.read_to_string("t.md").unwrap(), "two");
+        let leftovers: Vec<_> = walk(run.path()).into_iter().filter(|p| p.to_string_lossy().contains(".tmp-")).collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    fn walk(p: &Path) -> Vec<PathBuf> {
+        let mut out = vec![];
+        for e in fs::read_dir(p).unwrap() {
+            let e = e.unwrap().path();
+            if e.is_dir() {
+                out.extend(walk(&e));
+            } else {
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn unwritable_root_is_a_one_line_error() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("plain-file");
+        fs::write(&file, b"x").unwrap();
+        let e = RunDir::create(&file, "a", "smoke", "h").unwrap_err().to_string();
+        assert!(e.starts_with("run directory") && e.contains("plain-file") && !e.contains('\n'), "{e}");
+    }
+}

@@ -1,0 +1,3 @@
+//! Uncertainty methods. Each file is one paper algorithm.
+
+pub mod gu;
