@@ -23,11 +23,20 @@ pub enum Error {
     /// A configuration value is missing, unknown, of the wrong type or out of range.
     /// `origin` says where the offending value came from (file, profile, env or override).
     #[error("config key `{key}`{value}: {reason} (from {origin})", value = value.as_ref().map(|v| format!(" = {v}")).unwrap_or_default())]
-    Config { key: String, value: Option<String>, reason: String, origin: String },
+    Config {
+        key: String,
+        value: Option<String>,
+        reason: String,
+        origin: String,
+    },
 
     /// The requested scale is not a profile of the experiment.
     #[error("unknown scale `{scale}` for {artifact} (expected one of: {expected})")]
-    UnknownScale { artifact: String, scale: String, expected: String },
+    UnknownScale {
+        artifact: String,
+        scale: String,
+        expected: String,
+    },
 
     /// Run directory or output file problems.
     #[error("run directory {}: {reason}", path.display())]
@@ -35,15 +44,24 @@ pub enum Error {
 
     /// Any other I/O failure, with the path it concerned.
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     /// Tensor computation failures (candle), with what was being computed.
     #[error("{context}: {source}")]
-    Tensor { context: String, source: candle_core::Error },
+    Tensor {
+        context: String,
+        source: candle_core::Error,
+    },
 
     /// Table / parquet failures.
     #[error("{context}: {source}")]
-    Frame { context: String, source: polars::error::PolarsError },
+    Frame {
+        context: String,
+        source: polars::error::PolarsError,
+    },
 
     /// Plotting failures.
     #[error("figure {}: {reason}", path.display())]
@@ -56,10 +74,16 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Invalid { what: what.into(), reason: reason.into() }
+        Error::Invalid {
+            what: what.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -70,12 +94,18 @@ pub trait TensorContext<T> {
 
 impl<T> TensorContext<T> for candle_core::Result<T> {
     fn ctx(self, context: &str) -> Result<T> {
-        self.map_err(|source| Error::Tensor { context: context.to_string(), source })
+        self.map_err(|source| Error::Tensor {
+            context: context.to_string(),
+            source,
+        })
     }
 }
 
 impl<T> TensorContext<T> for polars::error::PolarsResult<T> {
     fn ctx(self, context: &str) -> Result<T> {
-        self.map_err(|source| Error::Frame { context: context.to_string(), source })
+        self.map_err(|source| Error::Frame {
+            context: context.to_string(),
+            source,
+        })
     }
 }

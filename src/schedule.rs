@@ -27,7 +27,11 @@ impl NoiseSchedule {
         let betas: Vec<f64> = match kind {
             ScheduleKind::Linear => (0..timesteps)
                 .map(|i| {
-                    let frac = if timesteps > 1 { i as f64 / (timesteps - 1) as f64 } else { 0.0 };
+                    let frac = if timesteps > 1 {
+                        i as f64 / (timesteps - 1) as f64
+                    } else {
+                        0.0
+                    };
                     beta_start + frac * (beta_end - beta_start)
                 })
                 .collect(),

@@ -43,7 +43,9 @@ impl SeedStreams {
         h.update(b"diffuq-seed-v1");
         h.update(self.run_seed.to_le_bytes());
         h.update(purpose.as_bytes());
-        Purpose { key: h.finalize().into() }
+        Purpose {
+            key: h.finalize().into(),
+        }
     }
 }
 
@@ -82,7 +84,14 @@ impl Purpose {
     }
 
     /// `dim` uniforms in [lo, hi) for each of `indices`.
-    pub fn uniforms(&self, indices: &[u64], step: Option<u32>, dim: usize, lo: f32, hi: f32) -> Vec<f32> {
+    pub fn uniforms(
+        &self,
+        indices: &[u64],
+        step: Option<u32>,
+        dim: usize,
+        lo: f32,
+        hi: f32,
+    ) -> Vec<f32> {
         let mut out = Vec::with_capacity(indices.len() * dim);
         for &i in indices {
             let mut rng = match step {
@@ -97,10 +106,17 @@ impl Purpose {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use proptest::prelude::*;
+    use super::{Purpose, SeedStreams};
+    use proptest::prelude::{any, prop_assert_eq, proptest};
+    use rand::Rng;
 
-    fn batched(p: &Purpose, order: &[u64], batch: usize, step: Option<u32>, dim: usize) -> Vec<(u64, Vec<f32>)> {
+    fn batched(
+        p: &Purpose,
+        order: &[u64],
+        batch: usize,
+        step: Option<u32>,
+        dim: usize,
+    ) -> Vec<(u64, Vec<f32>)> {
         let mut rows = Vec::new();
         for chunk in order.chunks(batch) {
             let flat = p.normals(chunk, step, dim);
@@ -146,7 +162,10 @@ mod tests {
         assert_ne!(a, s.purpose("b").normals(&[0], None, 8));
         assert_ne!(a, s.purpose("a").normals(&[1], None, 8));
         assert_ne!(a, s.purpose("a").normals(&[0], Some(0), 8));
-        assert_ne!(s.purpose("a").normals(&[0], Some(0), 8), s.purpose("a").normals(&[0], Some(1), 8));
+        assert_ne!(
+            s.purpose("a").normals(&[0], Some(0), 8),
+            s.purpose("a").normals(&[0], Some(1), 8)
+        );
         assert_ne!(a, SeedStreams::new(8).purpose("a").normals(&[0], None, 8));
         assert_eq!(a, SeedStreams::new(7).purpose("a").normals(&[0], None, 8));
     }
@@ -154,7 +173,10 @@ mod tests {
     #[test]
     fn normals_have_unit_moments() {
         // Expected: mean 0, variance 1 of a standard normal; 4e4 draws → std error ≈ 0.005.
-        let v = SeedStreams::new(1).purpose("m").normals(&(0..10_000).collect::<Vec<_>>(), Some(3), 4);
+        let v =
+            SeedStreams::new(1)
+                .purpose("m")
+                .normals(&(0..10_000).collect::<Vec<_>>(), Some(3), 4);
         let n = v.len() as f64;
         let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
         let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;

@@ -37,6 +37,8 @@ pub struct Manifest {
     pub git_dirty: Option<bool>,
     pub device: String,
     pub threads: usize,
+    /// Independent parts computed concurrently (`--jobs`).
+    pub jobs: usize,
     pub started_unix: u64,
     pub finished_unix: Option<u64>,
     /// Wall-clock seconds per phase (e.g. `train/seed-0`, `sample/seed-0`, `report`, `total`).
@@ -58,6 +60,7 @@ impl Manifest {
             git_dirty,
             device: device.into(),
             threads: candle_core::utils::get_num_threads(),
+            jobs: 1,
             started_unix: unix_now(),
             finished_unix: None,
             wall_seconds: BTreeMap::new(),
@@ -67,7 +70,10 @@ impl Manifest {
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The commit and dirty flag of the source tree this binary was built from (`unknown` outside git).
@@ -84,7 +90,10 @@ fn git_state() -> (String, Option<bool>) {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
     match git(&["rev-parse", "HEAD"]) {
-        Some(sha) => (sha, git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty())),
+        Some(sha) => (
+            sha,
+            git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()),
+        ),
         None => ("unknown".into(), None),
     }
 }
@@ -106,7 +115,10 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// A temporary sibling of `path` that keeps its extension (plotters picks formats by extension).
 pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     path.with_file_name(format!(".tmp-{}-{name}", std::process::id()))
 }
 
@@ -123,21 +135,31 @@ impl RunDir {
     }
 
     pub fn create_at(path: PathBuf) -> Result<Self> {
-        fs::create_dir_all(path.join("figures"))
-            .map_err(|e| Error::RunDir { path: path.clone(), reason: format!("cannot create: {e}") })?;
+        fs::create_dir_all(path.join("figures")).map_err(|e| Error::RunDir {
+            path: path.clone(),
+            reason: format!("cannot create: {e}"),
+        })?;
         let probe = path.join(".write-probe");
         atomic_write(&probe, b"ok")
             .and_then(|_| fs::remove_file(&probe).map_err(|e| Error::io(&probe, e)))
-            .map_err(|e| Error::RunDir { path: path.clone(), reason: format!("not writable: {e}") })?;
+            .map_err(|e| Error::RunDir {
+                path: path.clone(),
+                reason: format!("not writable: {e}"),
+            })?;
         Ok(Self { path })
     }
 
     /// Open an existing run directory (for `diffuq report`).
     pub fn open(path: &Path) -> Result<Self> {
         if !path.join("manifest.json").is_file() {
-            return Err(Error::RunDir { path: path.to_path_buf(), reason: "no manifest.json: not a diffuq run directory".into() });
+            return Err(Error::RunDir {
+                path: path.to_path_buf(),
+                reason: "no manifest.json: not a diffuq run directory".into(),
+            });
         }
-        Ok(Self { path: path.to_path_buf() })
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -168,30 +190,44 @@ impl RunDir {
     /// Write a frame as parquet, atomically.
     pub fn write_parquet(&self, rel: &str, df: &mut DataFrame) -> Result<()> {
         let mut buf = Vec::new();
-        ParquetWriter::new(&mut buf).finish(df).ctx(&format!("encoding {rel}"))?;
+        ParquetWriter::new(&mut buf)
+            .finish(df)
+            .ctx(&format!("encoding {rel}"))?;
         self.write(rel, &buf)
     }
 
     pub fn read_parquet(&self, rel: &str) -> Result<DataFrame> {
         let p = self.file(rel);
         let f = File::open(&p).map_err(|e| Error::io(&p, e))?;
-        ParquetReader::new(f).finish().ctx(&format!("reading {}", p.display()))
+        ParquetReader::new(f)
+            .finish()
+            .ctx(&format!("reading {}", p.display()))
     }
 
     pub fn manifest(&self) -> Result<Manifest> {
         let text = self.read_to_string("manifest.json")?;
-        serde_json::from_str(&text).map_err(|e| Error::invalid(self.file("manifest.json").display().to_string(), e.to_string()))
+        serde_json::from_str(&text).map_err(|e| {
+            Error::invalid(
+                self.file("manifest.json").display().to_string(),
+                e.to_string(),
+            )
+        })
     }
 
     pub fn write_manifest(&self, m: &Manifest) -> Result<()> {
-        let text = serde_json::to_string_pretty(m).map_err(|e| Error::invalid("manifest.json", e.to_string()))?;
+        let text = serde_json::to_string_pretty(m)
+            .map_err(|e| Error::invalid("manifest.json", e.to_string()))?;
         self.write("manifest.json", text.as_bytes())
     }
 
     /// Append a line to `log.txt` (the log is a diary, not a result: plain append is enough).
     pub fn log(&self, line: &str) -> Result<()> {
         let p = self.file("log.txt");
-        let mut f = OpenOptions::new().create(true).append(true).open(&p).map_err(|e| Error::io(&p, e))?;
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map_err(|e| Error::io(&p, e))?;
         writeln!(f, "[{}] {line}", unix_now()).map_err(|e| Error::io(&p, e))
     }
 }
@@ -211,7 +247,10 @@ mod tests {
         run.write("t.md", b"one").unwrap();
         run.write("t.md", b"two").unwrap();
         assert_eq!(run.read_to_string("t.md").unwrap(), "two");
-        let leftovers: Vec<_> = walk(run.path()).into_iter().filter(|p| p.to_string_lossy().contains(".tmp-")).collect();
+        let leftovers: Vec<_> = walk(run.path())
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains(".tmp-"))
+            .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
@@ -233,7 +272,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let file = d.path().join("plain-file");
         fs::write(&file, b"x").unwrap();
-        let e = RunDir::create(&file, "a", "smoke", "h").unwrap_err().to_string();
-        assert!(e.starts_with("run directory") && e.contains("plain-file") && !e.contains('\n'), "{e}");
+        let e = RunDir::create(&file, "a", "smoke", "h")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("run directory") && e.contains("plain-file") && !e.contains('\n'),
+            "{e}"
+        );
     }
 }

@@ -37,7 +37,10 @@ pub struct Violation {
 
 impl Violation {
     pub fn new(key: &str, reason: impl Into<String>) -> Self {
-        Self { key: key.to_string(), reason: reason.into() }
+        Self {
+            key: key.to_string(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -69,11 +72,22 @@ impl Override {
         })?;
         let key = key.trim();
         let valid_key = !key.is_empty()
-            && key.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+            && key.split('.').all(|p| {
+                !p.is_empty()
+                    && p.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            });
         if !valid_key {
-            return Err(Error::Override { raw: raw.to_string(), reason: format!("`{key}` is not a dotted key such as train.steps") });
+            return Err(Error::Override {
+                raw: raw.to_string(),
+                reason: format!("`{key}` is not a dotted key such as train.steps"),
+            });
         }
-        Ok(Self { raw: raw.to_string(), key: key.to_string(), value: parse_value(value.trim()) })
+        Ok(Self {
+            raw: raw.to_string(),
+            key: key.to_string(),
+            value: parse_value(value.trim()),
+        })
     }
 }
 
@@ -139,13 +153,23 @@ where
     T: DeserializeOwned + Serialize + Validate,
 {
     let file = experiment_file(experiments_dir, artifact);
-    let text = std::fs::read_to_string(&file)
-        .map_err(|e| Error::ExperimentFile { path: file.clone(), reason: format!("cannot read: {e}") })?;
+    let text = std::fs::read_to_string(&file).map_err(|e| Error::ExperimentFile {
+        path: file.clone(),
+        reason: format!("cannot read: {e}"),
+    })?;
     let raw: toml::Table = toml::from_str(&text).map_err(|e| Error::ExperimentFile {
         path: file.clone(),
-        reason: format!("malformed TOML{}: {}", toml_location(&text, e.span()), e.message()),
+        reason: format!(
+            "malformed TOML{}: {}",
+            toml_location(&text, e.span()),
+            e.message()
+        ),
     })?;
-    let profiles: Vec<&str> = SCALES.iter().copied().filter(|s| raw.get(*s).is_some_and(|v| v.is_table())).collect();
+    let profiles: Vec<&str> = SCALES
+        .iter()
+        .copied()
+        .filter(|s| raw.get(*s).is_some_and(|v| v.is_table()))
+        .collect();
     if !profiles.contains(&scale) {
         return Err(Error::UnknownScale {
             artifact: artifact.to_string(),
@@ -157,7 +181,10 @@ where
         if key != "default" && !SCALES.contains(&key.as_str()) {
             return Err(Error::ExperimentFile {
                 path: file.clone(),
-                reason: format!("top-level table `{key}` is not a profile (expected default, {})", SCALES.join(", ")),
+                reason: format!(
+                    "top-level table `{key}` is not a profile (expected default, {})",
+                    SCALES.join(", ")
+                ),
             });
         }
     }
@@ -168,12 +195,22 @@ where
     // Environment and override layers, each checked to name a key the file defines.
     let mut layers = Vec::new();
     for (name, value) in env.iter().filter(|(n, _)| n.starts_with(ENV_PREFIX)) {
-        let key = name[ENV_PREFIX.len()..].to_ascii_lowercase().replace("__", ".");
-        layers.push(Layer { origin: format!("environment variable {name}"), key, value: parse_value(value) });
+        let key = name[ENV_PREFIX.len()..]
+            .to_ascii_lowercase()
+            .replace("__", ".");
+        layers.push(Layer {
+            origin: format!("environment variable {name}"),
+            key,
+            value: parse_value(value),
+        });
     }
     for raw_override in overrides {
         let o = Override::parse(raw_override)?;
-        layers.push(Layer { origin: format!("override `{}`", o.raw), key: o.key, value: o.value });
+        layers.push(Layer {
+            origin: format!("override `{}`", o.raw),
+            key: o.key,
+            value: o.value,
+        });
     }
     let mut figment = base.clone();
     for layer in layers {
@@ -206,13 +243,34 @@ where
 
     let config: T = figment.extract().map_err(|e| {
         let key = e.path.join(".");
-        let shown = if key.is_empty() { "<root>".to_string() } else { key.clone() };
-        let value = figment.find_value(&key).ok().filter(|_| !key.is_empty()).map(|v| render_value(&v));
-        Error::Config { key: shown, value, reason: e.kind.to_string(), origin: describe(&key) }
+        let shown = if key.is_empty() {
+            "<root>".to_string()
+        } else {
+            key.clone()
+        };
+        let value = figment
+            .find_value(&key)
+            .ok()
+            .filter(|_| !key.is_empty())
+            .map(|v| render_value(&v));
+        Error::Config {
+            key: shown,
+            value,
+            reason: e.kind.to_string(),
+            origin: describe(&key),
+        }
     })?;
     if let Some(v) = config.validate().into_iter().next() {
-        let value = figment.find_value(&v.key).ok().map(|val| render_value(&val));
-        return Err(Error::Config { origin: describe(&v.key), key: v.key, value, reason: v.reason });
+        let value = figment
+            .find_value(&v.key)
+            .ok()
+            .map(|val| render_value(&val));
+        return Err(Error::Config {
+            origin: describe(&v.key),
+            key: v.key,
+            value,
+            reason: v.reason,
+        });
     }
 
     let toml = toml::to_string_pretty(&config)
@@ -222,7 +280,23 @@ where
     h.update(b"\n");
     h.update(toml.as_bytes());
     let hash = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok(Resolved { artifact: artifact.to_string(), scale: scale.to_string(), file, config, toml, hash })
+    Ok(Resolved {
+        artifact: artifact.to_string(),
+        scale: scale.to_string(),
+        file,
+        config,
+        toml,
+        hash,
+    })
+}
+
+/// Collapse a multi-line message into one line ("a\nb" → "a; b").
+pub fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn lookup<'a>(raw: &'a toml::Table, profile: &str, key: &str) -> Option<&'a toml::Value> {
@@ -296,7 +370,10 @@ mod tests {
 
     fn go(text: &str, scale: &str, env: &[(&str, &str)], o: &[&str]) -> Result<Resolved<Tiny>> {
         let d = dir(text);
-        let env: Vec<(String, String)> = env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
         resolve::<Tiny>(d.path(), "tiny", scale, &env, &o)
     }
@@ -305,8 +382,20 @@ mod tests {
     fn layers_apply_in_order() {
         assert_eq!(go(FILE, "smoke", &[], &[]).unwrap().config.steps, 2);
         assert_eq!(go(FILE, "mini", &[], &[]).unwrap().config.steps, 10);
-        assert_eq!(go(FILE, "paper", &[("DIFFUQ_STEPS", "5")], &[]).unwrap().config.steps, 5);
-        let r = go(FILE, "paper", &[("DIFFUQ_STEPS", "5"), ("DIFFUQ_TRAIN__BATCH", "9")], &["steps=7"]).unwrap();
+        assert_eq!(
+            go(FILE, "paper", &[("DIFFUQ_STEPS", "5")], &[])
+                .unwrap()
+                .config
+                .steps,
+            5
+        );
+        let r = go(
+            FILE,
+            "paper",
+            &[("DIFFUQ_STEPS", "5"), ("DIFFUQ_TRAIN__BATCH", "9")],
+            &["steps=7"],
+        )
+        .unwrap();
         assert_eq!((r.config.steps, r.config.train.batch), (7, 9));
     }
 
@@ -321,30 +410,60 @@ mod tests {
 
     #[test]
     fn errors_name_key_value_and_origin() {
-        let e = go(FILE, "mini", &[], &["steps=abc"]).unwrap_err().to_string();
-        assert!(e.contains("`steps`") && e.contains("\"abc\"") && e.contains("override `steps=abc`"), "{e}");
+        let e = go(FILE, "mini", &[], &["steps=abc"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`steps`") && e.contains("\"abc\"") && e.contains("override `steps=abc`"),
+            "{e}"
+        );
         let e = go(FILE, "mini", &[], &["stpes=3"]).unwrap_err().to_string();
         assert!(e.contains("`stpes`") && e.contains("unknown key"), "{e}");
-        let e = go(FILE, "mini", &[("DIFFUQ_LR", "-1")], &[]).unwrap_err().to_string();
-        assert!(e.contains("`lr` = -1") && e.contains("environment variable DIFFUQ_LR") && e.contains("> 0"), "{e}");
-        let e = go(&FILE.replace("lr = 0.1", "lr = -0.1"), "mini", &[], &[]).unwrap_err().to_string();
+        let e = go(FILE, "mini", &[("DIFFUQ_LR", "-1")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`lr` = -1")
+                && e.contains("environment variable DIFFUQ_LR")
+                && e.contains("> 0"),
+            "{e}"
+        );
+        let e = go(&FILE.replace("lr = 0.1", "lr = -0.1"), "mini", &[], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("[default]") && e.contains("`lr`"), "{e}");
-        let e = go(&FILE.replace("[mini]", "[mini]\nbogus = 1"), "mini", &[], &[]).unwrap_err().to_string();
+        let e = go(
+            &FILE.replace("[mini]", "[mini]\nbogus = 1"),
+            "mini",
+            &[],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("bogus") && e.contains("[mini]"), "{e}");
-        let e = go("[default\nx=1", "mini", &[], &[]).unwrap_err().to_string();
+        let e = go("[default\nx=1", "mini", &[], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("malformed TOML at line 1"), "{e}");
         let e = go(FILE, "huge", &[], &[]).unwrap_err().to_string();
         assert!(e.contains("unknown scale `huge`"), "{e}");
-        for e in [e] {
-            assert!(!e.contains('\n'));
-        }
+        assert!(!e.contains('\n'));
     }
 
     #[test]
     fn override_values_parse_as_toml() {
-        assert_eq!(Override::parse("a.b=3").unwrap().value, toml::Value::Integer(3));
-        assert_eq!(Override::parse("a=1e-3").unwrap().value, toml::Value::Float(1e-3));
-        assert_eq!(Override::parse("a=ddpm").unwrap().value, toml::Value::String("ddpm".into()));
+        assert_eq!(
+            Override::parse("a.b=3").unwrap().value,
+            toml::Value::Integer(3)
+        );
+        assert_eq!(
+            Override::parse("a=1e-3").unwrap().value,
+            toml::Value::Float(1e-3)
+        );
+        assert_eq!(
+            Override::parse("a=ddpm").unwrap().value,
+            toml::Value::String("ddpm".into())
+        );
         assert!(Override::parse("novalue").is_err());
         assert!(Override::parse("=3").is_err());
     }

@@ -25,7 +25,10 @@ impl ToyGrid {
         let mut c = Vec::with_capacity(self.side * self.side);
         for i in 0..self.side {
             for j in 0..self.side {
-                c.push([(i as f64 - off) * self.spacing, (j as f64 - off) * self.spacing]);
+                c.push([
+                    (i as f64 - off) * self.spacing,
+                    (j as f64 - off) * self.spacing,
+                ]);
             }
         }
         c
@@ -50,7 +53,13 @@ impl ToyGrid {
     pub fn nearest_distance(&self, p: [f64; 2]) -> f64 {
         // The grid is axis-aligned and regular: clamp each coordinate to the nearest centre index.
         let off = (self.side as f64 - 1.0) / 2.0;
-        let near = |v: f64| ((v / self.spacing + off).round().clamp(0.0, self.side as f64 - 1.0) - off) * self.spacing;
+        let near = |v: f64| {
+            ((v / self.spacing + off)
+                .round()
+                .clamp(0.0, self.side as f64 - 1.0)
+                - off)
+                * self.spacing
+        };
         ((p[0] - near(p[0])).powi(2) + (p[1] - near(p[1])).powi(2)).sqrt()
     }
 
@@ -66,7 +75,11 @@ mod tests {
     use crate::seed::SeedStreams;
     use proptest::prelude::*;
 
-    const G: ToyGrid = ToyGrid { side: 5, spacing: 1.0, mode_std: 0.05 };
+    const G: ToyGrid = ToyGrid {
+        side: 5,
+        spacing: 1.0,
+        mode_std: 0.05,
+    };
 
     proptest! {
         #[test]
@@ -86,11 +99,18 @@ mod tests {
         let mut between = 0;
         for r in x.chunks(2) {
             let p = [f64::from(r[0]), f64::from(r[1])];
-            let i = G.centres().iter().position(|c| (p[0] - c[0]).abs() < 0.5 && (p[1] - c[1]).abs() < 0.5).unwrap();
+            let i = G
+                .centres()
+                .iter()
+                .position(|c| (p[0] - c[0]).abs() < 0.5 && (p[1] - c[1]).abs() < 0.5)
+                .unwrap();
             counts[i] += 1;
             between += usize::from(G.is_between_modes(p, 4.0));
         }
-        assert!(counts.iter().all(|&c| (680..=920).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (680..=920).contains(&c)),
+            "{counts:?}"
+        );
         assert!(between <= 25, "{between}");
         assert_eq!(G.centres()[0], [-2.0, -2.0]);
         assert_eq!(G.centres()[24], [2.0, 2.0]);

@@ -17,19 +17,19 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use polars::df;
 use polars::prelude::DataFrame;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{Experiment, Verdict};
+use super::{Experiment, RunOptions, Verdict};
 use crate::config::{check, Resolved, Validate, Violation};
 use crate::data::toy_grid::ToyGrid;
 use crate::error::{Error, Result, TensorContext};
 use crate::metrics::stats::mean_std;
 use crate::model::toy_mlp::{EnsembleMlp, MlpSpec};
-use crate::model::train::{train_ensemble, TrainSpec};
+use crate::model::train::{train_ensemble, LrDecay, TrainSpec};
 use crate::report::scatter::{write_scatter, Panel, ScatterSpec};
 use crate::report::table::{pm, Table};
 use crate::sampler::{ddpm, NoObserver, StreamNoise};
@@ -78,6 +78,10 @@ pub struct ModelConfig {
     pub hidden: usize,
     pub layers: usize,
     pub time_dim: usize,
+    /// Gaussian Fourier features of x (0 = plain MLP on raw coordinates).
+    pub fourier_features: usize,
+    /// Std of the Fourier frequencies (cycles per data unit).
+    pub fourier_scale: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +100,8 @@ pub struct TrainConfig {
     pub steps: usize,
     pub batch_size: usize,
     pub lr: f64,
+    /// `constant` or `cosine` (annealed to 0 over `steps`).
+    pub lr_decay: LrDecay,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,80 +151,249 @@ pub struct PlotConfig {
 impl Validate for Config {
     fn validate(&self) -> Vec<Violation> {
         let mut v = vec![];
-        check(&mut v, !self.seeds.is_empty(), "seeds", "must list at least one seed");
+        check(
+            &mut v,
+            !self.seeds.is_empty(),
+            "seeds",
+            "must list at least one seed",
+        );
         let mut uniq = self.seeds.clone();
         uniq.sort_unstable();
         uniq.dedup();
-        check(&mut v, uniq.len() == self.seeds.len(), "seeds", "must not repeat a seed");
+        check(
+            &mut v,
+            uniq.len() == self.seeds.len(),
+            "seeds",
+            "must not repeat a seed",
+        );
         check(&mut v, self.data.side >= 2, "data.side", "must be ≥ 2");
-        check(&mut v, self.data.spacing > 0.0, "data.spacing", "must be > 0");
-        check(&mut v, self.data.mode_std > 0.0, "data.mode_std", "must be > 0");
-        check(&mut v, self.data.n_train >= 1, "data.n_train", "must be ≥ 1");
-        check(&mut v, self.model.hidden >= 1, "model.hidden", "must be ≥ 1");
-        check(&mut v, self.model.layers >= 1, "model.layers", "must be ≥ 1");
-        check(&mut v, self.model.time_dim >= 2 && self.model.time_dim % 2 == 0, "model.time_dim", "must be even and ≥ 2");
+        check(
+            &mut v,
+            self.data.spacing > 0.0,
+            "data.spacing",
+            "must be > 0",
+        );
+        check(
+            &mut v,
+            self.data.mode_std > 0.0,
+            "data.mode_std",
+            "must be > 0",
+        );
+        check(
+            &mut v,
+            self.data.n_train >= 1,
+            "data.n_train",
+            "must be ≥ 1",
+        );
+        check(
+            &mut v,
+            self.model.hidden >= 1,
+            "model.hidden",
+            "must be ≥ 1",
+        );
+        check(
+            &mut v,
+            self.model.layers >= 1,
+            "model.layers",
+            "must be ≥ 1",
+        );
+        check(
+            &mut v,
+            self.model.time_dim >= 2 && self.model.time_dim % 2 == 0,
+            "model.time_dim",
+            "must be even and ≥ 2",
+        );
+        check(
+            &mut v,
+            self.model.fourier_features % 2 == 0,
+            "model.fourier_features",
+            "must be even (sin and cos pairs)",
+        );
+        check(
+            &mut v,
+            self.model.fourier_scale > 0.0 && self.model.fourier_scale.is_finite(),
+            "model.fourier_scale",
+            "must be finite and > 0",
+        );
         let d = &self.diffusion;
-        check(&mut v, d.beta_start > 0.0 && d.beta_start <= d.beta_end && d.beta_end < 1.0, "diffusion.beta_start", "need 0 < beta_start ≤ beta_end < 1");
-        check(&mut v, d.timesteps >= 2, "diffusion.timesteps", "must be ≥ 2");
+        check(
+            &mut v,
+            d.beta_start > 0.0 && d.beta_start <= d.beta_end && d.beta_end < 1.0,
+            "diffusion.beta_start",
+            "need 0 < beta_start ≤ beta_end < 1",
+        );
+        check(
+            &mut v,
+            d.timesteps >= 2,
+            "diffusion.timesteps",
+            "must be ≥ 2",
+        );
         check(&mut v, self.train.steps >= 1, "train.steps", "must be ≥ 1");
-        check(&mut v, self.train.batch_size >= 1, "train.batch_size", "must be ≥ 1");
-        check(&mut v, self.train.lr > 0.0 && self.train.lr.is_finite(), "train.lr", "must be finite and > 0");
-        check(&mut v, self.ensemble.members >= 2, "ensemble.members", "must be ≥ 2 (uncertainty needs disagreement)");
-        check(&mut v, self.sampling.samples >= 2, "sampling.samples", "must be ≥ 2");
-        check(&mut v, (1..=d.timesteps).contains(&self.sampling.steps), "sampling.steps", "must be in 1..=diffusion.timesteps");
-        check(&mut v, self.sampling.batch_size >= 1, "sampling.batch_size", "must be ≥ 1");
-        check(&mut v, self.uq.gamma2 > 0.0 && self.uq.gamma2.is_finite(), "uq.gamma2", "must be finite and > 0");
-        check(&mut v, self.uq.keep_fraction > 0.0 && self.uq.keep_fraction < 1.0, "uq.keep_fraction", "must be in (0, 1)");
-        check(&mut v, self.eval.between_k > 0.0, "eval.between_k", "must be > 0");
-        check(&mut v, (0.0..=1.0).contains(&self.eval.min_removed), "eval.min_removed", "must be in [0, 1]");
-        check(&mut v, self.plot.max_points >= 1, "plot.max_points", "must be ≥ 1");
+        check(
+            &mut v,
+            self.train.batch_size >= 1,
+            "train.batch_size",
+            "must be ≥ 1",
+        );
+        check(
+            &mut v,
+            self.train.lr > 0.0 && self.train.lr.is_finite(),
+            "train.lr",
+            "must be finite and > 0",
+        );
+        check(
+            &mut v,
+            self.ensemble.members >= 2,
+            "ensemble.members",
+            "must be ≥ 2 (uncertainty needs disagreement)",
+        );
+        check(
+            &mut v,
+            self.sampling.samples >= 2,
+            "sampling.samples",
+            "must be ≥ 2",
+        );
+        check(
+            &mut v,
+            (1..=d.timesteps).contains(&self.sampling.steps),
+            "sampling.steps",
+            "must be in 1..=diffusion.timesteps",
+        );
+        check(
+            &mut v,
+            self.sampling.batch_size >= 1,
+            "sampling.batch_size",
+            "must be ≥ 1",
+        );
+        check(
+            &mut v,
+            self.uq.gamma2 > 0.0 && self.uq.gamma2.is_finite(),
+            "uq.gamma2",
+            "must be finite and > 0",
+        );
+        check(
+            &mut v,
+            self.uq.keep_fraction > 0.0 && self.uq.keep_fraction < 1.0,
+            "uq.keep_fraction",
+            "must be in (0, 1)",
+        );
+        check(
+            &mut v,
+            self.eval.between_k > 0.0,
+            "eval.between_k",
+            "must be > 0",
+        );
+        check(
+            &mut v,
+            (0.0..=1.0).contains(&self.eval.min_removed),
+            "eval.min_removed",
+            "must be in [0, 1]",
+        );
+        check(
+            &mut v,
+            self.plot.max_points >= 1,
+            "plot.max_points",
+            "must be ≥ 1",
+        );
         v
     }
 }
 
 impl Config {
     fn grid(&self) -> ToyGrid {
-        ToyGrid { side: self.data.side, spacing: self.data.spacing, mode_std: self.data.mode_std }
+        ToyGrid {
+            side: self.data.side,
+            spacing: self.data.spacing,
+            mode_std: self.data.mode_std,
+        }
     }
 }
 
 /// Subsets reported in the table, in order.
-const SETS: [&str; 4] = ["training data", "all samples", "kept: uncertainty", "kept: random"];
+const SETS: [&str; 4] = [
+    "training data",
+    "all samples",
+    "kept: uncertainty",
+    "kept: random",
+];
 
-fn bar(len: usize, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len as u64);
+fn bar(progress: &MultiProgress, len: usize, what: &str) -> ProgressBar {
+    let pb = progress.add(ProgressBar::new(len as u64));
     pb.set_style(
-        ProgressStyle::with_template("{prefix:>18} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})")
-            .expect("static template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>18} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
     pb.set_prefix(what.to_string());
     pb
 }
 
-/// Run one seed: returns (samples frame, metrics frame, first-seed training data for the figure).
-fn run_seed(cfg: &Config, seed: u64, device: &Device, manifest: &mut Manifest, run: &RunDir) -> Result<(DataFrame, DataFrame, DataFrame)> {
+/// Run one seed and write its parts (`seeds/seed-<s>/{samples,metrics}.parquet`, and for the first
+/// seed `train_data.parquet`); returns the phase wall times.
+fn run_seed(
+    cfg: &Config,
+    seed: u64,
+    run: &RunDir,
+    progress: &MultiProgress,
+) -> Result<Vec<(String, f64)>> {
+    let device = &Device::Cpu;
+    let mut times = vec![];
     let grid = cfg.grid();
     let streams = SeedStreams::new(seed);
     let data = grid.sample(cfg.data.n_train, &streams.purpose("train-data"));
-    let schedule = NoiseSchedule::new(cfg.diffusion.schedule, cfg.diffusion.beta_start, cfg.diffusion.beta_end, cfg.diffusion.timesteps);
-    let spec = MlpSpec { data_dim: 2, hidden: cfg.model.hidden, layers: cfg.model.layers, time_dim: cfg.model.time_dim, members: cfg.ensemble.members };
-    let model = EnsembleMlp::init(spec, cfg.diffusion.timesteps, &streams, device).ctx("initialising the ensemble")?;
+    let schedule = NoiseSchedule::new(
+        cfg.diffusion.schedule,
+        cfg.diffusion.beta_start,
+        cfg.diffusion.beta_end,
+        cfg.diffusion.timesteps,
+    );
+    let spec = MlpSpec {
+        data_dim: 2,
+        hidden: cfg.model.hidden,
+        layers: cfg.model.layers,
+        time_dim: cfg.model.time_dim,
+        members: cfg.ensemble.members,
+        fourier_features: cfg.model.fourier_features,
+        fourier_scale: cfg.model.fourier_scale,
+    };
+    let model = EnsembleMlp::init(spec, cfg.diffusion.timesteps, &streams, device)
+        .ctx("initialising the ensemble")?;
 
     let t = Instant::now();
-    let pb = bar(cfg.train.steps, &format!("train seed {seed}"));
-    let tspec = TrainSpec { steps: cfg.train.steps, batch_size: cfg.train.batch_size, lr: cfg.train.lr };
-    let losses = train_ensemble(&model, &data, &schedule, tspec, &streams, device, |step, loss| {
-        pb.set_position(step as u64);
-        if step % 50 == 0 {
-            pb.set_message(format!("loss {loss:.4}"));
-        }
-    })?;
+    let pb = bar(progress, cfg.train.steps, &format!("train seed {seed}"));
+    let tspec = TrainSpec {
+        steps: cfg.train.steps,
+        batch_size: cfg.train.batch_size,
+        lr: cfg.train.lr,
+        lr_decay: cfg.train.lr_decay,
+    };
+    let losses = train_ensemble(
+        &model,
+        &data,
+        &schedule,
+        tspec,
+        &streams,
+        device,
+        |step, loss| {
+            pb.set_position(step as u64);
+            if step % 50 == 0 {
+                pb.set_message(format!("loss {loss:.4}"));
+            }
+        },
+    )?;
     pb.finish_and_clear();
-    manifest.wall_seconds.insert(format!("train/seed-{seed}"), t.elapsed().as_secs_f64());
-    run.log(&format!("seed {seed}: trained {} members, final losses {losses:.4?}", spec.members))?;
+    times.push((format!("train/seed-{seed}"), t.elapsed().as_secs_f64()));
+    run.log(&format!(
+        "seed {seed}: trained {} members, final losses {losses:.4?}",
+        spec.members
+    ))?;
     if losses.iter().any(|l| !l.is_finite()) {
-        return Err(Error::invalid(format!("training seed {seed}"), format!("loss diverged ({losses:?}); lower train.lr")));
+        return Err(Error::invalid(
+            format!("training seed {seed}"),
+            format!("loss diverged ({losses:?}); lower train.lr"),
+        ));
     }
 
     // Sampling: all members at once, per batch of sample indices.
@@ -228,14 +403,22 @@ fn run_seed(cfg: &Config, seed: u64, device: &Device, manifest: &mut Manifest, r
     let x_t_purpose = streams.purpose("x_T");
     let noise_purpose = streams.purpose("ddpm-noise");
     let mut outputs = vec![0f32; m * n * 2]; // (M, N, 2)
-    let pb = bar(n, &format!("sample seed {seed}"));
+    let pb = bar(progress, n, &format!("sample seed {seed}"));
     let mut nfe = 0;
     for start in (0..n).step_by(cfg.sampling.batch_size) {
-        let idx: Vec<u64> = (start as u64..(start + cfg.sampling.batch_size).min(n) as u64).collect();
+        let idx: Vec<u64> =
+            (start as u64..(start + cfg.sampling.batch_size).min(n) as u64).collect();
         let b = idx.len();
         let x0 = (|| -> candle_core::Result<Vec<f32>> {
-            let x_t = Tensor::from_vec(x_t_purpose.normals(&idx, None, 2), (1, b, 2), device)?.broadcast_as((m, b, 2))?.contiguous()?;
-            let noise = StreamNoise { purpose: noise_purpose, indices: &idx, dim: 2, device };
+            let x_t = Tensor::from_vec(x_t_purpose.normals(&idx, None, 2), (1, b, 2), device)?
+                .broadcast_as((m, b, 2))?
+                .contiguous()?;
+            let noise = StreamNoise {
+                purpose: noise_purpose,
+                indices: &idx,
+                dim: 2,
+                device,
+            };
             let out = ddpm::sample(&model, &schedule, &steps, x_t, &noise, &mut NoObserver)?;
             nfe = out.nfe * m;
             out.x0.flatten_all()?.to_vec1::<f32>()
@@ -248,11 +431,14 @@ fn run_seed(cfg: &Config, seed: u64, device: &Device, manifest: &mut Manifest, r
         pb.inc(b as u64);
     }
     pb.finish_and_clear();
-    manifest.wall_seconds.insert(format!("sample/seed-{seed}"), t.elapsed().as_secs_f64());
+    times.push((format!("sample/seed-{seed}"), t.elapsed().as_secs_f64()));
 
     let h = entropies_mnd(&outputs, m, n, 2, cfg.uq.gamma2);
     if let Some(i) = h.iter().position(|v| !v.is_finite()) {
-        return Err(Error::invalid(format!("seed {seed} sample {i}"), "non-finite ensemble output; the model diverged"));
+        return Err(Error::invalid(
+            format!("seed {seed} sample {i}"),
+            "non-finite ensemble output; the model diverged",
+        ));
     }
     let keep = ((n as f64) * cfg.uq.keep_fraction).floor() as usize;
     let mut order: Vec<usize> = (0..n).collect();
@@ -269,11 +455,19 @@ fn run_seed(cfg: &Config, seed: u64, device: &Device, manifest: &mut Manifest, r
     let mut kept_random = vec![false; n];
     perm[..keep].iter().for_each(|&i| kept_random[i] = true);
 
-    let sample_xy: Vec<[f64; 2]> = (0..n).map(|i| [f64::from(outputs[i * 2]), f64::from(outputs[i * 2 + 1])]).collect();
-    let dist: Vec<f64> = sample_xy.iter().map(|p| grid.nearest_distance(*p)).collect();
+    let sample_xy: Vec<[f64; 2]> = (0..n)
+        .map(|i| [f64::from(outputs[i * 2]), f64::from(outputs[i * 2 + 1])])
+        .collect();
+    let dist: Vec<f64> = sample_xy
+        .iter()
+        .map(|p| grid.nearest_distance(*p))
+        .collect();
     let radius = cfg.eval.between_k * cfg.data.mode_std;
     let between: Vec<bool> = dist.iter().map(|&d| d > radius).collect();
-    let data_between = data.chunks(2).filter(|r| grid.is_between_modes([f64::from(r[0]), f64::from(r[1])], cfg.eval.between_k)).count();
+    let data_between = data
+        .chunks(2)
+        .filter(|r| grid.is_between_modes([f64::from(r[0]), f64::from(r[1])], cfg.eval.between_k))
+        .count();
 
     let count = |mask: &dyn Fn(usize) -> bool| -> (u64, u64) {
         let total = (0..n).filter(|&i| mask(i)).count() as u64;
@@ -286,7 +480,7 @@ fn run_seed(cfg: &Config, seed: u64, device: &Device, manifest: &mut Manifest, r
         count(&|i| kept_gu[i]),
         count(&|i| kept_random[i]),
     ];
-    let metrics = df!(
+    let mut metrics = df!(
         "seed" => vec![seed; SETS.len()],
         "set" => SETS.to_vec(),
         "n" => rows.iter().map(|r| r.0).collect::<Vec<_>>(),
@@ -295,7 +489,7 @@ fn run_seed(cfg: &Config, seed: u64, device: &Device, manifest: &mut Manifest, r
         "final_loss" => vec![losses.iter().sum::<f64>() / m as f64; SETS.len()],
     )
     .ctx("building metrics frame")?;
-    let samples = df!(
+    let mut samples = df!(
         "seed" => vec![seed; n],
         "index" => (0..n as u64).collect::<Vec<_>>(),
         "x" => sample_xy.iter().map(|p| p[0]).collect::<Vec<_>>(),
@@ -309,40 +503,77 @@ fn run_seed(cfg: &Config, seed: u64, device: &Device, manifest: &mut Manifest, r
     )
     .ctx("building samples frame")?;
     let shown = cfg.plot.max_points.min(cfg.data.n_train);
-    let train = df!(
+    let mut train = df!(
         "x" => data[..2 * shown].iter().step_by(2).map(|&v| f64::from(v)).collect::<Vec<_>>(),
         "y" => data[1..2 * shown].iter().step_by(2).map(|&v| f64::from(v)).collect::<Vec<_>>(),
     )
     .ctx("building training-data frame")?;
-    Ok((samples, metrics, train))
+    let part = format!("seeds/seed-{seed}");
+    run.write_parquet(&format!("{part}/samples.parquet"), &mut samples)?;
+    if seed == cfg.seeds[0] {
+        run.write_parquet("train_data.parquet", &mut train)?;
+    }
+    // Written last: its presence marks the seed as finished (see `GuFig2::run`).
+    run.write_parquet(&format!("{part}/metrics.parquet"), &mut metrics)?;
+    Ok(times)
 }
 
 impl Experiment for GuFig2 {
     const NAME: &'static str = "gu-fig2";
-    const DESCRIPTION: &'static str = "GU Fig. 2: toy 25-mode grid, ensemble generative uncertainty drops between-mode samples";
+    const DESCRIPTION: &'static str =
+        "GU Fig. 2: toy 25-mode grid, ensemble generative uncertainty drops between-mode samples";
     type Config = Config;
 
-    fn run(cfg: &Resolved<Config>, run: &RunDir, manifest: &mut Manifest) -> Result<()> {
+    fn run(
+        cfg: &Resolved<Config>,
+        run: &RunDir,
+        manifest: &mut Manifest,
+        opts: &RunOptions,
+    ) -> Result<()> {
         let c = &cfg.config;
-        let device = Device::Cpu;
+        let done = |seed: u64| run.has(&format!("seeds/seed-{seed}/metrics.parquet"));
+        let pending: Vec<u64> = c.seeds.iter().copied().filter(|&s| !done(s)).collect();
+        for &seed in c.seeds.iter().filter(|&&s| done(s)) {
+            run.log(&format!("seed {seed}: reusing finished part"))?;
+        }
+        // Seeds are independent replicates with their own streams: computing them concurrently
+        // changes wall time only. Workers pull seeds from a shared counter.
+        let progress = MultiProgress::new();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<Result<Vec<(String, f64)>>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..opts.jobs.clamp(1, pending.len().max(1)))
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut out = vec![];
+                        while let Some(&seed) =
+                            pending.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+                        {
+                            let r = run_seed(c, seed, run, &progress);
+                            let failed = r.is_err();
+                            out.push(r);
+                            if failed {
+                                break;
+                            }
+                        }
+                        out
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("seed worker panicked"))
+                .collect()
+        });
+        for r in results {
+            manifest.wall_seconds.extend(r?);
+        }
+        run.write_manifest(manifest)?;
+
         let mut samples: Option<DataFrame> = None;
         let mut metrics: Option<DataFrame> = None;
         for &seed in &c.seeds {
-            let part = format!("seeds/seed-{seed}");
-            // Resume: a seed whose parts are all present was finished by an earlier attempt.
-            if !(run.has(&format!("{part}/metrics.parquet")) && run.has(&format!("{part}/samples.parquet"))) {
-                let (mut s, mut m, mut t) = run_seed(c, seed, &device, manifest, run)?;
-                run.write_parquet(&format!("{part}/samples.parquet"), &mut s)?;
-                if seed == c.seeds[0] {
-                    run.write_parquet("train_data.parquet", &mut t)?;
-                }
-                run.write_parquet(&format!("{part}/metrics.parquet"), &mut m)?;
-                run.write_manifest(manifest)?;
-            } else {
-                run.log(&format!("seed {seed}: reusing finished part"))?;
-            }
-            let s = run.read_parquet(&format!("{part}/samples.parquet"))?;
-            let m = run.read_parquet(&format!("{part}/metrics.parquet"))?;
+            let s = run.read_parquet(&format!("seeds/seed-{seed}/samples.parquet"))?;
+            let m = run.read_parquet(&format!("seeds/seed-{seed}/metrics.parquet"))?;
             samples = Some(match samples {
                 None => s,
                 Some(acc) => acc.vstack(&s).ctx("stacking samples")?,
@@ -360,23 +591,58 @@ impl Experiment for GuFig2 {
     fn report(cfg: &Config, run: &RunDir) -> Result<Verdict> {
         let metrics = run.read_parquet("metrics.parquet")?;
         let col = |name: &str| -> Result<Vec<f64>> {
-            Ok(metrics.column(name).ctx(name)?.cast(&polars::prelude::DataType::Float64).ctx(name)?.f64().ctx(name)?.into_no_null_iter().collect())
+            Ok(metrics
+                .column(name)
+                .ctx(name)?
+                .cast(&polars::prelude::DataType::Float64)
+                .ctx(name)?
+                .f64()
+                .ctx(name)?
+                .into_no_null_iter()
+                .collect())
         };
-        let sets: Vec<String> = metrics.column("set").ctx("set")?.str().ctx("set")?.iter().map(|v| v.unwrap_or_default().to_string()).collect();
+        let sets: Vec<String> = metrics
+            .column("set")
+            .ctx("set")?
+            .str()
+            .ctx("set")?
+            .iter()
+            .map(|v| v.unwrap_or_default().to_string())
+            .collect();
         let (share, n_between, seeds) = (col("share_between")?, col("n_between")?, col("seed")?);
-        let per_set = |set: &str, values: &[f64]| -> Vec<f64> { sets.iter().zip(values).filter(|(s, _)| *s == set).map(|(_, v)| *v).collect() };
+        let per_set = |set: &str, values: &[f64]| -> Vec<f64> {
+            sets.iter()
+                .zip(values)
+                .filter(|(s, _)| *s == set)
+                .map(|(_, v)| *v)
+                .collect()
+        };
         let n_seeds = per_set(SETS[0], &seeds).len();
 
         // Share of the between-mode samples that a filter removed, per seed.
         let all_bad = per_set(SETS[1], &n_between);
         let removed = |set: &str| -> Vec<f64> {
-            per_set(set, &n_between).iter().zip(&all_bad).map(|(k, a)| if *a > 0.0 { 1.0 - k / a } else { 1.0 }).collect()
+            per_set(set, &n_between)
+                .iter()
+                .zip(&all_bad)
+                .map(|(k, a)| if *a > 0.0 { 1.0 - k / a } else { 1.0 })
+                .collect()
         };
-        let mut table = Table::new(["set", "between-mode share (%)", "between-mode samples removed (%)"]);
+        let mut table = Table::new([
+            "set",
+            "between-mode share (%)",
+            "between-mode samples removed (%)",
+        ]);
         for set in SETS {
-            let (m, s) = mean_std(&per_set(set, &share).iter().map(|v| v * 100.0).collect::<Vec<_>>());
+            let (m, s) = mean_std(
+                &per_set(set, &share)
+                    .iter()
+                    .map(|v| v * 100.0)
+                    .collect::<Vec<_>>(),
+            );
             let removed_cell = if set.starts_with("kept") {
-                let (rm, rs) = mean_std(&removed(set).iter().map(|v| v * 100.0).collect::<Vec<_>>());
+                let (rm, rs) =
+                    mean_std(&removed(set).iter().map(|v| v * 100.0).collect::<Vec<_>>());
                 pm(rm, rs, 1)
             } else {
                 "—".into()
@@ -405,14 +671,19 @@ impl Experiment for GuFig2 {
         );
         run.write("table.md", md.as_bytes())?;
         write_figure(cfg, run)?;
-        Ok(Verdict { table: md, reproduced, summary })
+        Ok(Verdict {
+            table: md,
+            reproduced,
+            summary,
+        })
     }
 }
 
 /// The paper's statement, from `paper/gu-fig2.toml` (compiled in, so reports never depend on cwd).
 fn paper_claim() -> Result<String> {
     const PAPER: &str = include_str!("../../paper/gu-fig2.toml");
-    let t: toml::Table = toml::from_str(PAPER).map_err(|e| Error::invalid("paper/gu-fig2.toml", e.message().to_string()))?;
+    let t: toml::Table = toml::from_str(PAPER)
+        .map_err(|e| Error::invalid("paper/gu-fig2.toml", e.message().to_string()))?;
     t.get("claim")
         .and_then(|c| c.as_str())
         .map(|c| c.trim().to_string())
@@ -423,26 +694,56 @@ fn write_figure(cfg: &Config, run: &RunDir) -> Result<()> {
     let xy = |df: &DataFrame| -> Result<Vec<[f64; 2]>> {
         let x = df.column("x").ctx("x")?.f64().ctx("x")?;
         let y = df.column("y").ctx("y")?.f64().ctx("y")?;
-        Ok(x.into_no_null_iter().zip(y.into_no_null_iter()).map(|(a, b)| [a, b]).collect())
+        Ok(x.into_no_null_iter()
+            .zip(y.into_no_null_iter())
+            .map(|(a, b)| [a, b])
+            .collect())
     };
     let train = xy(&run.read_parquet("train_data.parquet")?)?;
     let first = cfg.seeds[0];
     let samples = run.read_parquet(&format!("seeds/seed-{first}/samples.parquet"))?;
     let all = xy(&samples)?;
-    let kept_mask: Vec<bool> = samples.column("kept_uncertainty").ctx("kept_uncertainty")?.bool().ctx("kept_uncertainty")?.iter().map(|v| v.unwrap_or(false)).collect();
+    let kept_mask: Vec<bool> = samples
+        .column("kept_uncertainty")
+        .ctx("kept_uncertainty")?
+        .bool()
+        .ctx("kept_uncertainty")?
+        .iter()
+        .map(|v| v.unwrap_or(false))
+        .collect();
     let shown = cfg.plot.max_points.min(all.len());
-    let kept: Vec<[f64; 2]> = all[..shown].iter().zip(&kept_mask).filter(|(_, k)| **k).map(|(p, _)| *p).collect();
+    let kept: Vec<[f64; 2]> = all[..shown]
+        .iter()
+        .zip(&kept_mask)
+        .filter(|(_, k)| **k)
+        .map(|(p, _)| *p)
+        .collect();
     let grid = cfg.grid();
     let extent = grid.spacing * (grid.side as f64 - 1.0) / 2.0 + 2.0 * grid.spacing;
     let panels = [
-        Panel { title: "training data".into(), points: &train, color: plotters::style::RGBColor(90, 90, 90) },
-        Panel { title: format!("all samples ({shown} shown)"), points: &all[..shown], color: plotters::style::RGBColor(31, 119, 180) },
-        Panel { title: format!("kept: {:.0}% least uncertain", cfg.uq.keep_fraction * 100.0), points: &kept, color: plotters::style::RGBColor(44, 160, 44) },
+        Panel {
+            title: "training data".into(),
+            points: &train,
+            color: plotters::style::RGBColor(90, 90, 90),
+        },
+        Panel {
+            title: format!("all samples ({shown} shown)"),
+            points: &all[..shown],
+            color: plotters::style::RGBColor(31, 119, 180),
+        },
+        Panel {
+            title: format!("kept: {:.0}% least uncertain", cfg.uq.keep_fraction * 100.0),
+            points: &kept,
+            color: plotters::style::RGBColor(44, 160, 44),
+        },
     ];
     let spec = ScatterSpec {
         extent,
         markers: &grid.centres(),
-        caption: format!("gu-fig2 seed {first}: {}-member ensemble, {} DDPM steps; crosses = mode centres", cfg.ensemble.members, cfg.sampling.steps),
+        caption: format!(
+            "gu-fig2 seed {first}: {}-member ensemble, {} DDPM steps; crosses = mode centres",
+            cfg.ensemble.members, cfg.sampling.steps
+        ),
     };
     write_scatter(&run.file("figures"), "gu-fig2", &panels, &spec)
 }

@@ -31,8 +31,13 @@ pub trait Experiment {
     const DESCRIPTION: &'static str;
     type Config: DeserializeOwned + Serialize + Validate;
 
-    /// Compute into `run`, skipping parts already present (resume). `log` receives progress lines.
-    fn run(cfg: &Resolved<Self::Config>, run: &RunDir, manifest: &mut Manifest) -> Result<()>;
+    /// Compute into `run`, skipping parts already present (resume). Wall times go into `manifest`.
+    fn run(
+        cfg: &Resolved<Self::Config>,
+        run: &RunDir,
+        manifest: &mut Manifest,
+        opts: &RunOptions,
+    ) -> Result<()>;
 
     /// Render figures and `table.md` from the frames in `run`; compare with the paper.
     fn report(cfg: &Self::Config, run: &RunDir) -> Result<Verdict>;
@@ -46,6 +51,16 @@ pub struct Invocation {
     pub overrides: Vec<String>,
     pub env: Vec<(String, String)>,
     pub experiments_dir: PathBuf,
+}
+
+/// How to run, beyond the configuration: nothing here may change the numbers, so none of it is
+/// part of the configuration hash.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Recompute even if a finished run with this configuration exists.
+    pub force: bool,
+    /// Independent parts (e.g. seeds) computed concurrently.
+    pub jobs: usize,
 }
 
 /// What `run` did.
@@ -70,21 +85,27 @@ pub struct Artifact {
     pub name: &'static str,
     pub description: &'static str,
     validate: fn(&Invocation, &Path) -> Result<Validated>,
-    run: fn(&Invocation, &Path, bool) -> Result<RunOutcome>,
+    run: fn(&Invocation, &Path, &RunOptions) -> Result<RunOutcome>,
     report: fn(&RunDir) -> Result<Verdict>,
 }
 
 impl Artifact {
     const fn of<E: Experiment>() -> Self {
-        Self { name: E::NAME, description: E::DESCRIPTION, validate: validate::<E>, run: run::<E>, report: report::<E> }
+        Self {
+            name: E::NAME,
+            description: E::DESCRIPTION,
+            validate: validate::<E>,
+            run: run::<E>,
+            report: report::<E>,
+        }
     }
 
     pub fn validate(&self, inv: &Invocation, runs_root: &Path) -> Result<Validated> {
         (self.validate)(inv, runs_root)
     }
 
-    pub fn run(&self, inv: &Invocation, runs_root: &Path, force: bool) -> Result<RunOutcome> {
-        (self.run)(inv, runs_root, force)
+    pub fn run(&self, inv: &Invocation, runs_root: &Path, opts: &RunOptions) -> Result<RunOutcome> {
+        (self.run)(inv, runs_root, opts)
     }
 
     pub fn report(&self, run: &RunDir) -> Result<Verdict> {
@@ -96,14 +117,27 @@ impl Artifact {
 pub const ARTIFACTS: &[Artifact] = &[Artifact::of::<gu_fig2::GuFig2>()];
 
 pub fn find(name: &str) -> Result<&'static Artifact> {
-    ARTIFACTS.iter().find(|a| a.name == name).ok_or_else(|| Error::UnknownArtifact {
-        name: name.to_string(),
-        known: ARTIFACTS.iter().map(|a| a.name).collect::<Vec<_>>().join(", "),
-    })
+    ARTIFACTS
+        .iter()
+        .find(|a| a.name == name)
+        .ok_or_else(|| Error::UnknownArtifact {
+            name: name.to_string(),
+            known: ARTIFACTS
+                .iter()
+                .map(|a| a.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 fn resolve<E: Experiment>(inv: &Invocation) -> Result<Resolved<E::Config>> {
-    config::resolve::<E::Config>(&inv.experiments_dir, E::NAME, &inv.scale, &inv.env, &inv.overrides)
+    config::resolve::<E::Config>(
+        &inv.experiments_dir,
+        E::NAME,
+        &inv.scale,
+        &inv.env,
+        &inv.overrides,
+    )
 }
 
 fn run_path(root: &Path, r: &Resolved<impl Sized>) -> PathBuf {
@@ -112,39 +146,68 @@ fn run_path(root: &Path, r: &Resolved<impl Sized>) -> PathBuf {
 
 fn validate<E: Experiment>(inv: &Invocation, runs_root: &Path) -> Result<Validated> {
     let r = resolve::<E>(inv)?;
-    Ok(Validated { run_dir: run_path(runs_root, &r), file: r.file.clone(), toml: r.toml.clone(), hash: r.hash.clone() })
+    Ok(Validated {
+        run_dir: run_path(runs_root, &r),
+        file: r.file.clone(),
+        toml: r.toml.clone(),
+        hash: r.hash.clone(),
+    })
 }
 
-fn run<E: Experiment>(inv: &Invocation, runs_root: &Path, force: bool) -> Result<RunOutcome> {
+fn run<E: Experiment>(inv: &Invocation, runs_root: &Path, opts: &RunOptions) -> Result<RunOutcome> {
     let r = resolve::<E>(inv)?;
     let dir = RunDir::create_at(run_path(runs_root, &r))?;
-    if !force && dir.has("manifest.json") && dir.manifest()?.status == Status::Finished {
+    if !opts.force && dir.has("manifest.json") && dir.manifest()?.status == Status::Finished {
         dir.log("finished run reused")?;
         let verdict = E::report(&r.config, &dir)?;
-        return Ok(RunOutcome { dir: dir.path().to_path_buf(), reused: true, verdict });
+        return Ok(RunOutcome {
+            dir: dir.path().to_path_buf(),
+            reused: true,
+            verdict,
+        });
     }
     let t0 = Instant::now();
     dir.write("config.resolved.toml", r.toml.as_bytes())?;
     let mut manifest = Manifest::new(&r.artifact, &r.scale, &r.hash, "cpu");
+    manifest.jobs = opts.jobs;
     dir.write_manifest(&manifest)?;
-    dir.log(&format!("run {} at scale {} (config {})", r.artifact, r.scale, r.short_hash()))?;
-    E::run(&r, &dir, &mut manifest)?;
+    dir.log(&format!(
+        "run {} at scale {} (config {})",
+        r.artifact,
+        r.scale,
+        r.short_hash()
+    ))?;
+    E::run(&r, &dir, &mut manifest, opts)?;
     let t_report = Instant::now();
     let verdict = E::report(&r.config, &dir)?;
-    manifest.wall_seconds.insert("report".into(), t_report.elapsed().as_secs_f64());
-    manifest.wall_seconds.insert("total".into(), t0.elapsed().as_secs_f64());
+    manifest
+        .wall_seconds
+        .insert("report".into(), t_report.elapsed().as_secs_f64());
+    manifest
+        .wall_seconds
+        .insert("total".into(), t0.elapsed().as_secs_f64());
     manifest.status = Status::Finished;
     manifest.finished_unix = Some(unix_now());
     manifest.reproduced = Some(verdict.reproduced);
     dir.write_manifest(&manifest)?;
     dir.log(&format!("finished: {}", verdict.summary))?;
-    Ok(RunOutcome { dir: dir.path().to_path_buf(), reused: false, verdict })
+    Ok(RunOutcome {
+        dir: dir.path().to_path_buf(),
+        reused: false,
+        verdict,
+    })
 }
 
 fn report<E: Experiment>(dir: &RunDir) -> Result<Verdict> {
     let path = dir.file("config.resolved.toml");
     let text = dir.read_to_string("config.resolved.toml")?;
-    let cfg: E::Config = toml::from_str(&text)
-        .map_err(|e| Error::ExperimentFile { path, reason: format!("does not match this diffuq's {} config: {}", E::NAME, e.message()) })?;
+    let cfg: E::Config = toml::from_str(&text).map_err(|e| Error::ExperimentFile {
+        path,
+        reason: format!(
+            "does not match this diffuq's {} config: {}",
+            E::NAME,
+            e.message()
+        ),
+    })?;
     E::report(&cfg, dir)
 }

@@ -2,8 +2,13 @@
 //! computation: every weight carries a leading member axis, so member m maps x[m] with its own
 //! parameters, and M members cost one batched matmul per layer instead of M small ones.
 //!
-//! Member network: h₀ = SiLU(x W_x + e(t) W_t + b), h_{l+1} = SiLU(h_l W_l + b_l), ε = h_L W_out + b_out,
-//! with e(t) the sinusoidal timestep embedding of Vaswani et al. (2017) / Ho et al. (2020).
+//! Member network: h₀ = SiLU(u(x) W_x + e(t) W_t + b), h_{l+1} = SiLU(h_l W_l + b_l),
+//! ε = h_L W_out + b_out, with e(t) the sinusoidal timestep embedding of Vaswani et al. (2017) /
+//! Ho et al. (2020) and u(x) = [x, sin(2π x Bᵀ), cos(2π x Bᵀ)] optional Gaussian Fourier features
+//! (Tancik et al. 2020; B ~ N(0, s²), F/2 × D, fixed, one draw per member). Plain MLPs on 2-D
+//! coordinates learn the sharp, cell-wise ε field of well-separated modes very slowly (spectral
+//! bias); the features make that learnable in a CPU-minute budget. `fourier_features = 0` gives
+//! the plain u(x) = x network.
 //! Initialisation follows PyTorch's `nn.Linear` default, U(−1/√fan_in, 1/√fan_in) for weights and
 //! biases, drawn from the seed streams (purpose `mlp-init`, index = member, step = layer), so
 //! member m is the same network whatever M is.
@@ -14,7 +19,7 @@ use super::Denoiser;
 use crate::seed::SeedStreams;
 
 /// Shape of the ensemble.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MlpSpec {
     /// Data dimension D (2 for the toy grid).
     pub data_dim: usize,
@@ -24,6 +29,10 @@ pub struct MlpSpec {
     pub layers: usize,
     /// Size of the sinusoidal timestep embedding (even).
     pub time_dim: usize,
+    /// Number F of Fourier features of x (even; 0 = none).
+    pub fourier_features: usize,
+    /// Standard deviation s of the Fourier frequencies, in cycles per data unit.
+    pub fourier_scale: f64,
     /// Ensemble size M.
     pub members: usize,
 }
@@ -31,7 +40,9 @@ pub struct MlpSpec {
 /// M independent MLPs stored as stacked tensors.
 pub struct EnsembleMlp {
     spec: MlpSpec,
-    /// (M, D, H) and (M, E, H): first layer split into data and time parts.
+    /// (M, D, F/2) Fourier frequencies 2πB, when F > 0 (constant, not trained).
+    fourier: Option<Tensor>,
+    /// (M, D + F, H) and (M, E, H): first layer split into data and time parts.
     w_x: Var,
     w_t: Var,
     /// Biases (M, 1, H) of the first layer, then hidden layers (weights (M, H, H)), then output.
@@ -57,17 +68,34 @@ pub fn timestep_embedding(t: f64, dim: usize) -> Vec<f32> {
 
 impl EnsembleMlp {
     /// A freshly initialised ensemble; `timesteps` sizes the embedding table.
-    pub fn init(spec: MlpSpec, timesteps: usize, streams: &SeedStreams, device: &Device) -> candle_core::Result<Self> {
-        let MlpSpec { data_dim: d, hidden: h, layers, time_dim: e, members: m } = spec;
+    pub fn init(
+        spec: MlpSpec,
+        timesteps: usize,
+        streams: &SeedStreams,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let MlpSpec {
+            data_dim: d,
+            hidden: h,
+            layers,
+            time_dim: e,
+            members: m,
+            fourier_features: f,
+            fourier_scale,
+        } = spec;
         let purpose = streams.purpose("mlp-init");
         // Per layer, the weights then the bias of every member, each member from its own stream.
         let mut layer_no = 0u32;
-        let mut linear = |fan_in: usize, rows: usize, cols: usize| -> candle_core::Result<(Var, Var)> {
+        let mut linear = |fan_in: usize,
+                          rows: usize,
+                          cols: usize|
+         -> candle_core::Result<(Var, Var)> {
             let bound = 1.0 / (fan_in as f32).sqrt();
             let mut w = Vec::with_capacity(m * rows * cols);
             let mut b = Vec::with_capacity(m * cols);
             for member in 0..m as u64 {
-                let v = purpose.uniforms(&[member], Some(layer_no), rows * cols + cols, -bound, bound);
+                let v =
+                    purpose.uniforms(&[member], Some(layer_no), rows * cols + cols, -bound, bound);
                 w.extend_from_slice(&v[..rows * cols]);
                 b.extend_from_slice(&v[rows * cols..]);
             }
@@ -77,14 +105,39 @@ impl EnsembleMlp {
                 Var::from_tensor(&Tensor::from_vec(b, (m, 1, cols), device)?)?,
             ))
         };
-        let (w_in, b_in) = linear(d + e, d + e, h)?;
-        let w_x = Var::from_tensor(&w_in.as_tensor().narrow(1, 0, d)?.contiguous()?)?;
-        let w_t = Var::from_tensor(&w_in.as_tensor().narrow(1, d, e)?.contiguous()?)?;
-        let hidden = (1..layers).map(|_| linear(h, h, h)).collect::<candle_core::Result<Vec<_>>>()?;
+        let (w_in, b_in) = linear(d + f + e, d + f + e, h)?;
+        let w_x = Var::from_tensor(&w_in.as_tensor().narrow(1, 0, d + f)?.contiguous()?)?;
+        let w_t = Var::from_tensor(&w_in.as_tensor().narrow(1, d + f, e)?.contiguous()?)?;
+        let fourier = if f > 0 {
+            let fp = streams.purpose("mlp-fourier");
+            let scale = (2.0 * std::f64::consts::PI * fourier_scale) as f32;
+            let b: Vec<f32> = (0..m as u64)
+                .flat_map(|member| fp.normals(&[member], None, d * f / 2))
+                .map(|z| z * scale)
+                .collect();
+            Some(Tensor::from_vec(b, (m, d, f / 2), device)?)
+        } else {
+            None
+        };
+        let hidden = (1..layers)
+            .map(|_| linear(h, h, h))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         let (w_out, b_out) = linear(h, h, d)?;
-        let table: Vec<f32> = (0..timesteps).flat_map(|t| timestep_embedding(t as f64, e)).collect();
+        let table: Vec<f32> = (0..timesteps)
+            .flat_map(|t| timestep_embedding(t as f64, e))
+            .collect();
         let embed = Tensor::from_vec(table, (timesteps, e), device)?;
-        Ok(Self { spec, w_x, w_t, b_in, hidden, w_out, b_out, embed })
+        Ok(Self {
+            spec,
+            fourier,
+            w_x,
+            w_t,
+            b_in,
+            hidden,
+            w_out,
+            b_out,
+            embed,
+        })
     }
 
     pub fn spec(&self) -> MlpSpec {
@@ -110,15 +163,26 @@ impl EnsembleMlp {
 
     /// ε for x of shape (M, B, D) and time embeddings of shape (M, B, E) or (M, 1, E).
     pub fn forward(&self, x: &Tensor, temb: &Tensor) -> candle_core::Result<Tensor> {
-        let mut h = x
+        let u = match &self.fourier {
+            Some(b) => {
+                let proj = x.matmul(b)?;
+                Tensor::cat(&[x.clone(), proj.sin()?, proj.cos()?], 2)?
+            }
+            None => x.clone(),
+        };
+        let mut h = u
             .matmul(self.w_x.as_tensor())?
             .broadcast_add(&temb.matmul(self.w_t.as_tensor())?)?
             .broadcast_add(self.b_in.as_tensor())?
             .silu()?;
         for (w, b) in &self.hidden {
-            h = h.matmul(w.as_tensor())?.broadcast_add(b.as_tensor())?.silu()?;
+            h = h
+                .matmul(w.as_tensor())?
+                .broadcast_add(b.as_tensor())?
+                .silu()?;
         }
-        h.matmul(self.w_out.as_tensor())?.broadcast_add(self.b_out.as_tensor())
+        h.matmul(self.w_out.as_tensor())?
+            .broadcast_add(self.b_out.as_tensor())
     }
 }
 
@@ -126,7 +190,10 @@ impl Denoiser for EnsembleMlp {
     /// `x_t` is (M, B, D); every member sees the same t.
     fn eps(&self, x_t: &Tensor, t: usize) -> candle_core::Result<Tensor> {
         let m = self.spec.members;
-        let e = self.embed.narrow(0, t, 1)?.reshape((1, 1, self.spec.time_dim))?;
+        let e = self
+            .embed
+            .narrow(0, t, 1)?
+            .reshape((1, 1, self.spec.time_dim))?;
         let temb = e.broadcast_as((m, 1, self.spec.time_dim))?.contiguous()?;
         self.forward(x_t, &temb)
     }
@@ -137,7 +204,15 @@ mod tests {
     use super::*;
 
     fn spec(members: usize) -> MlpSpec {
-        MlpSpec { data_dim: 2, hidden: 8, layers: 2, time_dim: 4, members }
+        MlpSpec {
+            data_dim: 2,
+            hidden: 8,
+            layers: 2,
+            time_dim: 4,
+            members,
+            fourier_features: 4,
+            fourier_scale: 1.0,
+        }
     }
 
     #[test]
@@ -146,8 +221,22 @@ mod tests {
         let a = EnsembleMlp::init(spec(2), 10, &s, &Device::Cpu).unwrap();
         let b = EnsembleMlp::init(spec(5), 10, &s, &Device::Cpu).unwrap();
         for (va, vb) in a.vars().iter().zip(b.vars()) {
-            let first_a = va.as_tensor().narrow(0, 0, 2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let first_b = vb.as_tensor().narrow(0, 0, 2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let first_a = va
+                .as_tensor()
+                .narrow(0, 0, 2)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let first_b = vb
+                .as_tensor()
+                .narrow(0, 0, 2)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             assert_eq!(first_a, first_b);
         }
     }
@@ -162,7 +251,11 @@ mod tests {
         let out = net.eps(&x, 3).unwrap().to_vec3::<f32>().unwrap();
         assert_ne!(out[0][0], out[1][0]);
         let single = EnsembleMlp::init(spec(1), 10, &s, &Device::Cpu).unwrap();
-        let one = single.eps(&x.narrow(0, 0, 1).unwrap(), 3).unwrap().to_vec3::<f32>().unwrap();
+        let one = single
+            .eps(&x.narrow(0, 0, 1).unwrap(), 3)
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap();
         assert_eq!(one[0][0], out[0][0]);
     }
 

@@ -18,12 +18,36 @@ use crate::error::{Result, TensorContext};
 use crate::schedule::NoiseSchedule;
 use crate::seed::SeedStreams;
 
+/// Learning-rate schedule over the optimiser steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrDecay {
+    /// lr throughout.
+    Constant,
+    /// lr · ½(1 + cos(π s/S)): anneals to 0, so the final weights are not one noisy Adam step.
+    Cosine,
+}
+
 /// Optimisation settings.
 #[derive(Debug, Clone, Copy)]
 pub struct TrainSpec {
     pub steps: usize,
     pub batch_size: usize,
     pub lr: f64,
+    pub lr_decay: LrDecay,
+}
+
+impl TrainSpec {
+    /// Learning rate at optimiser step `step` (0-based).
+    pub fn lr_at(&self, step: usize) -> f64 {
+        match self.lr_decay {
+            LrDecay::Constant => self.lr,
+            LrDecay::Cosine => {
+                0.5 * self.lr
+                    * (1.0 + (std::f64::consts::PI * step as f64 / self.steps as f64).cos())
+            }
+        }
+    }
 }
 
 /// Train `model` in place on `data` (N × D, row-major). Calls `progress` after every step with the
@@ -42,10 +66,21 @@ pub fn train_ensemble(
     let (m, d, b) = (ms.members, ms.data_dim, spec.batch_size);
     let n = data.len() / d;
     let t_max = schedule.len();
-    let sqrt_ab: Vec<f32> = (0..t_max).map(|t| schedule.alpha_bar(Some(t)).sqrt() as f32).collect();
-    let sqrt_1mab: Vec<f32> = (0..t_max).map(|t| (1.0 - schedule.alpha_bar(Some(t))).sqrt() as f32).collect();
-    let mut opt = AdamW::new(model.vars(), ParamsAdamW { lr: spec.lr, weight_decay: 0.0, ..Default::default() })
-        .ctx("creating the Adam optimiser")?;
+    let sqrt_ab: Vec<f32> = (0..t_max)
+        .map(|t| schedule.alpha_bar(Some(t)).sqrt() as f32)
+        .collect();
+    let sqrt_1mab: Vec<f32> = (0..t_max)
+        .map(|t| (1.0 - schedule.alpha_bar(Some(t))).sqrt() as f32)
+        .collect();
+    let mut opt = AdamW::new(
+        model.vars(),
+        ParamsAdamW {
+            lr: spec.lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )
+    .ctx("creating the Adam optimiser")?;
     let purpose = streams.purpose("train-batch");
     let tail_from = spec.steps - (spec.steps / 10).max(1);
     let mut tail = vec![0f64; m];
@@ -55,6 +90,7 @@ pub fn train_ensemble(
     let mut eps = vec![0f32; m * b * d];
     let mut ts = vec![0u32; m * b];
     for step in 0..spec.steps {
+        opt.set_learning_rate(spec.lr_at(step));
         for member in 0..m {
             let mut rng = purpose.rng_at(member as u64, step as u32);
             for row in 0..b {
@@ -76,11 +112,16 @@ pub fn train_ensemble(
             let temb = model.embed(&t)?.reshape((m, b, ms.time_dim))?;
             let pred = model.forward(&xt, &temb)?;
             // Per-member mean squared error, shape (M).
-            (pred - target)?.sqr()?.mean_keepdim(2)?.mean_keepdim(1)?.flatten_all()
+            (pred - target)?
+                .sqr()?
+                .mean_keepdim(2)?
+                .mean_keepdim(1)?
+                .flatten_all()
         })()
         .ctx("ensemble training forward pass")?;
         let total = losses.sum_all().ctx("summing member losses")?;
-        opt.backward_step(&total).ctx("ensemble training backward pass")?;
+        opt.backward_step(&total)
+            .ctx("ensemble training backward pass")?;
         let per_member: Vec<f32> = losses.to_vec1().ctx("reading losses")?;
         if step >= tail_from {
             for (acc, l) in tail.iter_mut().zip(&per_member) {
@@ -88,9 +129,15 @@ pub fn train_ensemble(
             }
             tail_count += 1;
         }
-        progress(step + 1, per_member.iter().map(|&l| f64::from(l)).sum::<f64>() / m as f64);
+        progress(
+            step + 1,
+            per_member.iter().map(|&l| f64::from(l)).sum::<f64>() / m as f64,
+        );
     }
-    Ok(tail.into_iter().map(|s| s / tail_count.max(1) as f64).collect())
+    Ok(tail
+        .into_iter()
+        .map(|s| s / tail_count.max(1) as f64)
+        .collect())
 }
 
 #[cfg(test)]
@@ -105,18 +152,68 @@ mod tests {
         // mass at (1, -1) must get clearly below that (the optimum is far below 1 for large t).
         let device = Device::Cpu;
         let s = SeedStreams::new(0);
-        let spec = MlpSpec { data_dim: 2, hidden: 32, layers: 2, time_dim: 8, members: 2 };
+        let spec = MlpSpec {
+            data_dim: 2,
+            hidden: 32,
+            layers: 2,
+            time_dim: 8,
+            members: 2,
+            fourier_features: 0,
+            fourier_scale: 1.0,
+        };
         let sched = NoiseSchedule::new(ScheduleKind::Linear, 1e-4, 0.02, 100);
         let model = EnsembleMlp::init(spec, 100, &s, &device).unwrap();
         let data: Vec<f32> = (0..64).flat_map(|_| [1.0f32, -1.0]).collect();
         let mut first = None;
-        let end = train_ensemble(&model, &data, &sched, TrainSpec { steps: 300, batch_size: 64, lr: 3e-3 }, &s, &device, |step, l| {
-            if step == 1 {
-                first = Some(l)
-            }
-        })
+        let end = train_ensemble(
+            &model,
+            &data,
+            &sched,
+            TrainSpec {
+                steps: 300,
+                batch_size: 64,
+                lr: 3e-3,
+                lr_decay: LrDecay::Cosine,
+            },
+            &s,
+            &device,
+            |step, l| {
+                if step == 1 {
+                    first = Some(l)
+                }
+            },
+        )
         .unwrap();
         assert_eq!(end.len(), 2);
-        assert!(end.iter().all(|&l| l < 0.5 && l < first.unwrap()), "first {first:?}, end {end:?}");
+        assert!(
+            end.iter().all(|&l| l < 0.5 && l < first.unwrap()),
+            "first {first:?}, end {end:?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod lr_tests {
+    use super::*;
+
+    #[test]
+    fn cosine_decay_starts_at_lr_and_halves_midway() {
+        let s = TrainSpec {
+            steps: 100,
+            batch_size: 1,
+            lr: 2.0,
+            lr_decay: LrDecay::Cosine,
+        };
+        assert_eq!(s.lr_at(0), 2.0);
+        approx::assert_abs_diff_eq!(s.lr_at(50), 1.0, epsilon = 1e-12);
+        assert!(s.lr_at(99) < 0.01);
+        assert_eq!(
+            TrainSpec {
+                lr_decay: LrDecay::Constant,
+                ..s
+            }
+            .lr_at(99),
+            2.0
+        );
     }
 }

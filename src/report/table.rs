@@ -9,7 +9,10 @@ pub struct Table {
 
 impl Table {
     pub fn new<S: Into<String>>(headers: impl IntoIterator<Item = S>) -> Self {
-        Self { headers: headers.into_iter().map(Into::into).collect(), rows: vec![] }
+        Self {
+            headers: headers.into_iter().map(Into::into).collect(),
+            rows: vec![],
+        }
     }
 
     pub fn row<S: Into<String>>(&mut self, cells: impl IntoIterator<Item = S>) -> &mut Self {
@@ -21,15 +24,35 @@ impl Table {
     pub fn to_markdown(&self) -> String {
         let n = self.headers.len();
         let width = |c: usize| {
-            std::iter::once(&self.headers[c]).chain(self.rows.iter().filter_map(|r| r.get(c))).map(|s| s.chars().count()).max().unwrap_or(0).max(3)
+            std::iter::once(&self.headers[c])
+                .chain(self.rows.iter().filter_map(|r| r.get(c)))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(3)
         };
         let widths: Vec<usize> = (0..n).map(width).collect();
         let line = |cells: &[String]| {
-            let body: Vec<String> = (0..n).map(|c| format!("{:<w$}", cells.get(c).map(String::as_str).unwrap_or(""), w = widths[c])).collect();
+            let body: Vec<String> = (0..n)
+                .map(|c| {
+                    format!(
+                        "{:<w$}",
+                        cells.get(c).map(String::as_str).unwrap_or(""),
+                        w = widths[c]
+                    )
+                })
+                .collect();
             format!("| {} |\n", body.join(" | "))
         };
         let mut out = line(&self.headers);
-        out.push_str(&format!("|{}|\n", widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("|")));
+        out.push_str(&format!(
+            "|{}|\n",
+            widths
+                .iter()
+                .map(|w| "-".repeat(w + 2))
+                .collect::<Vec<_>>()
+                .join("|")
+        ));
         for r in &self.rows {
             out.push_str(&line(r));
         }

@@ -33,7 +33,13 @@ pub fn sample(
         let beta_hat = 1.0 - ab_t / ab_prev;
         let eps = denoiser.eps(&x, t)?;
         let x0 = ((&x - (&eps * (1.0 - ab_t).sqrt())?)? / ab_t.sqrt())?;
-        observer.on_step(&StepView { step, t, x_t: &x, eps: &eps, x0_hat: &x0 })?;
+        observer.on_step(&StepView {
+            step,
+            t,
+            x_t: &x,
+            eps: &eps,
+            x0_hat: &x0,
+        })?;
         let c0 = ab_prev.sqrt() * beta_hat / (1.0 - ab_t);
         let ct = (1.0 - beta_hat).sqrt() * (1.0 - ab_prev) / (1.0 - ab_t);
         let mean = ((x0 * c0)? + (&x * ct)?)?;
@@ -45,7 +51,10 @@ pub fn sample(
             mean
         };
     }
-    Ok(SampleOutput { x0: x, nfe: grid.len() })
+    Ok(SampleOutput {
+        x0: x,
+        nfe: grid.len(),
+    })
 }
 
 #[cfg(test)]
@@ -73,13 +82,29 @@ mod tests {
         // Expected: with the exact ε of a point mass, x̂₀ = c at every step and the posterior mean
         // collapses onto c; at the last step (t = 0, no noise) x₀ = c up to f32 rounding.
         let schedule = NoiseSchedule::new(ScheduleKind::Linear, 1e-4, 0.02, 1000);
-        let den = PointMass { c: 0.75, schedule: schedule.clone() };
+        let den = PointMass {
+            c: 0.75,
+            schedule: schedule.clone(),
+        };
         let dev = Device::Cpu;
         let idx: Vec<u64> = (0..16).collect();
         let s = SeedStreams::new(1);
         let x_t = Tensor::from_vec(s.purpose("x_T").normals(&idx, None, 2), (16, 2), &dev).unwrap();
-        let noise = StreamNoise { purpose: s.purpose("noise"), indices: &idx, dim: 2, device: &dev };
-        let out = sample(&den, &schedule, &leading_grid(1000, 50), x_t, &noise, &mut NoObserver).unwrap();
+        let noise = StreamNoise {
+            purpose: s.purpose("noise"),
+            indices: &idx,
+            dim: 2,
+            device: &dev,
+        };
+        let out = sample(
+            &den,
+            &schedule,
+            &leading_grid(1000, 50),
+            x_t,
+            &noise,
+            &mut NoObserver,
+        )
+        .unwrap();
         assert_eq!(out.nfe, 50);
         for v in out.x0.flatten_all().unwrap().to_vec1::<f32>().unwrap() {
             approx::assert_abs_diff_eq!(v, 0.75, epsilon = 1e-4);
@@ -90,15 +115,34 @@ mod tests {
     fn samples_do_not_depend_on_batching() {
         // Same streams, batch of 16 vs two batches of 8: identical x₀ for each sample index.
         let schedule = NoiseSchedule::new(ScheduleKind::Linear, 1e-4, 0.02, 1000);
-        let den = PointMass { c: 0.0, schedule: schedule.clone() };
+        let den = PointMass {
+            c: 0.0,
+            schedule: schedule.clone(),
+        };
         let dev = Device::Cpu;
         let s = SeedStreams::new(2);
         let run = |idx: &[u64]| {
-            let x_t = Tensor::from_vec(s.purpose("x_T").normals(idx, None, 2), (idx.len(), 2), &dev).unwrap();
-            let noise = StreamNoise { purpose: s.purpose("noise"), indices: idx, dim: 2, device: &dev };
+            let x_t =
+                Tensor::from_vec(s.purpose("x_T").normals(idx, None, 2), (idx.len(), 2), &dev)
+                    .unwrap();
+            let noise = StreamNoise {
+                purpose: s.purpose("noise"),
+                indices: idx,
+                dim: 2,
+                device: &dev,
+            };
             // Stop early (grid ends at t = 500) so the result still carries injected noise.
-            let grid: Vec<usize> = leading_grid(1000, 20).into_iter().filter(|&t| t >= 500).collect();
-            sample(&den, &schedule, &grid, x_t, &noise, &mut NoObserver).unwrap().x0.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            let grid: Vec<usize> = leading_grid(1000, 20)
+                .into_iter()
+                .filter(|&t| t >= 500)
+                .collect();
+            sample(&den, &schedule, &grid, x_t, &noise, &mut NoObserver)
+                .unwrap()
+                .x0
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
         };
         let all: Vec<u64> = (0..16).collect();
         let whole = run(&all);

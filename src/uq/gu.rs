@@ -24,7 +24,10 @@ pub fn moment_matched_entropy(outputs: &[f64], members: usize, dim: usize, gamma
     let mut h = 0.0;
     for d in 0..dim {
         let mean = (0..members).map(|m| outputs[m * dim + d]).sum::<f64>() / members as f64;
-        let var = (0..members).map(|m| (outputs[m * dim + d] - mean).powi(2)).sum::<f64>() / members as f64;
+        let var = (0..members)
+            .map(|m| (outputs[m * dim + d] - mean).powi(2))
+            .sum::<f64>()
+            / members as f64;
         h += 0.5 * (2.0 * PI * E * (gamma2 + var)).ln();
     }
     h
@@ -32,7 +35,13 @@ pub fn moment_matched_entropy(outputs: &[f64], members: usize, dim: usize, gamma
 
 /// Entropies of N samples given ensemble outputs laid out (M, N, D) row-major, as a sampler
 /// returns them for a batched ensemble.
-pub fn entropies_mnd(outputs: &[f32], members: usize, n: usize, dim: usize, gamma2: f64) -> Vec<f64> {
+pub fn entropies_mnd(
+    outputs: &[f32],
+    members: usize,
+    n: usize,
+    dim: usize,
+    gamma2: f64,
+) -> Vec<f64> {
     let mut buf = vec![0f64; members * dim];
     (0..n)
         .map(|i| {
@@ -53,7 +62,13 @@ mod tests {
     use proptest::prelude::*;
 
     fn outputs() -> impl Strategy<Value = (usize, usize, Vec<f64>)> {
-        (2usize..8, 1usize..6).prop_flat_map(|(m, d)| (Just(m), Just(d), proptest::collection::vec(-5.0f64..5.0, m * d)))
+        (2usize..8, 1usize..6).prop_flat_map(|(m, d)| {
+            (
+                Just(m),
+                Just(d),
+                proptest::collection::vec(-5.0f64..5.0, m * d),
+            )
+        })
     }
 
     proptest! {
@@ -99,7 +114,11 @@ mod tests {
     fn identical_members_give_the_likelihood_entropy() {
         // All members agree ⇒ v_d = γ² ⇒ H = (D/2) ln(2πe γ²).
         let x = [1.0, 2.0, 1.0, 2.0, 1.0, 2.0];
-        assert_relative_eq!(moment_matched_entropy(&x, 3, 2, 0.5), (2.0 * PI * E * 0.5).ln(), max_relative = 1e-12);
+        assert_relative_eq!(
+            moment_matched_entropy(&x, 3, 2, 0.5),
+            (2.0 * PI * E * 0.5).ln(),
+            max_relative = 1e-12
+        );
     }
 
     #[test]

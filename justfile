@@ -1,0 +1,32 @@
+# diffuq tasks. `just --list` shows them. The build cache lives outside the clone so that every
+# checkout on one machine (and every CI run) reuses it.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+export CARGO_TARGET_DIR := env_var_or_default("CARGO_TARGET_DIR", home_directory() / ".cache" / "diffuq-target")
+export CARGO_TERM_COLOR := env_var_or_default("CARGO_TERM_COLOR", "auto")
+
+# The default artifact at mini scale (no downloads needed).
+default: demo
+
+# Run the default artifact: gu-fig2 at mini scale.
+demo: (gu-fig2 "mini")
+
+# The whole test suite: formatting, lints, then every unit, integration, property and snapshot test.
+test:
+    cargo fmt --check
+    cargo clippy --all-targets --locked -- -D warnings
+    cargo test --all-targets --locked
+
+# GU Fig. 2, toy 25-mode ensemble: `just gu-fig2 smoke`, `just gu-fig2 mini train.steps=500`.
+gu-fig2 scale="mini" *overrides:
+    cargo run --quiet --locked -- run gu-fig2 --scale {{scale}} {{overrides}}
+
+# Resolve and check an artifact's configuration without computing.
+validate artifact scale="mini" *overrides:
+    cargo run --quiet --locked -- validate {{artifact}} --scale {{scale}} {{overrides}}
+
+# Criterion benchmarks (speed targets live here, not in timed tests). Built with the dev profile,
+# whose numeric crates are opt-level 3: a release build of the whole stack takes ~23 min here.
+bench:
+    cargo bench --locked --profile dev --bench gu_fig2

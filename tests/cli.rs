@@ -1,0 +1,246 @@
+//! End-to-end tests of the `diffuq` binary: the smoke-scale gu-fig2 run, run-directory reuse and
+//! resume, `report`, and the one-line errors with exit code 2 for bad input.
+//!
+//! Expected numbers: the smoke table is an insta snapshot of diffuq's own deterministic CPU output
+//! (seed streams + fixed configuration); it guards against unintended changes, and any intended
+//! change must bump `version` in experiments/gu-fig2/experiment.toml.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn diffuq(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_diffuq"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(args);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DIFFUQ_")) {
+        cmd.env_remove(k);
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("spawn diffuq")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+/// Asserts exit code 2 and a single `error: …` line on stderr containing every `needle`.
+fn assert_one_line_error(out: &Output, needles: &[&str]) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "`{n}` missing from: {err}");
+    }
+}
+
+fn run_dir_of(stdout: &str) -> PathBuf {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("run directory: "))
+        .expect("run directory line");
+    PathBuf::from(line.trim_start_matches("run directory: "))
+}
+
+fn smoke(runs: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        "gu-fig2",
+        "--scale",
+        "smoke",
+        "--runs-dir",
+        runs.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    diffuq(&args, &[])
+}
+
+#[test]
+fn smoke_run_writes_every_output_reuses_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = smoke(tmp.path(), &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    let dir = run_dir_of(&stdout);
+    for f in [
+        "config.resolved.toml",
+        "manifest.json",
+        "samples.parquet",
+        "metrics.parquet",
+        "train_data.parquet",
+        "table.md",
+        "log.txt",
+        "figures/gu-fig2.png",
+        "figures/gu-fig2.svg",
+    ] {
+        assert!(dir.join(f).is_file(), "missing {f}");
+    }
+    let table = std::fs::read_to_string(dir.join("table.md")).unwrap();
+    insta::assert_snapshot!("gu_fig2_smoke_table", table);
+
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["status"], "finished");
+    assert_eq!(manifest["scale"], "smoke");
+    assert!(manifest["config_hash"]
+        .as_str()
+        .unwrap()
+        .starts_with(dir.file_name().unwrap().to_str().unwrap()));
+    for key in [
+        "git_sha",
+        "crate_version",
+        "device",
+        "threads",
+        "wall_seconds",
+    ] {
+        assert!(!manifest[key].is_null(), "manifest lacks {key}");
+    }
+
+    // Same resolved config (an override equal to the file's value) → the finished run is reused.
+    let again = smoke(tmp.path(), &["uq.keep_fraction=0.5"]);
+    assert_eq!(again.status.code(), Some(0));
+    assert!(
+        text(&again.stdout).starts_with("reusing finished run"),
+        "{}",
+        text(&again.stdout)
+    );
+    assert_eq!(run_dir_of(&text(&again.stdout)), dir);
+
+    // `report` re-renders the same table from the frames.
+    let report = diffuq(&["report", dir.to_str().unwrap()], &[]);
+    assert_eq!(report.status.code(), Some(0));
+    assert_eq!(text(&report.stdout), table);
+
+    // Resume: an interrupted run (manifest still "running", last seed's part missing) recomputes
+    // only that seed and ends with the identical table.
+    let m = std::fs::read_to_string(dir.join("manifest.json"))
+        .unwrap()
+        .replace("\"finished\"", "\"running\"");
+    std::fs::write(dir.join("manifest.json"), m).unwrap();
+    std::fs::remove_dir_all(dir.join("seeds/seed-2")).unwrap();
+    let resumed = smoke(tmp.path(), &[]);
+    assert_eq!(resumed.status.code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("table.md")).unwrap(),
+        table
+    );
+    let log = std::fs::read_to_string(dir.join("log.txt")).unwrap();
+    assert!(
+        log.contains("seed 0: reusing finished part")
+            && log.contains("seed 1: reusing finished part"),
+        "{log}"
+    );
+    assert!(!log.contains("seed 2: reusing"), "{log}");
+}
+
+#[test]
+fn ls_and_validate() {
+    let out = diffuq(&["ls"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("gu-fig2"));
+    let out = diffuq(
+        &["validate", "gu-fig2", "--scale", "smoke", "train.steps=7"],
+        &[],
+    );
+    let s = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        s.contains("# config hash ") && s.contains("steps = 7"),
+        "{s}"
+    );
+}
+
+#[test]
+fn unknown_artifact_is_an_error() {
+    assert_one_line_error(
+        &diffuq(&["run", "gu-fig99"], &[]),
+        &["unknown artifact `gu-fig99`", "gu-fig2"],
+    );
+}
+
+#[test]
+fn missing_experiment_file_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = diffuq(
+        &[
+            "validate",
+            "gu-fig2",
+            "--experiments",
+            tmp.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_one_line_error(&out, &["experiment.toml", "cannot read"]);
+}
+
+#[test]
+fn unknown_key_is_an_error() {
+    let out = diffuq(&["validate", "gu-fig2", "trian.steps=5"], &[]);
+    assert_one_line_error(
+        &out,
+        &["`trian.steps`", "unknown key", "override `trian.steps=5`"],
+    );
+}
+
+#[test]
+fn wrong_typed_override_is_an_error() {
+    let out = diffuq(&["validate", "gu-fig2", "train.steps=many"], &[]);
+    assert_one_line_error(
+        &out,
+        &["`train.steps`", "\"many\"", "override `train.steps=many`"],
+    );
+    let out = diffuq(&["validate", "gu-fig2"], &[("DIFFUQ_UQ__GAMMA2", "-1.0")]);
+    assert_one_line_error(
+        &out,
+        &[
+            "`uq.gamma2`",
+            "-1",
+            "environment variable DIFFUQ_UQ__GAMMA2",
+            "> 0",
+        ],
+    );
+}
+
+#[test]
+fn malformed_toml_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("gu-fig2")).unwrap();
+    std::fs::write(
+        tmp.path().join("gu-fig2/experiment.toml"),
+        "[default]\nversion = \n",
+    )
+    .unwrap();
+    let out = diffuq(
+        &[
+            "run",
+            "gu-fig2",
+            "--experiments",
+            tmp.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_one_line_error(&out, &["experiment.toml", "malformed TOML at line 2"]);
+}
+
+#[test]
+fn unwritable_run_directory_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let blocker = tmp.path().join("not-a-dir");
+    std::fs::write(&blocker, b"a file where the runs root should be").unwrap();
+    let out = smoke(&blocker, &[]);
+    assert_one_line_error(&out, &["run directory", "not-a-dir", "cannot create"]);
+}
+
+#[test]
+fn bad_command_line_exits_2() {
+    let out = diffuq(&["frobnicate"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = diffuq(&["run", "gu-fig2", "--scale", "huge"], &[]);
+    assert_one_line_error(&out, &["unknown scale `huge`", "smoke, mini, paper"]);
+}
