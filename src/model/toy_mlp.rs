@@ -220,24 +220,12 @@ mod tests {
         let s = SeedStreams::new(3);
         let a = EnsembleMlp::init(spec(2), 10, &s, &Device::Cpu).unwrap();
         let b = EnsembleMlp::init(spec(5), 10, &s, &Device::Cpu).unwrap();
+        let first_two = |v: &Var| {
+            let t = v.as_tensor().narrow(0, 0, 2).unwrap();
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
         for (va, vb) in a.vars().iter().zip(b.vars()) {
-            let first_a = va
-                .as_tensor()
-                .narrow(0, 0, 2)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let first_b = vb
-                .as_tensor()
-                .narrow(0, 0, 2)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            assert_eq!(first_a, first_b);
+            assert_eq!(first_two(va), first_two(&vb));
         }
     }
 
