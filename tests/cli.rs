@@ -112,6 +112,19 @@ fn smoke_run_writes_every_output_reuses_and_resumes() {
     );
     assert_eq!(run_dir_of(&text(&again.stdout)), dir);
 
+    // --force recomputes everything (identical numbers) and keeps the old run beside the new one.
+    let forced = smoke(tmp.path(), &["--force"]);
+    assert_eq!(forced.status.code(), Some(0));
+    assert!(!text(&forced.stdout).starts_with("reusing"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("table.md")).unwrap(),
+        table
+    );
+    let log = std::fs::read_to_string(dir.join("log.txt")).unwrap();
+    assert!(!log.contains("reusing finished part"), "{log}");
+    let siblings = std::fs::read_dir(dir.parent().unwrap()).unwrap().count();
+    assert_eq!(siblings, 2, "old run not kept aside");
+
     // `report` re-renders the same table from the frames.
     let report = diffuq(&["report", dir.to_str().unwrap()], &[]);
     assert_eq!(report.status.code(), Some(0));

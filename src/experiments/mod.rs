@@ -156,7 +156,16 @@ fn validate<E: Experiment>(inv: &Invocation, runs_root: &Path) -> Result<Validat
 
 fn run<E: Experiment>(inv: &Invocation, runs_root: &Path, opts: &RunOptions) -> Result<RunOutcome> {
     let r = resolve::<E>(inv)?;
-    let dir = RunDir::create_at(run_path(runs_root, &r))?;
+    let path = run_path(runs_root, &r);
+    if opts.force && path.exists() {
+        // Recompute from scratch, but never destroy results: the old run is kept beside it.
+        let aside = path.with_file_name(format!("{}.replaced-{}", r.short_hash(), unix_now()));
+        std::fs::rename(&path, &aside).map_err(|e| Error::RunDir {
+            path: path.clone(),
+            reason: format!("cannot move aside for --force: {e}"),
+        })?;
+    }
+    let dir = RunDir::create_at(path)?;
     if !opts.force && dir.has("manifest.json") && dir.manifest()?.status == Status::Finished {
         dir.log("finished run reused")?;
         let verdict = E::report(&r.config, &dir)?;
