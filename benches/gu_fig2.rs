@@ -15,6 +15,7 @@ use diffuq::seed::SeedStreams;
 use diffuq::uq::gu::entropies_mnd;
 
 fn benches(c: &mut Criterion) {
+    diffuq::keep_freed_memory();
     let s = SeedStreams::new(0);
     let (m, n) = (5usize, 50_000usize);
     let outputs = s

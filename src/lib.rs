@@ -20,3 +20,20 @@ pub mod tracking;
 pub mod uq;
 
 pub use error::{Error, Result};
+
+/// Process-wide allocator tuning for programs built on diffuq (the binary and the benches call it
+/// first thing; a library must not, so nothing else does).
+///
+/// candle allocates a fresh buffer for every tensor op. With glibc's defaults, buffers above the
+/// dynamic mmap threshold are returned to the kernel on free and faulted in again by the next op,
+/// which cost a quarter of the CPU time of toy-model training (perf: clear_page, page faults).
+/// Raising the mmap and trim thresholds lets freed buffers be reused from the heap instead.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator tunables; it is meant to be called before the
+    // program's worker threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
