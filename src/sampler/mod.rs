@@ -2,6 +2,7 @@
 //! observer) → x₀ together with the number of network evaluations (NFE). A sampler knows nothing of
 //! uncertainty; uncertainty methods observe steps or wrap denoisers.
 
+pub mod ddim;
 pub mod ddpm;
 
 use candle_core::{Device, Tensor};
