@@ -1,3 +1,4 @@
 //! Uncertainty methods. Each file is one paper algorithm.
 
+pub mod au;
 pub mod gu;
