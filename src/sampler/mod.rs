@@ -4,6 +4,7 @@
 
 pub mod ddim;
 pub mod ddpm;
+pub mod dpm_solver;
 
 use candle_core::{Device, Tensor};
 
