@@ -10,7 +10,7 @@
 
 use candle_core::Tensor;
 
-use super::{NoiseSource, Observer, SampleOutput, StepView};
+use super::{eps_and_x0, NoiseSource, Observer, SampleOutput};
 use crate::model::Denoiser;
 use crate::schedule::NoiseSchedule;
 
@@ -28,15 +28,7 @@ pub fn sample(
     for (step, &t) in grid.iter().enumerate() {
         let ab_t = schedule.alpha_bar(Some(t));
         let ab_prev = schedule.alpha_bar(grid.get(step + 1).copied());
-        let eps = denoiser.eps(&x, t)?;
-        let x0 = ((&x - (&eps * (1.0 - ab_t).sqrt())?)? / ab_t.sqrt())?;
-        observer.on_step(&StepView {
-            step,
-            t,
-            x_t: &x,
-            eps: &eps,
-            x0_hat: &x0,
-        })?;
+        let (eps, x0) = eps_and_x0(denoiser, &x, t, ab_t, step, observer)?;
         let sigma = eta * ((1.0 - ab_prev) / (1.0 - ab_t)).sqrt() * (1.0 - ab_t / ab_prev).sqrt();
         let dir = (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt();
         let next = ((x0 * ab_prev.sqrt())? + (eps * dir)?)?;

@@ -12,7 +12,7 @@
 
 use candle_core::Tensor;
 
-use super::{NoiseSource, Observer, SampleOutput, StepView};
+use super::{eps_and_x0, NoiseSource, Observer, SampleOutput};
 use crate::model::Denoiser;
 use crate::schedule::NoiseSchedule;
 
@@ -31,15 +31,7 @@ pub fn sample(
         let ab_t = schedule.alpha_bar(Some(t));
         let ab_prev = schedule.alpha_bar(prev);
         let beta_hat = 1.0 - ab_t / ab_prev;
-        let eps = denoiser.eps(&x, t)?;
-        let x0 = ((&x - (&eps * (1.0 - ab_t).sqrt())?)? / ab_t.sqrt())?;
-        observer.on_step(&StepView {
-            step,
-            t,
-            x_t: &x,
-            eps: &eps,
-            x0_hat: &x0,
-        })?;
+        let (_eps, x0) = eps_and_x0(denoiser, &x, t, ab_t, step, observer)?;
         let c0 = ab_prev.sqrt() * beta_hat / (1.0 - ab_t);
         let ct = (1.0 - beta_hat).sqrt() * (1.0 - ab_prev) / (1.0 - ab_t);
         let mean = ((x0 * c0)? + (&x * ct)?)?;

@@ -62,3 +62,25 @@ pub struct SampleOutput {
     /// Network function evaluations per sample (one batched call counts once per sample).
     pub nfe: usize,
 }
+
+/// The prologue every ε-parameterised step shares: ε = ε_θ(x_t, t), x̂₀ = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t
+/// (Ho et al. 2020, Eq. 15), both shown to the observer. Returns (ε, x̂₀).
+pub(crate) fn eps_and_x0(
+    denoiser: &dyn crate::model::Denoiser,
+    x: &Tensor,
+    t: usize,
+    alpha_bar: f64,
+    step: usize,
+    observer: &mut dyn Observer,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let eps = denoiser.eps(x, t)?;
+    let x0 = ((x - (&eps * (1.0 - alpha_bar).sqrt())?)? / alpha_bar.sqrt())?;
+    observer.on_step(&StepView {
+        step,
+        t,
+        x_t: x,
+        eps: &eps,
+        x0_hat: &x0,
+    })?;
+    Ok((eps, x0))
+}
