@@ -569,23 +569,20 @@ impl Experiment for GuFig2 {
         }
         run.write_manifest(manifest)?;
 
-        let mut samples: Option<DataFrame> = None;
-        let mut metrics: Option<DataFrame> = None;
-        for &seed in &c.seeds {
-            let s = run.read_parquet(&format!("seeds/seed-{seed}/samples.parquet"))?;
-            let m = run.read_parquet(&format!("seeds/seed-{seed}/metrics.parquet"))?;
-            samples = Some(match samples {
-                None => s,
-                Some(acc) => acc.vstack(&s).ctx("stacking samples")?,
-            });
-            metrics = Some(match metrics {
-                None => m,
-                Some(acc) => acc.vstack(&m).ctx("stacking metrics")?,
-            });
+        // The run's frames are the per-seed parts stacked in seed order.
+        for part in ["samples", "metrics"] {
+            let mut stacked = DataFrame::empty();
+            for &seed in &c.seeds {
+                let frame = run.read_parquet(&format!("seeds/seed-{seed}/{part}.parquet"))?;
+                stacked = if stacked.width() == 0 {
+                    frame
+                } else {
+                    stacked.vstack(&frame).ctx(&format!("stacking {part}"))?
+                };
+            }
+            run.write_parquet(&format!("{part}.parquet"), &mut stacked)?;
         }
-        let (mut samples, mut metrics) = (samples.expect("≥1 seed"), metrics.expect("≥1 seed"));
-        run.write_parquet("samples.parquet", &mut samples)?;
-        run.write_parquet("metrics.parquet", &mut metrics)
+        Ok(())
     }
 
     fn report(cfg: &Config, run: &RunDir) -> Result<Verdict> {

@@ -109,9 +109,7 @@ pub fn uncertainty(
         .transpose(0, 1)?
         .contiguous()?;
         let x0 = x0.reshape((1, b, f))?;
-        let perturbed = (x0
-            .broadcast_mul(&Tensor::new(ab.sqrt(), device)?.to_dtype(x_t.dtype())?)?
-            .broadcast_add(&(xi * (1.0 - ab).sqrt())?))?;
+        let perturbed = (x0 * ab.sqrt())?.broadcast_add(&(xi * (1.0 - ab).sqrt())?)?;
         let mut batch_dims = vec![m * b];
         batch_dims.extend_from_slice(&dims[1..]);
         let eps_m = denoiser
