@@ -49,7 +49,7 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("ensemble_eps");
     g.throughput(Throughput::Elements((m * b) as u64));
     g.bench_function("5_members_1000_samples", |bch| {
-        bch.iter(|| net.eps(black_box(&x), 500).unwrap())
+        bch.iter(|| net.eps(black_box(&x), 500.0).unwrap())
     });
     g.finish();
 

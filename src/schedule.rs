@@ -86,6 +86,86 @@ impl NoiseSchedule {
     pub fn alpha_bar(&self, t: Option<usize>) -> f64 {
         t.map_or(1.0, |t| self.alpha_bars[t])
     }
+
+    /// ᾱ at a real-valued model time τ (in training-step units, τ = i gives ᾱ_i exactly).
+    ///
+    /// Between integers log α = ½ ln ᾱ is interpolated linearly, and extrapolated linearly
+    /// beyond [0, T−1]: DPM-Solver's `NoiseScheduleVP("discrete")` (Lu et al. 2022, App. D.1),
+    /// whose continuous time t ∈ [1/T, 1] maps to τ = tT − 1 (its `get_model_input_time`).
+    pub fn alpha_bar_at(&self, tau: f64) -> f64 {
+        (2.0 * self.log_alpha_at(tau)).exp()
+    }
+
+    /// log α(τ) = ½ ln ᾱ(τ), piecewise linear in τ (see [`Self::alpha_bar_at`]).
+    pub fn log_alpha_at(&self, tau: f64) -> f64 {
+        let n = self.alpha_bars.len();
+        let la = |i: usize| 0.5 * self.alpha_bars[i].ln();
+        if n == 1 {
+            return la(0);
+        }
+        let i = (tau.floor().max(0.0) as usize).min(n - 2);
+        let w = tau - i as f64;
+        la(i) + w * (la(i + 1) - la(i))
+    }
+
+    /// Half log-SNR λ(τ) = log α − log σ (DPM-Solver's λ_t).
+    pub fn lambda_at(&self, tau: f64) -> f64 {
+        let la = self.log_alpha_at(tau);
+        la - 0.5 * (-(2.0 * la).exp_m1()).ln()
+    }
+
+    /// The model time τ with λ(τ) = `lambda` (DPM-Solver's `inverse_lambda`): log α =
+    /// −½ log(1 + e^{−2λ}), then τ by inverting the piecewise-linear log α(τ) (log α decreases).
+    pub fn tau_from_lambda(&self, lambda: f64) -> f64 {
+        let target = -0.5 * (-2.0 * lambda).exp().ln_1p();
+        let n = self.alpha_bars.len();
+        let la = |i: usize| 0.5 * self.alpha_bars[i].ln();
+        if n == 1 {
+            return 0.0;
+        }
+        // First segment [i, i+1] whose lower end is already at or below the target.
+        let i = (0..n - 1).find(|&i| la(i + 1) <= target).unwrap_or(n - 2);
+        let (a, b) = (la(i), la(i + 1));
+        i as f64 + (target - a) / (b - a)
+    }
+}
+
+/// DPM-Solver's continuous-time grids (`get_time_steps`), returned as model times τ = tT − 1 from
+/// t_T = 1 down to t_0 = 1/T (τ from T − 1 to 0), with `steps` intervals (steps + 1 points).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContinuousSpacing {
+    /// t uniform in [1/T, 1] (GU's U-ViT sampler, `skip_type = "time_uniform"`).
+    TimeUniform,
+    /// λ(t) uniform (BayesDiff's DPM sampler, `skip_type = "logSNR"`).
+    LogSnr,
+}
+
+/// The decreasing model-time grid of `steps` DPM-Solver intervals on `schedule` (see
+/// [`ContinuousSpacing`]).
+pub fn continuous_grid(
+    spacing: ContinuousSpacing,
+    schedule: &NoiseSchedule,
+    steps: usize,
+) -> Vec<f64> {
+    let n = schedule.len() as f64;
+    let (t_hi, t_lo) = (1.0, 1.0 / n);
+    let k = steps.max(1) as f64;
+    (0..=steps.max(1))
+        .map(|i| {
+            let f = i as f64 / k;
+            match spacing {
+                ContinuousSpacing::TimeUniform => (t_hi + f * (t_lo - t_hi)) * n - 1.0,
+                ContinuousSpacing::LogSnr => {
+                    let (l_hi, l_lo) = (
+                        schedule.lambda_at(t_hi * n - 1.0),
+                        schedule.lambda_at(t_lo * n - 1.0),
+                    );
+                    schedule.tau_from_lambda(l_hi + f * (l_lo - l_hi))
+                }
+            }
+        })
+        .collect()
 }
 
 /// diffusers' "leading" spacing: t_i = i·⌊T/S⌋ for i = S−1 … 0 (50 of 1000 → 980, 960, …, 0).
@@ -183,6 +263,44 @@ mod tests {
         let s = grid(Spacing::Linspace, 1000, 50, 0);
         assert_eq!(&s[..4], &[999, 979, 958, 938]);
         assert_eq!(&s[48..], &[20, 0]);
+    }
+
+    #[test]
+    fn continuous_time_interpolates_log_alpha() {
+        // NoiseScheduleVP("discrete") (dpm_solver_pytorch.py): log α is piecewise linear between
+        // the integer steps, so at τ = i it is ½ ln ᾱ_i exactly and at i + ½ the mean of the two.
+        let s = NoiseSchedule::new(ScheduleKind::Linear, 1e-4, 0.02, 1000);
+        for i in [0usize, 17, 500, 999] {
+            assert_relative_eq!(
+                s.alpha_bar_at(i as f64),
+                s.alpha_bar(Some(i)),
+                max_relative = 1e-12
+            );
+        }
+        let mid = 0.25 * (s.alpha_bar(Some(17)).ln() + s.alpha_bar(Some(18)).ln());
+        assert_relative_eq!(s.log_alpha_at(17.5), mid, max_relative = 1e-12);
+        for tau in [0.0, 3.3, 250.75, 998.5] {
+            assert_relative_eq!(s.tau_from_lambda(s.lambda_at(tau)), tau, epsilon = 1e-9);
+        }
+    }
+
+    #[test]
+    fn continuous_grids_span_one_to_one_over_t() {
+        // get_time_steps: time_uniform = linspace(1, 1/N, K+1); logSNR = λ-uniform between the same
+        // end points. Model time τ = tN − 1, so both run from 999 to 0.
+        let s = NoiseSchedule::new(ScheduleKind::Linear, 1e-4, 0.02, 1000);
+        let g = continuous_grid(ContinuousSpacing::TimeUniform, &s, 25);
+        assert_eq!(g.len(), 26);
+        assert_relative_eq!(g[0], 999.0, epsilon = 1e-9);
+        assert_relative_eq!(g[25], 0.0, epsilon = 1e-9);
+        assert_relative_eq!(g[1] - g[2], 999.0 / 25.0, epsilon = 1e-9);
+        let l = continuous_grid(ContinuousSpacing::LogSnr, &s, 25);
+        assert_relative_eq!(l[0], 999.0, epsilon = 1e-6);
+        assert_relative_eq!(l[25], 0.0, epsilon = 1e-6);
+        let lam: Vec<f64> = l.iter().map(|&t| s.lambda_at(t)).collect();
+        for w in lam.windows(3) {
+            assert_relative_eq!(w[1] - w[0], w[2] - w[1], max_relative = 1e-6);
+        }
     }
 
     #[test]

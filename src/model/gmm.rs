@@ -5,7 +5,11 @@
 //! again a mixture, p_t(x) = Σ_k w_k N(x; √ᾱ_t μ_k, v_k I) with v_k = ᾱ_t s_k² + 1 − ᾱ_t, whose score
 //! is ∇ log p_t(x) = −Σ_k r_k(x) (x − √ᾱ_t μ_k)/v_k with responsibilities
 //! r_k ∝ w_k N(x; √ᾱ_t μ_k, v_k I). The optimal ε-predictor is ε*(x, t) = −√(1 − ᾱ_t) ∇ log p_t(x)
-//! (Ho et al. 2020; Song et al. 2021, Eq. 3 with the VP parameterisation). Computed in f64.
+//! (Ho et al. 2020; Song et al. 2021, Eq. 3 with the VP parameterisation).
+//!
+//! Two implementations of the same formula: [`GaussianMixture::eps_at`] (one point, f64 loops,
+//! the reference) and the [`Denoiser`] impl, built from candle ops in the input's dtype so that
+//! autograd can differentiate through it (AU guidance, Alg. 2). A test holds them together.
 
 use candle_core::Tensor;
 
@@ -69,8 +73,8 @@ impl GaussianMixture {
     }
 
     /// Exact ε*(x, t) for one point.
-    pub fn eps_at(&self, x: &[f64], t: usize) -> Vec<f64> {
-        let ab = self.schedule.alpha_bar(Some(t));
+    pub fn eps_at(&self, x: &[f64], t: f64) -> Vec<f64> {
+        let ab = self.schedule.alpha_bar_at(t);
         let sab = ab.sqrt();
         // Log responsibilities, stabilised by their maximum.
         let logs: Vec<f64> = self
@@ -115,18 +119,44 @@ impl GaussianMixture {
 }
 
 impl Denoiser for GaussianMixture {
-    /// `x_t` of shape (…, D); rows are independent.
-    fn eps(&self, x_t: &Tensor, t: usize) -> candle_core::Result<Tensor> {
+    /// `x_t` of shape (…, D); rows are independent. Candle ops only (differentiable).
+    fn eps(&self, x_t: &Tensor, t: f64) -> candle_core::Result<Tensor> {
         let dims = x_t.dims().to_vec();
-        let flat: Vec<f64> = x_t
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F64)?
-            .to_vec1()?;
-        let out: Vec<f64> = flat
-            .chunks(self.dim)
-            .flat_map(|row| self.eps_at(row, t))
+        let (d, k) = (self.dim, self.components.len());
+        let (dtype, dev) = (x_t.dtype(), x_t.device());
+        let ab = self.schedule.alpha_bar_at(t);
+        let sab = ab.sqrt();
+        let v: Vec<f64> = self
+            .components
+            .iter()
+            .map(|c| ab * c.std * c.std + 1.0 - ab)
             .collect();
-        Tensor::from_vec(out, dims, x_t.device())?.to_dtype(x_t.dtype())
+        let centers: Vec<f64> = self
+            .components
+            .iter()
+            .flat_map(|c| c.mean.iter().map(|m| sab * m))
+            .collect();
+        let bias: Vec<f64> = self
+            .components
+            .iter()
+            .zip(&v)
+            .map(|(c, v)| c.weight.ln() - 0.5 * d as f64 * v.ln())
+            .collect();
+        let inv_v: Vec<f64> = v.iter().map(|v| 1.0 / v).collect();
+        let to = |data: Vec<f64>, shape: (usize, usize)| {
+            Tensor::from_vec(data, shape, dev).and_then(|t| t.to_dtype(dtype))
+        };
+        let centers = to(centers, (k, d))?.unsqueeze(0)?; // (1, K, D)
+        let bias = to(bias, (1, k))?;
+        let inv_v = to(inv_v, (1, k))?;
+        let n = x_t.elem_count() / d;
+        let diff = x_t.reshape((n, 1, d))?.broadcast_sub(&centers)?; // (N, K, D)
+        let d2 = diff.sqr()?.sum(2)?; // (N, K)
+        let logits = bias.broadcast_sub(&(d2.broadcast_mul(&inv_v)? * 0.5)?)?;
+        let r = candle_nn::ops::softmax(&logits, 1)?;
+        let w = r.broadcast_mul(&inv_v)?.unsqueeze(2)?; // r_k / v_k, (N, K, 1)
+        let eps = (diff.broadcast_mul(&w)?.sum(1)? * (1.0 - ab).sqrt())?;
+        eps.reshape(dims)
     }
 }
 
@@ -154,7 +184,7 @@ mod tests {
         let ab = sched().alpha_bar(Some(400));
         let v = ab * 0.09 + 1.0 - ab;
         let x = [0.2, 0.7];
-        let e = g.eps_at(&x, 400);
+        let e = g.eps_at(&x, 400.0);
         approx::assert_relative_eq!(
             e[0],
             (1.0 - ab).sqrt() * (0.2 - ab.sqrt() * 0.5) / v,
@@ -204,7 +234,7 @@ mod tests {
                 .ln()
         };
         let x = [0.1, 0.3];
-        let e = g.eps_at(&x, t);
+        let e = g.eps_at(&x, t as f64);
         let h = 1e-5;
         for d in 0..2 {
             let (mut a, mut b) = (x, x);
@@ -212,6 +242,38 @@ mod tests {
             b[d] -= h;
             let grad = (log_p(&a) - log_p(&b)) / (2.0 * h);
             approx::assert_relative_eq!(e[d], -(1.0 - ab).sqrt() * grad, max_relative = 1e-6);
+        }
+    }
+
+    #[test]
+    fn graph_eps_equals_the_pointwise_reference() {
+        // The candle-op Denoiser impl and eps_at compute one formula two ways; f64 agreement to
+        // rounding, at an integer and at a real (interpolated) model time.
+        let g = GaussianMixture::new(
+            vec![
+                Component {
+                    weight: 0.2,
+                    mean: vec![-1.0, 0.5, 0.0],
+                    std: 0.1,
+                },
+                Component {
+                    weight: 0.8,
+                    mean: vec![1.0, -0.5, 2.0],
+                    std: 0.6,
+                },
+            ],
+            sched(),
+        )
+        .unwrap();
+        let pts = [0.3, -0.2, 1.1, -2.0, 0.4, 0.0, 0.9, 0.9, -0.7];
+        let x = Tensor::from_vec(pts.to_vec(), (3, 3), &candle_core::Device::Cpu).unwrap();
+        for t in [0.0, 137.0, 611.5] {
+            let got = g.eps(&x, t).unwrap().to_vec2::<f64>().unwrap();
+            for (row, p) in got.iter().zip(pts.chunks(3)) {
+                for (a, b) in row.iter().zip(g.eps_at(p, t)) {
+                    approx::assert_relative_eq!(*a, b, max_relative = 1e-12, epsilon = 1e-14);
+                }
+            }
         }
     }
 

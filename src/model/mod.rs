@@ -6,10 +6,16 @@ pub mod train;
 
 use candle_core::Tensor;
 
-/// An ε-prediction network: ε_θ(x_t, t), t a discrete DDPM timestep shared by the batch.
+/// An ε-prediction network: ε_θ(x_t, t), with t the model's time input shared by the batch.
+///
+/// t is in training-step units (0 ≤ t ≤ T − 1): discrete samplers (DDPM, DDIM, DPM++) pass
+/// integers, DPM-Solver-2's midpoints are real (model time (t_c − 1/T)·T of a continuous
+/// t_c, as DPM-Solver's `get_model_input_time`). At a real t, ᾱ is the log-linear interpolation of
+/// [`crate::schedule::NoiseSchedule::alpha_bar_at`].
 ///
 /// Inputs may carry leading batch dimensions (for an ensemble: members × samples × dim); the
-/// output has the shape of `x_t`.
+/// output has the shape of `x_t`. Implementations built from candle ops are differentiable in
+/// `x_t` (AU guidance back-propagates through them).
 pub trait Denoiser {
-    fn eps(&self, x_t: &Tensor, t: usize) -> candle_core::Result<Tensor>;
+    fn eps(&self, x_t: &Tensor, t: f64) -> candle_core::Result<Tensor>;
 }

@@ -188,12 +188,19 @@ impl EnsembleMlp {
 
 impl Denoiser for EnsembleMlp {
     /// `x_t` is (M, B, D); every member sees the same t.
-    fn eps(&self, x_t: &Tensor, t: usize) -> candle_core::Result<Tensor> {
+    fn eps(&self, x_t: &Tensor, t: f64) -> candle_core::Result<Tensor> {
         let m = self.spec.members;
-        let e = self
-            .embed
-            .narrow(0, t, 1)?
-            .reshape((1, 1, self.spec.time_dim))?;
+        let e = if t.fract() == 0.0 && t >= 0.0 && (t as usize) < self.embed.dim(0)? {
+            self.embed.narrow(0, t as usize, 1)?
+        } else {
+            // A real model time (DPM-Solver-2 midpoints): the same sinusoid, off the table.
+            Tensor::from_vec(
+                timestep_embedding(t, self.spec.time_dim),
+                (1, self.spec.time_dim),
+                x_t.device(),
+            )?
+        }
+        .reshape((1, 1, self.spec.time_dim))?;
         let temb = e.broadcast_as((m, 1, self.spec.time_dim))?.contiguous()?;
         self.forward(x_t, &temb)
     }
@@ -236,11 +243,11 @@ mod tests {
         let s = SeedStreams::new(4);
         let net = EnsembleMlp::init(spec(2), 10, &s, &Device::Cpu).unwrap();
         let x = Tensor::new(&[[[0.5f32, -1.0]], [[0.5, -1.0]]], &Device::Cpu).unwrap();
-        let out = net.eps(&x, 3).unwrap().to_vec3::<f32>().unwrap();
+        let out = net.eps(&x, 3.0).unwrap().to_vec3::<f32>().unwrap();
         assert_ne!(out[0][0], out[1][0]);
         let single = EnsembleMlp::init(spec(1), 10, &s, &Device::Cpu).unwrap();
         let one = single
-            .eps(&x.narrow(0, 0, 1).unwrap(), 3)
+            .eps(&x.narrow(0, 0, 1).unwrap(), 3.0)
             .unwrap()
             .to_vec3::<f32>()
             .unwrap();

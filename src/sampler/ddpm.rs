@@ -63,8 +63,8 @@ mod tests {
         schedule: NoiseSchedule,
     }
     impl Denoiser for PointMass {
-        fn eps(&self, x: &Tensor, t: usize) -> candle_core::Result<Tensor> {
-            let ab = self.schedule.alpha_bar(Some(t));
+        fn eps(&self, x: &Tensor, t: f64) -> candle_core::Result<Tensor> {
+            let ab = self.schedule.alpha_bar_at(t);
             (x - (self.c as f64) * ab.sqrt())? / (1.0 - ab).sqrt()
         }
     }

@@ -35,11 +35,11 @@ pub fn sample_2m(
     let mut prev: Option<(f64, Tensor)> = None; // (λ, D) of the previous grid point
     for (step, &s_t) in grid.iter().enumerate() {
         let (a_s, sig_s, lam_s) = coef(s_t);
-        let eps = denoiser.eps(&x, s_t)?;
+        let eps = denoiser.eps(&x, s_t as f64)?;
         let d = ((&x - (&eps * sig_s)?)? / a_s)?;
         observer.on_step(&StepView {
             step,
-            t: s_t,
+            t: s_t as f64,
             x_t: &x,
             eps: &eps,
             x0_hat: &d,

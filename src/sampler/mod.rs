@@ -36,7 +36,8 @@ impl NoiseSource for StreamNoise<'_> {
 /// implied x̂₀ = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t.
 pub struct StepView<'a> {
     pub step: usize,
-    pub t: usize,
+    /// Model time (integer for discrete samplers).
+    pub t: f64,
     pub x_t: &'a Tensor,
     pub eps: &'a Tensor,
     pub x0_hat: &'a Tensor,
@@ -73,11 +74,11 @@ pub(crate) fn eps_and_x0(
     step: usize,
     observer: &mut dyn Observer,
 ) -> candle_core::Result<(Tensor, Tensor)> {
-    let eps = denoiser.eps(x, t)?;
+    let eps = denoiser.eps(x, t as f64)?;
     let x0 = ((x - (&eps * (1.0 - alpha_bar).sqrt())?)? / alpha_bar.sqrt())?;
     observer.on_step(&StepView {
         step,
-        t,
+        t: t as f64,
         x_t: x,
         eps: &eps,
         x0_hat: &x0,

@@ -75,7 +75,7 @@ pub fn uncertainty(
     schedule: &NoiseSchedule,
     x_t: &Tensor,
     eps: &Tensor,
-    t: usize,
+    t: f64,
     step: u32,
     indices: &[u64],
     purpose: &Purpose,
@@ -92,7 +92,7 @@ pub fn uncertainty(
     }
     let f: usize = dims[1..].iter().product();
     let m = spec.m;
-    let ab = schedule.alpha_bar(Some(t));
+    let ab = schedule.alpha_bar_at(t);
     let device: &Device = x_t.device();
     (|| -> candle_core::Result<Tensor> {
         let mut x0 = ((x_t - (eps * (1.0 - ab).sqrt())?)? / ab.sqrt())?;
@@ -147,7 +147,7 @@ mod tests {
 
     struct Counting<'a>(&'a dyn Denoiser, Cell<usize>);
     impl Denoiser for Counting<'_> {
-        fn eps(&self, x: &Tensor, t: usize) -> candle_core::Result<Tensor> {
+        fn eps(&self, x: &Tensor, t: f64) -> candle_core::Result<Tensor> {
             self.1.set(self.1.get() + 1);
             self.0.eps(x, t)
         }
@@ -167,7 +167,7 @@ mod tests {
         )
         .unwrap();
         let counting = Counting(&g, Cell::new(0));
-        let (b, t) = (64usize, 300usize);
+        let (b, t) = (64usize, 300.0);
         let dev = Device::Cpu;
         let idx: Vec<u64> = (0..b as u64).collect();
         let s = SeedStreams::new(5);
@@ -194,7 +194,7 @@ mod tests {
             &spec,
         )
         .unwrap();
-        let ab = sched().alpha_bar(Some(t));
+        let ab = sched().alpha_bar_at(t);
         let v = ab * 0.16 + 1.0 - ab;
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
         (
