@@ -58,6 +58,12 @@ impl NoiseSchedule {
                     .collect()
             }
         };
+        Self::from_betas(betas)
+    }
+
+    /// A schedule from given β_t (diffusers' `trained_betas`; AU wraps ADM's cosine β this way).
+    /// ᾱ is their running product in f64.
+    pub fn from_betas(betas: Vec<f64>) -> Self {
         let mut acc = 1.0;
         let alpha_bars = betas
             .iter()
@@ -65,6 +71,17 @@ impl NoiseSchedule {
                 acc *= 1.0 - b;
                 acc
             })
+            .collect();
+        Self { betas, alpha_bars }
+    }
+
+    /// A schedule from given ᾱ_t, e.g. a reference library's own float32 `alphas_cumprod`, so that
+    /// a sampler can be compared with it free of the schedule's rounding; β_t = 1 − ᾱ_t/ᾱ_{t−1}.
+    pub fn from_alpha_bars(alpha_bars: Vec<f64>) -> Self {
+        let betas = alpha_bars
+            .iter()
+            .enumerate()
+            .map(|(i, a)| 1.0 - a / if i == 0 { 1.0 } else { alpha_bars[i - 1] })
             .collect();
         Self { betas, alpha_bars }
     }

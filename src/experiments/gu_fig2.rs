@@ -419,7 +419,15 @@ fn run_seed(
                 dim: 2,
                 device,
             };
-            let out = ddpm::sample(&model, &schedule, &steps, x_t, &noise, &mut NoObserver)?;
+            let out = ddpm::sample(
+                &model,
+                &schedule,
+                &steps,
+                &crate::sampler::StepRules::default(),
+                x_t,
+                &noise,
+                &mut NoObserver,
+            )?;
             nfe = out.nfe * m;
             out.x0.flatten_all()?.to_vec1::<f32>()
         })()

@@ -5,30 +5,41 @@
 //!   σ_t     = η · √((1−ᾱ_{t'})/(1−ᾱ_t)) · √(1 − ᾱ_t/ᾱ_{t'})                       (Eq. 16)
 //!   x_{t'}  = √ᾱ_{t'} x̂₀ + √(1 − ᾱ_{t'} − σ_t²) ε_θ + σ_t z
 //!
-//! with t' the next grid point (ᾱ = 1 after the last). η = 0 is the deterministic sampler; η = 1
-//! gives DDPM's posterior variance β̃ and coincides with [`super::ddpm`] step for step.
+//! with t' the next grid point (after the last: see [`super::FinalStep`]). η = 0 is the
+//! deterministic sampler; η = 1 gives DDPM's posterior variance β̃ and coincides with
+//! [`super::ddpm`] step for step. With `clip_sample`, x̂₀ is clipped and the direction term keeps
+//! the unclipped ε (diffusers' `use_clipped_model_output = false`).
+//!
+//! t' is the next grid point, not diffusers' `t − T/S`: the two agree on the leading grid and
+//! differ on trailing/linspace grids whose strides are uneven.
 
 use candle_core::Tensor;
 
-use super::{eps_and_x0, NoiseSource, Observer, SampleOutput};
+use super::{eps_and_x0, NoiseSource, Observer, SampleOutput, StepRules};
 use crate::model::Denoiser;
 use crate::schedule::NoiseSchedule;
 
 /// Run DDIM with stochasticity `eta` from `x_t` down the decreasing `grid`.
+#[allow(clippy::too_many_arguments)]
 pub fn sample(
     denoiser: &dyn Denoiser,
     schedule: &NoiseSchedule,
     grid: &[usize],
     eta: f64,
+    rules: &StepRules,
     x_t: Tensor,
     noise: &dyn NoiseSource,
     observer: &mut dyn Observer,
 ) -> candle_core::Result<SampleOutput> {
     let mut x = x_t;
-    for (step, &t) in grid.iter().enumerate() {
+    let updates = rules.updates(grid);
+    for (step, &t) in grid.iter().enumerate().take(updates) {
         let ab_t = schedule.alpha_bar(Some(t));
-        let ab_prev = schedule.alpha_bar(grid.get(step + 1).copied());
+        let Some(ab_prev) = rules.next_alpha_bar(schedule, grid, step) else {
+            break;
+        };
         let (eps, x0) = eps_and_x0(denoiser, &x, t, ab_t, step, observer)?;
+        let x0 = rules.clip(x0)?;
         let sigma = eta * ((1.0 - ab_prev) / (1.0 - ab_t)).sqrt() * (1.0 - ab_t / ab_prev).sqrt();
         let dir = (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt();
         let next = ((x0 * ab_prev.sqrt())? + (eps * dir)?)?;
@@ -41,7 +52,7 @@ pub fn sample(
     }
     Ok(SampleOutput {
         x0: x,
-        nfe: grid.len(),
+        nfe: updates,
     })
 }
 
@@ -49,7 +60,7 @@ pub fn sample(
 mod tests {
     use super::*;
     use crate::model::gmm::{Component, GaussianMixture};
-    use crate::sampler::{ddpm, NoObserver, StreamNoise};
+    use crate::sampler::{ddpm, NoObserver, StepRules, StreamNoise};
     use crate::schedule::{leading_grid, ScheduleKind};
     use crate::seed::SeedStreams;
     use candle_core::Device;
@@ -92,8 +103,25 @@ mod tests {
         };
         let grid = leading_grid(1000, steps);
         let out = match eta {
-            Some(eta) => sample(&g, &schedule, &grid, eta, x_t, &noise, &mut NoObserver),
-            None => ddpm::sample(&g, &schedule, &grid, x_t, &noise, &mut NoObserver),
+            Some(eta) => sample(
+                &g,
+                &schedule,
+                &grid,
+                eta,
+                &StepRules::default(),
+                x_t,
+                &noise,
+                &mut NoObserver,
+            ),
+            None => ddpm::sample(
+                &g,
+                &schedule,
+                &grid,
+                &StepRules::default(),
+                x_t,
+                &noise,
+                &mut NoObserver,
+            ),
         };
         out.unwrap()
             .x0

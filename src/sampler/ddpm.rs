@@ -12,7 +12,7 @@
 
 use candle_core::Tensor;
 
-use super::{eps_and_x0, NoiseSource, Observer, SampleOutput};
+use super::{eps_and_x0, NoiseSource, Observer, SampleOutput, StepRules};
 use crate::model::Denoiser;
 use crate::schedule::NoiseSchedule;
 
@@ -21,17 +21,21 @@ pub fn sample(
     denoiser: &dyn Denoiser,
     schedule: &NoiseSchedule,
     grid: &[usize],
+    rules: &StepRules,
     x_t: Tensor,
     noise: &dyn NoiseSource,
     observer: &mut dyn Observer,
 ) -> candle_core::Result<SampleOutput> {
     let mut x = x_t;
-    for (step, &t) in grid.iter().enumerate() {
-        let prev = grid.get(step + 1).copied();
+    let updates = rules.updates(grid);
+    for (step, &t) in grid.iter().enumerate().take(updates) {
         let ab_t = schedule.alpha_bar(Some(t));
-        let ab_prev = schedule.alpha_bar(prev);
+        let Some(ab_prev) = rules.next_alpha_bar(schedule, grid, step) else {
+            break;
+        };
         let beta_hat = 1.0 - ab_t / ab_prev;
         let (_eps, x0) = eps_and_x0(denoiser, &x, t, ab_t, step, observer)?;
+        let x0 = rules.clip(x0)?;
         let c0 = ab_prev.sqrt() * beta_hat / (1.0 - ab_t);
         let ct = (1.0 - beta_hat).sqrt() * (1.0 - ab_prev) / (1.0 - ab_t);
         let mean = ((x0 * c0)? + (&x * ct)?)?;
@@ -45,7 +49,7 @@ pub fn sample(
     }
     Ok(SampleOutput {
         x0: x,
-        nfe: grid.len(),
+        nfe: updates,
     })
 }
 
@@ -92,6 +96,7 @@ mod tests {
             &den,
             &schedule,
             &leading_grid(1000, 50),
+            &StepRules::default(),
             x_t,
             &noise,
             &mut NoObserver,
@@ -128,13 +133,21 @@ mod tests {
                 .into_iter()
                 .filter(|&t| t >= 500)
                 .collect();
-            sample(&den, &schedule, &grid, x_t, &noise, &mut NoObserver)
-                .unwrap()
-                .x0
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
+            sample(
+                &den,
+                &schedule,
+                &grid,
+                &StepRules::default(),
+                x_t,
+                &noise,
+                &mut NoObserver,
+            )
+            .unwrap()
+            .x0
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
         };
         let all: Vec<u64> = (0..16).collect();
         let whole = run(&all);

@@ -124,6 +124,7 @@ mod tests {
                     &schedule,
                     &leading_grid(1000, steps),
                     0.0,
+                    &crate::sampler::StepRules::default(),
                     x_t.clone(),
                     &noise,
                     &mut NoObserver,

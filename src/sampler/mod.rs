@@ -7,8 +7,66 @@ pub mod ddpm;
 pub mod dpm_solver;
 
 use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 
+use crate::schedule::NoiseSchedule;
 use crate::seed::Purpose;
+
+/// Where a discrete sampler ends (config key `sampler.final_step`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FinalStep {
+    /// One more update from the last grid point to ᾱ = 1 (diffusers' `set_alpha_to_one = true`;
+    /// AU's pixel models).
+    #[default]
+    AlphaOne,
+    /// One more update to ᾱ_0 = 1 − β_0 (diffusers' `set_alpha_to_one = false`; AU's U-ViT).
+    AlphaFirst,
+    /// No update after the last grid point: the output is x at that timestep (GU's and BayesDiff's
+    /// samplers save x at t = 0). Saves one network evaluation.
+    Stop,
+}
+
+/// Conventions shared by the discrete DDPM/DDIM samplers.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StepRules {
+    /// Clip x̂₀ to [−c, c] before the update (diffusers' `clip_sample` with
+    /// `clip_sample_range = c`); ε itself is left unclipped, as diffusers does.
+    pub clip_sample: Option<f64>,
+    pub final_step: FinalStep,
+}
+
+impl StepRules {
+    /// ᾱ of the point after grid index `step`; `None` when the sampler stops at `step` instead.
+    pub(crate) fn next_alpha_bar(
+        &self,
+        schedule: &NoiseSchedule,
+        grid: &[usize],
+        step: usize,
+    ) -> Option<f64> {
+        match (grid.get(step + 1), self.final_step) {
+            (Some(&t), _) => Some(schedule.alpha_bar(Some(t))),
+            (None, FinalStep::AlphaOne) => Some(1.0),
+            (None, FinalStep::AlphaFirst) => Some(schedule.alpha_bar(Some(0))),
+            (None, FinalStep::Stop) => None,
+        }
+    }
+
+    /// How many grid points get an update (all, or all but the last under `Stop`).
+    pub(crate) fn updates(&self, grid: &[usize]) -> usize {
+        match self.final_step {
+            FinalStep::Stop => grid.len().saturating_sub(1),
+            _ => grid.len(),
+        }
+    }
+
+    pub(crate) fn clip(&self, x0: Tensor) -> candle_core::Result<Tensor> {
+        match self.clip_sample {
+            Some(c) => x0.clamp(-c, c),
+            None => Ok(x0),
+        }
+    }
+}
 
 /// Noise injected at a sampling step, shaped (B, D) for the B samples of the batch; samplers
 /// broadcast it over any leading axes of x (so every ensemble member sees the same noise).
