@@ -5,6 +5,7 @@
 pub mod ddim;
 pub mod ddpm;
 pub mod dpm_solver;
+pub mod flow;
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};

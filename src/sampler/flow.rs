@@ -1,0 +1,1 @@
+//! Flow-matching samplers (GU App. C.7): Euler and adaptive Dormand–Prince 5(4).
