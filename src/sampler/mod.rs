@@ -5,6 +5,7 @@
 pub mod ddim;
 pub mod ddpm;
 pub mod dpm_solver;
+pub mod dpm_solver_2;
 pub mod flow;
 
 use candle_core::{Device, Tensor};
