@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, TensorContext};
 use crate::model::Denoiser;
+use crate::sampler::{Observer, StepView};
 use crate::schedule::NoiseSchedule;
 use crate::seed::Purpose;
 
@@ -66,7 +67,7 @@ impl AuSpec {
     }
 }
 
-/// U_t for the batch `x_t` (B, …) with the sampler's ε at timestep `t` and sampler step `step`;
+/// U_t for the batch `x_t` (B, …) with the sampler's ε at model time `t` and sampler step `step`;
 /// `indices` are the B samples' indices (they key the re-noising streams). Returns U with the
 /// shape of `x_t`.
 #[allow(clippy::too_many_arguments)]
@@ -82,7 +83,21 @@ pub fn uncertainty(
     spec: &AuSpec,
 ) -> Result<Tensor> {
     spec.validate()?;
-    let dims = x_t.dims().to_vec();
+    let xi = renoising(x_t, step, indices, purpose, spec.m)?;
+    uncertainty_with(denoiser, schedule.alpha_bar_at(t), x_t, eps, t, &xi, spec)
+        .ctx("AU uncertainty (Alg. 1)")
+}
+
+/// The M re-noising draws ξ for the batch, (M, B, F) in x_t's dtype: sample b's M·F numbers come
+/// from its own stream at `step`, so U does not depend on how samples are batched.
+pub fn renoising(
+    x_t: &Tensor,
+    step: u32,
+    indices: &[u64],
+    purpose: &Purpose,
+    m: usize,
+) -> Result<Tensor> {
+    let dims = x_t.dims();
     let b = dims[0];
     if indices.len() != b {
         return Err(Error::invalid(
@@ -91,46 +106,194 @@ pub fn uncertainty(
         ));
     }
     let f: usize = dims[1..].iter().product();
-    let m = spec.m;
-    let ab = schedule.alpha_bar_at(t);
     let device: &Device = x_t.device();
-    (|| -> candle_core::Result<Tensor> {
-        let mut x0 = ((x_t - (eps * (1.0 - ab).sqrt())?)? / ab.sqrt())?;
-        if let (AuCompat::AuRelease, Some(c)) = (spec.compat, spec.clip_sample) {
-            x0 = x0.clamp(-c, c)?;
-        }
-        // ξ: (B, M, F) from each sample's own stream, then (M, B, F).
-        let xi = Tensor::from_vec(
+    (|| {
+        Tensor::from_vec(
             purpose.normals(indices, Some(step), m * f),
             (b, m, f),
             device,
         )?
         .to_dtype(x_t.dtype())?
         .transpose(0, 1)?
-        .contiguous()?;
-        let x0 = x0.reshape((1, b, f))?;
-        let perturbed = (x0 * ab.sqrt())?.broadcast_add(&(xi * (1.0 - ab).sqrt())?)?;
-        let mut batch_dims = vec![m * b];
-        batch_dims.extend_from_slice(&dims[1..]);
-        let eps_m = denoiser
-            .eps(&perturbed.reshape(batch_dims)?, t)?
-            .reshape((m, b, f))?;
-        let u = match spec.compat {
-            AuCompat::Paper => {
-                let mean = eps_m.mean_keepdim(0)?;
-                (eps_m.broadcast_sub(&mean)?.sqr()?.sum(0)? / (m - spec.ddof) as f64)?
-            }
-            AuCompat::AuRelease => {
-                (eps_m
-                    .broadcast_sub(&eps.reshape((1, b, f))?)?
-                    .sqr()?
-                    .sum(0)?
-                    / m as f64)?
-            }
-        };
-        u.reshape(dims.clone())
+        .contiguous()
     })()
-    .ctx("AU uncertainty (Alg. 1)")
+    .ctx("AU re-noising draws")
+}
+
+/// Alg. 1 lines 2–7 given the draws `xi` (M, B, F) and ᾱ_t, in candle ops only: when `eps` is a
+/// [`candle_core::Var`], U is differentiable in ε (used by guidance, Alg. 2).
+pub(crate) fn uncertainty_with(
+    denoiser: &dyn Denoiser,
+    ab: f64,
+    x_t: &Tensor,
+    eps: &Tensor,
+    t: f64,
+    xi: &Tensor,
+    spec: &AuSpec,
+) -> candle_core::Result<Tensor> {
+    let dims = x_t.dims().to_vec();
+    let (m, b, f) = xi.dims3()?;
+    let mut x0 = ((x_t - (eps * (1.0 - ab).sqrt())?)? / ab.sqrt())?;
+    if let (AuCompat::AuRelease, Some(c)) = (spec.compat, spec.clip_sample) {
+        x0 = x0.clamp(-c, c)?;
+    }
+    let x0 = x0.reshape((1, b, f))?;
+    let perturbed = (x0 * ab.sqrt())?.broadcast_add(&(xi * (1.0 - ab).sqrt())?)?;
+    let mut batch_dims = vec![m * b];
+    batch_dims.extend_from_slice(&dims[1..]);
+    let eps_m = denoiser
+        .eps(&perturbed.reshape(batch_dims)?, t)?
+        .reshape((m, b, f))?;
+    let u = match spec.compat {
+        AuCompat::Paper => {
+            let mean = eps_m.mean_keepdim(0)?;
+            (eps_m.broadcast_sub(&mean)?.sqr()?.sum(0)? / (m - spec.ddof) as f64)?
+        }
+        AuCompat::AuRelease => {
+            (eps_m
+                .broadcast_sub(&eps.reshape((1, b, f))?)?
+                .sqr()?
+                .sum(0)?
+                / m as f64)?
+        }
+    };
+    u.reshape(dims)
+}
+
+/// A contiguous range of sampler steps (0-based step indices, not timesteps): where AU runs, or
+/// which steps a per-image score sums (config keys `au.window_start`, `au.window_len`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepWindow {
+    pub start: usize,
+    pub len: usize,
+}
+
+impl StepWindow {
+    /// The paper's score window: steps 45..48 of 50 (Sec. 4, "from denoising timestep 45 until
+    /// 48"; on the leading grid these are timesteps 80, 60, 40, 20).
+    pub const PAPER: StepWindow = StepWindow { start: 45, len: 4 };
+
+    pub fn contains(&self, step: usize) -> bool {
+        (self.start..self.start + self.len).contains(&step)
+    }
+
+    /// Every step of an `n`-step trajectory.
+    pub fn all(n: usize) -> Self {
+        Self { start: 0, len: n }
+    }
+
+    /// The window must be non-empty and lie inside a grid of `steps` steps.
+    pub fn validate(&self, key: &str, steps: usize) -> Result<()> {
+        if self.len == 0 || self.start + self.len > steps {
+            return Err(Error::invalid(
+                key,
+                format!(
+                    "steps {}..{} lie outside the {steps}-step grid (valid: 0..{steps}, non-empty)",
+                    self.start,
+                    self.start + self.len
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// U_t of one sampler step, reduced per image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRecord {
+    pub step: usize,
+    pub t: f64,
+    /// Σ over pixels of U_t, one value per image of the batch.
+    pub per_image: Vec<f64>,
+}
+
+/// Runs Alg. 1 at the steps of `window` while a sampler runs, keeping per-image sums of U_t.
+/// Costs one extra batched denoiser call (M evaluations per sample) per uncertainty step.
+pub struct AuObserver<'a> {
+    pub denoiser: &'a dyn Denoiser,
+    pub schedule: &'a NoiseSchedule,
+    pub spec: AuSpec,
+    pub purpose: Purpose,
+    pub indices: &'a [u64],
+    pub window: StepWindow,
+    /// Keep the full per-pixel maps of the last uncertainty step (for figures).
+    pub keep_maps: bool,
+    pub records: Vec<StepRecord>,
+    /// Network evaluations per sample spent on uncertainty (M per uncertainty step).
+    pub extra_nfe: usize,
+    pub last_map: Option<Tensor>,
+}
+
+impl<'a> AuObserver<'a> {
+    pub fn new(
+        denoiser: &'a dyn Denoiser,
+        schedule: &'a NoiseSchedule,
+        spec: AuSpec,
+        purpose: Purpose,
+        indices: &'a [u64],
+        window: StepWindow,
+    ) -> Self {
+        Self {
+            denoiser,
+            schedule,
+            spec,
+            purpose,
+            indices,
+            window,
+            keep_maps: false,
+            records: vec![],
+            extra_nfe: 0,
+            last_map: None,
+        }
+    }
+
+    /// Per-image score: Σ of the per-image sums over the recorded steps inside `window`
+    /// (the paper's filtering score, Sec. 4).
+    pub fn score(&self, window: StepWindow) -> Vec<f64> {
+        let mut out = vec![0.0; self.indices.len()];
+        for r in self.records.iter().filter(|r| window.contains(r.step)) {
+            for (o, v) in out.iter_mut().zip(&r.per_image) {
+                *o += v;
+            }
+        }
+        out
+    }
+}
+
+impl Observer for AuObserver<'_> {
+    fn on_step(&mut self, view: &StepView<'_>) -> candle_core::Result<()> {
+        if !self.window.contains(view.step) {
+            return Ok(());
+        }
+        let u = uncertainty(
+            self.denoiser,
+            self.schedule,
+            view.x_t,
+            view.eps,
+            view.t,
+            view.step as u32,
+            self.indices,
+            &self.purpose,
+            &self.spec,
+        )
+        .map_err(candle_core::Error::wrap)?;
+        let b = u.dim(0)?;
+        let per_image = u
+            .reshape((b, ()))?
+            .to_dtype(candle_core::DType::F64)?
+            .sum(1)?
+            .to_vec1::<f64>()?;
+        self.records.push(StepRecord {
+            step: view.step,
+            t: view.t,
+            per_image,
+        });
+        self.extra_nfe += self.spec.m;
+        if self.keep_maps {
+            self.last_map = Some(u);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -236,6 +399,84 @@ mod tests {
             / release.len() as f64;
         // 192 pixels × 8 draws: the pooled ratio has a standard error of about 4%.
         approx::assert_relative_eq!(ratio, 1.0, max_relative = 0.12);
+    }
+
+    #[test]
+    fn observer_scores_the_window_and_does_not_depend_on_batching() {
+        // DDIM 50 steps with AU at the paper's window (steps 45..48): 4 records, 4·M extra
+        // evaluations per sample, score = Σ of the 4 per-image sums; sample 2's score is the same
+        // whether it runs in a batch of 6 or of 3 (its draws come from its own stream).
+        use crate::sampler::{ddim, StepRules, StreamNoise};
+        let g = GaussianMixture::new(
+            vec![
+                Component {
+                    weight: 0.5,
+                    mean: vec![-1.0, 1.0],
+                    std: 0.2,
+                },
+                Component {
+                    weight: 0.5,
+                    mean: vec![1.0, 0.0],
+                    std: 0.2,
+                },
+            ],
+            sched(),
+        )
+        .unwrap();
+        let s = sched();
+        let grid = crate::schedule::leading_grid(1000, 50);
+        let streams = SeedStreams::new(3);
+        let scores = |n: u64| {
+            let idx: Vec<u64> = (0..n).collect();
+            let x = Tensor::from_vec(
+                streams.purpose("x_T").normals(&idx, None, 2),
+                (n as usize, 2),
+                &Device::Cpu,
+            )
+            .unwrap()
+            .to_dtype(candle_core::DType::F64)
+            .unwrap();
+            let spec = AuSpec {
+                m: 5,
+                ddof: 1,
+                compat: AuCompat::Paper,
+                clip_sample: None,
+            };
+            let mut obs =
+                AuObserver::new(&g, &s, spec, streams.purpose("au"), &idx, StepWindow::PAPER);
+            let noise = StreamNoise {
+                purpose: streams.purpose("noise"),
+                indices: &idx,
+                dim: 2,
+                device: &Device::Cpu,
+            };
+            let out = ddim::sample(
+                &g,
+                &s,
+                &grid,
+                0.0,
+                &StepRules::default(),
+                x,
+                &noise,
+                &mut obs,
+            )
+            .unwrap();
+            assert_eq!(out.nfe + obs.extra_nfe, 50 + 4 * 5);
+            assert_eq!(
+                obs.records.iter().map(|r| r.step).collect::<Vec<_>>(),
+                vec![45, 46, 47, 48]
+            );
+            assert_eq!(obs.records[0].t, 80.0);
+            let total: f64 = obs.records.iter().map(|r| r.per_image[1]).sum();
+            let score = obs.score(StepWindow::PAPER);
+            approx::assert_relative_eq!(score[1], total, max_relative = 1e-12);
+            score
+        };
+        let (six, three) = (scores(6), scores(3));
+        approx::assert_relative_eq!(six[2], three[2], max_relative = 1e-12);
+        assert!(StepWindow { start: 48, len: 3 }
+            .validate("au.window", 50)
+            .is_err());
     }
 
     #[test]

@@ -2,3 +2,4 @@
 
 pub mod au;
 pub mod gu;
+pub mod guidance;
