@@ -399,7 +399,7 @@ mod tests {
             schedule: &s,
             grid: &grid_f,
             spec: gspec,
-            purpose: purpose.clone(),
+            purpose,
             indices: &idx,
             extra_nfe: Cell::new(0),
             guided_pixels: Default::default(),
