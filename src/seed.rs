@@ -56,6 +56,18 @@ pub struct Purpose {
 }
 
 impl Purpose {
+    /// A derived family, independent of this one and of every other name (e.g. one per MC-dropout
+    /// pass and layer): the key is hashed again with `name`.
+    pub fn sub(&self, name: &str) -> Purpose {
+        let mut h = Sha256::new();
+        h.update(b"diffuq-seed-v1/sub");
+        h.update(self.key);
+        h.update(name.as_bytes());
+        Purpose {
+            key: h.finalize().into(),
+        }
+    }
+
     /// The stream of sample `index` (no step).
     pub fn rng(&self, index: u64) -> ChaCha20Rng {
         let mut rng = ChaCha20Rng::from_seed(self.key);

@@ -3,3 +3,4 @@
 pub mod au;
 pub mod gu;
 pub mod guidance;
+pub mod mc_dropout;
