@@ -78,6 +78,7 @@ impl MaskSource for StreamMasks<'_> {
 }
 
 /// U_t^drop for the batch `x_t` at model time `t`, sampler step `step`, with `m` passes.
+#[allow(clippy::too_many_arguments)]
 pub fn uncertainty(
     model: &dyn DropoutDenoiser,
     x_t: &Tensor,
