@@ -22,6 +22,10 @@ test:
 gu-fig2 scale="mini" *overrides:
     cargo run --quiet --locked -- run gu-fig2 --scale {{scale}} {{overrides}}
 
+# AU Fig. 3, step-wise uncertainty on the analytic denoiser: `just au-fig3 smoke`, `just au-fig3 mini au.m=20`.
+au-fig3 scale="mini" *overrides:
+    cargo run --quiet --locked -- run au-fig3 --scale {{scale}} {{overrides}}
+
 # Resolve and check an artifact's configuration without computing.
 validate artifact scale="mini" *overrides:
     cargo run --quiet --locked -- validate {{artifact}} --scale {{scale}} {{overrides}}

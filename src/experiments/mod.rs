@@ -2,6 +2,7 @@
 //! configuration, a resumable computation that writes frames into a run directory, and a report
 //! that turns those frames into figures, a table and a verdict against the paper.
 
+pub mod au_fig3;
 pub mod gu_fig2;
 
 use std::path::{Path, PathBuf};
@@ -114,7 +115,10 @@ impl Artifact {
 }
 
 /// Every artifact diffuq can run, in `diffuq ls` order.
-pub const ARTIFACTS: &[Artifact] = &[Artifact::of::<gu_fig2::GuFig2>()];
+pub const ARTIFACTS: &[Artifact] = &[
+    Artifact::of::<au_fig3::AuFig3>(),
+    Artifact::of::<gu_fig2::GuFig2>(),
+];
 
 pub fn find(name: &str) -> Result<&'static Artifact> {
     ARTIFACTS

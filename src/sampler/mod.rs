@@ -7,6 +7,7 @@ pub mod ddpm;
 pub mod dpm_solver;
 pub mod dpm_solver_2;
 pub mod flow;
+pub mod spec;
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,171 @@
+//! The `[sampler]` table of an experiment: which sampler, on which grid, with which conventions —
+//! every convention that moves numbers is a key (see ../shared/reference/seed-repos.md §4).
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::{ddim, ddpm, dpm_solver, dpm_solver_2, FinalStep, NoiseSource, Observer};
+use super::{SampleOutput, StepRules};
+use crate::config::{check, Violation};
+use crate::model::Denoiser;
+use crate::schedule::{continuous_grid, grid, ContinuousSpacing, NoiseSchedule, Spacing};
+
+/// Sampler names (config key `sampler.name`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SamplerKind {
+    /// Ancestral DDPM ([`ddpm`]).
+    Ddpm,
+    /// DDIM with `eta` ([`ddim`]).
+    Ddim,
+    /// Single-step DPM-Solver-2 in continuous time ([`dpm_solver_2`]); `steps` counts its
+    /// two-evaluation steps.
+    #[serde(rename = "dpm-solver-2")]
+    DpmSolver2,
+    /// DPM-Solver++(2M) multistep, as diffusers ([`dpm_solver`]).
+    DpmSolverPp2m,
+}
+
+/// `[sampler]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerSpec {
+    pub name: SamplerKind,
+    pub steps: usize,
+    /// DDIM stochasticity η (0 = deterministic; 1 = DDPM's posterior variance).
+    pub eta: f64,
+    /// Discrete grid spacing (DDPM, DDIM, DPM++): leading | trailing | linspace.
+    pub spacing: Spacing,
+    pub steps_offset: usize,
+    /// DPM-Solver-2's grid: time-uniform | log-snr.
+    pub continuous_spacing: ContinuousSpacing,
+    /// DPM-Solver-2's intermediate ratio r₁ (½ in GU and BayesDiff).
+    pub r1: f64,
+    pub final_step: FinalStep,
+    /// Clip x̂₀ to [−clip_range, clip_range] (diffusers' `clip_sample`).
+    pub clip_sample: bool,
+    pub clip_range: f64,
+}
+
+impl SamplerSpec {
+    /// Violations of this table's keys, prefixed with `sampler.`; `timesteps` is T.
+    pub fn violations(&self, timesteps: usize) -> Vec<Violation> {
+        let mut v = vec![];
+        check(&mut v, self.steps >= 1, "sampler.steps", "must be ≥ 1");
+        check(
+            &mut v,
+            self.steps <= timesteps,
+            "sampler.steps",
+            "must not exceed diffusion.timesteps",
+        );
+        check(
+            &mut v,
+            self.eta.is_finite() && self.eta >= 0.0,
+            "sampler.eta",
+            "must be finite and ≥ 0",
+        );
+        check(
+            &mut v,
+            self.r1 > 0.0 && self.r1 <= 1.0,
+            "sampler.r1",
+            "must lie in (0, 1]",
+        );
+        check(
+            &mut v,
+            self.clip_range > 0.0,
+            "sampler.clip_range",
+            "must be > 0",
+        );
+        check(
+            &mut v,
+            self.name != SamplerKind::DpmSolverPp2m || self.final_step == FinalStep::AlphaOne,
+            "sampler.final_step",
+            "DPM-Solver++(2M) ends at σ = 0 (alpha-one) as diffusers does",
+        );
+        v
+    }
+
+    fn rules(&self) -> StepRules {
+        StepRules {
+            clip_sample: self.clip_sample.then_some(self.clip_range),
+            final_step: self.final_step,
+        }
+    }
+
+    /// The model times at which the sampler's observed steps evaluate the denoiser, in order
+    /// (step i of an observer is entry i).
+    pub fn model_times(&self, schedule: &NoiseSchedule) -> Vec<f64> {
+        match self.name {
+            SamplerKind::DpmSolver2 => {
+                let mut g = continuous_grid(self.continuous_spacing, schedule, self.steps);
+                g.pop();
+                g
+            }
+            _ => self
+                .discrete_grid(schedule)
+                .iter()
+                .map(|&t| t as f64)
+                .collect(),
+        }
+    }
+
+    fn discrete_grid(&self, schedule: &NoiseSchedule) -> Vec<usize> {
+        grid(self.spacing, schedule.len(), self.steps, self.steps_offset)
+    }
+
+    /// Number of observed steps (observer step indices run over 0..this).
+    pub fn observed_steps(&self) -> usize {
+        match (self.name, self.final_step) {
+            (SamplerKind::Ddpm | SamplerKind::Ddim, FinalStep::Stop) => self.steps - 1,
+            _ => self.steps,
+        }
+    }
+
+    /// Run from `x_t`.
+    pub fn sample(
+        &self,
+        denoiser: &dyn Denoiser,
+        schedule: &NoiseSchedule,
+        x_t: Tensor,
+        noise: &dyn NoiseSource,
+        observer: &mut dyn Observer,
+    ) -> candle_core::Result<SampleOutput> {
+        let rules = self.rules();
+        match self.name {
+            SamplerKind::Ddpm => ddpm::sample(
+                denoiser,
+                schedule,
+                &self.discrete_grid(schedule),
+                &rules,
+                x_t,
+                noise,
+                observer,
+            ),
+            SamplerKind::Ddim => ddim::sample(
+                denoiser,
+                schedule,
+                &self.discrete_grid(schedule),
+                self.eta,
+                &rules,
+                x_t,
+                noise,
+                observer,
+            ),
+            SamplerKind::DpmSolver2 => dpm_solver_2::sample(
+                denoiser,
+                schedule,
+                &continuous_grid(self.continuous_spacing, schedule, self.steps),
+                self.r1,
+                x_t,
+                observer,
+            ),
+            SamplerKind::DpmSolverPp2m => dpm_solver::sample_2m(
+                denoiser,
+                schedule,
+                &self.discrete_grid(schedule),
+                x_t,
+                observer,
+            ),
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! End-to-end tests of `diffuq run au-fig3` at smoke scale: the run writes its frames, figure and
+//! table; bad sampler/schedule/AU keys give one-line errors naming the key (exit code 2).
+//!
+//! Expected numbers: the smoke table is an insta snapshot of diffuq's own deterministic CPU output
+//! (seed streams + the analytic denoiser); an intended change must bump `version` in
+//! experiments/au-fig3/experiment.toml. The per-step mean of U_t at the first step is also checked
+//! against the closed form for the linear regime: U_t ≈ ((1 − ᾱ_t)/v_t)² ≈ 1 at t = 980.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn diffuq(args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_diffuq"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(args);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DIFFUQ_")) {
+        cmd.env_remove(k);
+    }
+    cmd.output().expect("spawn diffuq")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+fn assert_key_error(extra: &[&str], needles: &[&str]) {
+    let mut args = vec!["validate", "au-fig3", "--scale", "smoke"];
+    args.extend_from_slice(extra);
+    let out = diffuq(&args);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    for n in needles {
+        assert!(err.contains(n), "`{n}` missing from: {err}");
+    }
+}
+
+#[test]
+fn smoke_run_writes_frames_figure_and_table() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = diffuq(&[
+        "run",
+        "au-fig3",
+        "--scale",
+        "smoke",
+        "--runs-dir",
+        runs.path().to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let dir = PathBuf::from(
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("run directory: "))
+            .expect("run directory line"),
+    );
+    for f in [
+        "stepwise.parquet",
+        "samples.parquet",
+        "per_step.parquet",
+        "fig3.png",
+        "fig3.svg",
+        "table.md",
+        "manifest.json",
+    ] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    let table = std::fs::read_to_string(dir.join("table.md")).unwrap();
+    let first = table
+        .lines()
+        .find(|l| l.starts_with("| 0–25%"))
+        .expect("first band row");
+    let mean: f64 = first.split('|').nth(4).unwrap().trim().parse().unwrap();
+    approx::assert_abs_diff_eq!(mean, 1.0, epsilon = 0.03);
+    insta::assert_snapshot!("au_fig3_smoke_table", table);
+}
+
+#[test]
+fn bad_keys_name_the_key() {
+    assert_key_error(&["sampler.name=euler"], &["sampler.name", "euler"]);
+    assert_key_error(&["diffusion.schedule=quadratic"], &["diffusion.schedule"]);
+    assert_key_error(&["au.m=1"], &["au.m", "≥ 2"]);
+    assert_key_error(&["au.window_start=48"], &["au.window_start", "48..52"]);
+    assert_key_error(&["sampler.steps=20"], &["au.window_start", "20 steps"]);
+    assert_key_error(&["sampler.r1=0"], &["sampler.r1"]);
+}
