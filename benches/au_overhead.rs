@@ -1,0 +1,178 @@
+//! AU overhead (De Vita & Belagiannis, Alg. 1): 50-step DDIM with and without the uncertainty
+//! observer, on a small ε-MLP (64-d data, 1,000 samples per batch). AU at the paper's window
+//! (steps 45..48, M = 5) adds 4 batched calls of M·B rows: NFE 50 → 70 per sample, so the expected
+//! time ratio is ≈ 1.4 when the network dominates; AU at every step (Fig. 3) costs ≈ 1 + M = 6×.
+//!
+//! criterion times the three variants and the parts of one uncertainty step; the ratios to plain
+//! sampling are printed at the end (`just bench`). Measured here (2 cores, dev profile): plain
+//! 213–268 ms, window 1.68×, every step 11.1×. Time beyond the NFE ratio is the re-noising draws
+//! (M·B·D normals from per-sample ChaCha20 streams, 8.6 ms per step, about a third of an
+//! uncertainty step) and the M·B-row call costing 4× a B-row call (19.9 vs 4.9 ms).
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use criterion::{criterion_group, criterion_main, Criterion};
+use diffuq::model::toy_mlp::{EnsembleMlp, MlpSpec};
+use diffuq::model::Denoiser;
+use diffuq::sampler::{ddim, NoObserver, Observer, StepRules, StreamNoise};
+use diffuq::schedule::{leading_grid, NoiseSchedule, ScheduleKind};
+use diffuq::seed::SeedStreams;
+use diffuq::uq::au::{AuCompat, AuObserver, AuSpec, StepWindow};
+
+/// One ensemble member seen as an (N, D) → (N, D) denoiser.
+struct Single(EnsembleMlp);
+impl Denoiser for Single {
+    fn eps(&self, x: &Tensor, t: f64) -> candle_core::Result<Tensor> {
+        let (n, d) = x.dims2()?;
+        self.0.eps(&x.reshape((1, n, d))?, t)?.reshape((n, d))
+    }
+}
+
+const D: usize = 64;
+const B: usize = 1000;
+
+struct Setup {
+    net: Single,
+    schedule: NoiseSchedule,
+    grid: Vec<usize>,
+    x_t: Tensor,
+    idx: Vec<u64>,
+    streams: SeedStreams,
+}
+
+fn setup() -> Setup {
+    let streams = SeedStreams::new(0);
+    let spec = MlpSpec {
+        data_dim: D,
+        hidden: 128,
+        layers: 3,
+        time_dim: 32,
+        members: 1,
+        fourier_features: 0,
+        fourier_scale: 1.0,
+    };
+    let net = Single(EnsembleMlp::init(spec, 1000, &streams, &Device::Cpu).unwrap());
+    let idx: Vec<u64> = (0..B as u64).collect();
+    let x_t = Tensor::from_vec(
+        streams.purpose("x_T").normals(&idx, None, D),
+        (B, D),
+        &Device::Cpu,
+    )
+    .unwrap();
+    Setup {
+        net,
+        schedule: NoiseSchedule::new(ScheduleKind::Cosine, 0.0, 0.0, 1000),
+        grid: leading_grid(1000, 50),
+        x_t,
+        idx,
+        streams,
+    }
+}
+
+fn sample(s: &Setup, window: Option<StepWindow>) -> usize {
+    let noise = StreamNoise {
+        purpose: s.streams.purpose("noise"),
+        indices: &s.idx,
+        dim: D,
+        device: &Device::Cpu,
+    };
+    let spec = AuSpec {
+        m: 5,
+        ddof: 1,
+        compat: AuCompat::Paper,
+        clip_sample: None,
+    };
+    let mut au;
+    let observer: &mut dyn Observer = match window {
+        Some(w) => {
+            au = AuObserver::new(
+                &s.net,
+                &s.schedule,
+                spec,
+                s.streams.purpose("au"),
+                &s.idx,
+                w,
+            );
+            &mut au
+        }
+        None => &mut NoObserver,
+    };
+    let out = ddim::sample(
+        &s.net,
+        &s.schedule,
+        &s.grid,
+        0.0,
+        &StepRules::default(),
+        black_box(s.x_t.clone()),
+        &noise,
+        observer,
+    )
+    .unwrap();
+    black_box(out.x0);
+    out.nfe
+}
+
+/// Median wall time of `n` runs, seconds.
+fn median_secs(n: usize, mut f: impl FnMut()) -> f64 {
+    let mut t: Vec<f64> = (0..n)
+        .map(|_| {
+            let t0 = Instant::now();
+            f();
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[n / 2]
+}
+
+fn benches(c: &mut Criterion) {
+    diffuq::keep_freed_memory();
+    let s = setup();
+    let mut g = c.benchmark_group("au_overhead_ddim50_1000x64");
+    g.sample_size(10);
+    g.bench_function("plain", |b| b.iter(|| sample(&s, None)));
+    g.bench_function("au_window_45_48_m5", |b| {
+        b.iter(|| sample(&s, Some(StepWindow::PAPER)))
+    });
+    g.bench_function("au_every_step_m5", |b| {
+        b.iter(|| sample(&s, Some(StepWindow::all(50))))
+    });
+    g.finish();
+
+    // The pieces of one uncertainty step: the re-noising draws (seed streams) and one batched
+    // network call on M·B rows.
+    let mut g = c.benchmark_group("au_step_parts_1000x64");
+    let purpose = s.streams.purpose("au");
+    g.bench_function("renoising_draws_m5", |b| {
+        b.iter(|| diffuq::uq::au::renoising(black_box(&s.x_t), 45, &s.idx, &purpose, 5).unwrap())
+    });
+    let big = Tensor::cat(&[&s.x_t, &s.x_t, &s.x_t, &s.x_t, &s.x_t], 0).unwrap();
+    g.bench_function("eps_5000_rows", |b| {
+        b.iter(|| s.net.eps(black_box(&big), 80.0).unwrap())
+    });
+    g.bench_function("eps_1000_rows", |b| {
+        b.iter(|| s.net.eps(black_box(&s.x_t), 80.0).unwrap())
+    });
+    g.finish();
+
+    let plain = median_secs(5, || {
+        sample(&s, None);
+    });
+    let window = median_secs(5, || {
+        sample(&s, Some(StepWindow::PAPER));
+    });
+    let every = median_secs(5, || {
+        sample(&s, Some(StepWindow::all(50)));
+    });
+    println!(
+        "AU overhead vs plain 50-step DDIM (median of 5): window 45..48, M = 5: {:.2}× (NFE 70/50 = 1.40×); every step: {:.2}× (NFE 300/50 = 6.00×); plain {:.1} ms",
+        window / plain,
+        every / plain,
+        plain * 1e3
+    );
+}
+
+criterion_group!(au_overhead, benches);
+criterion_main!(au_overhead);
