@@ -10,6 +10,8 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod experiments;
+pub mod features;
+pub mod fetch;
 pub mod metrics;
 pub mod model;
 pub mod report;

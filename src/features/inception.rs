@@ -1,0 +1,1 @@
+//! The FID Inception-v3 (placeholder, being written).

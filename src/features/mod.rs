@@ -1,0 +1,3 @@
+//! Feature extractors mapping images to the feature spaces that metrics are computed in.
+
+pub mod inception;

@@ -1,0 +1,1 @@
+//! Obtaining reference weights from package registries (placeholder, being written).

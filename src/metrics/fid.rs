@@ -1,0 +1,1 @@
+//! metrics::fid (placeholder, being written).

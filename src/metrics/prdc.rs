@@ -1,0 +1,1 @@
+//! metrics::prdc (placeholder, being written).

@@ -1,0 +1,1 @@
+//! metrics::rank (placeholder, being written).

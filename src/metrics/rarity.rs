@@ -1,0 +1,1 @@
+//! metrics::rarity (placeholder, being written).

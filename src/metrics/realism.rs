@@ -1,0 +1,1 @@
+//! metrics::realism (placeholder, being written).

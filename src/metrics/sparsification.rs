@@ -1,0 +1,1 @@
+//! metrics::sparsification (placeholder, being written).
