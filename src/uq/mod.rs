@@ -3,4 +3,5 @@
 pub mod au;
 pub mod gu;
 pub mod guidance;
+pub mod laplace;
 pub mod mc_dropout;
