@@ -17,6 +17,89 @@
 
 use std::f64::consts::{E, PI};
 
+use half::f16;
+use serde::{Deserialize, Serialize};
+
+/// Which arithmetic computes the entropy (config key `gu.compat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuCompat {
+    /// Exact f64, two-pass variance ([`moment_matched_entropy`]).
+    Paper,
+    /// The released `semantic_likelihood.py`: float16 features, E[c²] − E[c]² in float16 (with
+    /// its cancellation, clipped at 0), log and sum in float16 — H lands on a grid of ≈ 1 and
+    /// ties are frequent (seed-repos.md §2.5). [`release_entropy_f16`].
+    GuRelease,
+}
+
+/// numpy's float16 arithmetic: compute in f32, round to f16.
+fn h(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
+/// numpy's pairwise summation (`pairwise_sum` in its loops) of f32 values, as used for float16
+/// reductions with a float32 accumulator: sequential below 8 elements, 8 interleaved partial sums
+/// up to 128, halving (at a multiple of 8) above.
+fn pairwise_sum(a: &[f32]) -> f32 {
+    let n = a.len();
+    if n < 8 {
+        a.iter().fold(0.0f32, |s, v| s + v)
+    } else if n <= 128 {
+        let mut r = [0f32; 8];
+        r.copy_from_slice(&a[..8]);
+        let mut i = 8;
+        while i + 8 <= n {
+            for k in 0..8 {
+                r[k] += a[i + k];
+            }
+            i += 8;
+        }
+        let mut res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for v in &a[i..] {
+            res += v;
+        }
+        res
+    } else {
+        let mut n2 = n / 2;
+        n2 -= n2 % 8;
+        pairwise_sum(&a[..n2]) + pairwise_sum(&a[n2..])
+    }
+}
+
+/// `np.add.reduce` of a float16 vector: the first element seeds a float32 accumulator, the rest
+/// is summed pairwise, and the result is rounded to float16.
+fn sum_f16(a: &[f32]) -> f32 {
+    match a.split_first() {
+        None => 0.0,
+        Some((first, rest)) => h(first + pairwise_sum(rest)),
+    }
+}
+
+/// `np.mean(axis=0)` of a float16 column: float32 intermediates, result rounded to float16.
+fn mean_f16(col: &[f32]) -> f32 {
+    h(pairwise_sum(col) / col.len() as f32)
+}
+
+/// GU's released entropy of one sample's M × D features (row-major), reproducing its float16
+/// arithmetic (seed-repos.md §2.5) with γ added in float16:
+/// v = clip(mean(c²) − mean(c)², 0); H = ½ Σ_d log(v + γ) + ½ D (log 2π + 1).
+pub fn release_entropy_f16(features: &[f32], members: usize, dim: usize, gamma: f64) -> f64 {
+    let c: Vec<f32> = features.iter().map(|&v| h(v)).collect();
+    let g = h(gamma as f32);
+    let logs: Vec<f32> = (0..dim)
+        .map(|d| {
+            let col: Vec<f32> = (0..members).map(|m| c[m * dim + d]).collect();
+            let sq: Vec<f32> = col.iter().map(|v| h(v * v)).collect();
+            let m2 = mean_f16(&sq);
+            let m1 = mean_f16(&col);
+            let v = h(m2 - h(m1 * m1)).max(0.0);
+            h(h(v + g).ln())
+        })
+        .collect();
+    let total = f64::from(sum_f16(&logs));
+    0.5 * total + 0.5 * dim as f64 * ((2.0 * PI).ln() + 1.0)
+}
+
 /// Entropy of the moment-matched diagonal Gaussian of M outputs of dimension D
 /// (`outputs` row-major M × D), observation variance `gamma2` = γ² > 0.
 pub fn moment_matched_entropy(outputs: &[f64], members: usize, dim: usize, gamma2: f64) -> f64 {
@@ -119,6 +202,33 @@ mod tests {
             (2.0 * PI * E * 0.5).ln(),
             max_relative = 1e-12
         );
+    }
+
+    #[test]
+    fn release_arithmetic_matches_numpy_float16() {
+        // Expected: golden/gu/release_entropy.npz, written by golden/gu_release_entropy.py with
+        // numpy 1.26.4 (24 samples × 6 members × 512 float16 features, γ = 1e-3). The release
+        // arithmetic must match it exactly (it is quantised), and differ from the exact f64 entropy
+        // (also in the fixture) by up to ≈ 1 nat per sample.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/golden/gu/release_entropy.npz");
+        let arrays: std::collections::HashMap<String, candle_core::Tensor> =
+            candle_core::Tensor::read_npz(path).unwrap().into_iter().collect();
+        let feats = arrays["features"].to_dtype(candle_core::DType::F32).unwrap();
+        let (n, m, d) = feats.dims3().unwrap();
+        let feats = feats.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want = arrays["entropy"].to_vec1::<f64>().unwrap();
+        let exact = arrays["entropy_f64"].to_vec1::<f64>().unwrap();
+        let mut max_gap = 0.0f64;
+        for i in 0..n {
+            let x = &feats[i * m * d..(i + 1) * m * d];
+            let got = release_entropy_f16(x, m, d, 1e-3);
+            assert_eq!(got, want[i], "sample {i}");
+            let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+            let e = moment_matched_entropy(&x64, m, d, 1e-3);
+            assert_relative_eq!(e, exact[i], max_relative = 1e-9);
+            max_gap = max_gap.max((got - e).abs());
+        }
+        assert!(max_gap > 0.01, "the release arithmetic should quantise ({max_gap})");
     }
 
     #[test]
