@@ -116,6 +116,152 @@ pub fn moment_matched_entropy(outputs: &[f64], members: usize, dim: usize, gamma
     h
 }
 
+/// Settings of GU's generation (Alg. 1) with a Laplace posterior (config table `[gu]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuSpec {
+    /// Posterior draws M (GU: 5).
+    pub m: usize,
+    /// Count the MAP model's sample as a member of the mixture (GU's release: yes, 1 + M sets).
+    pub include_map: bool,
+    /// Likelihood variance γ² (pixel) or γ (semantic; GU: 1e-3).
+    pub gamma2: f64,
+    pub compat: GuCompat,
+    /// Sampler for the posterior draws' extra samples (GU Fig. 6 reduces its steps).
+    pub sampler: crate::sampler::spec::SamplerSpec,
+}
+
+impl GuSpec {
+    pub fn validate(&self) -> crate::error::Result<()> {
+        use crate::error::Error;
+        if self.m == 0 {
+            return Err(Error::invalid(
+                "gu.m",
+                "the number of posterior draws M must be ≥ 1, got 0",
+            ));
+        }
+        if !(self.gamma2 > 0.0 && self.gamma2.is_finite()) {
+            return Err(Error::invalid(
+                "gu.gamma2",
+                format!("must be > 0, got {}", self.gamma2),
+            ));
+        }
+        if self.m + usize::from(self.include_map) < 2 {
+            return Err(Error::invalid(
+                "gu.m",
+                "the mixture needs at least 2 members (M ≥ 2, or M = 1 with the MAP)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What [`generate`] returns.
+pub struct GuOutput {
+    /// The MAP model's samples (what GU keeps and filters).
+    pub samples: candle_core::Tensor,
+    /// Generative uncertainty per sample.
+    pub entropy: Vec<f64>,
+    /// Network evaluations per sample, all parameter sets included.
+    pub nfe: usize,
+}
+
+/// GU Alg. 1 with a last-layer Laplace posterior: the MAP model samples from x_T with `main`; each
+/// of M posterior draws samples from the *same* x_T (and the same injected noise) with
+/// `spec.sampler`; the outputs go through φ and the entropy of their moment-matched Gaussian is
+/// the uncertainty (Eq. 8). Draws come from stream m of `draws_purpose`.
+#[allow(clippy::too_many_arguments)]
+pub fn generate(
+    model: &dyn crate::uq::laplace::LastLayerModel,
+    posterior: &crate::uq::laplace::DiagPosterior,
+    schedule: &crate::schedule::NoiseSchedule,
+    main: &crate::sampler::spec::SamplerSpec,
+    spec: &GuSpec,
+    x_t: &candle_core::Tensor,
+    noise: &dyn crate::sampler::NoiseSource,
+    extractor: &dyn crate::features::FeatureExtractor,
+    draws_purpose: &crate::seed::Purpose,
+) -> crate::error::Result<GuOutput> {
+    use crate::error::TensorContext;
+    use crate::sampler::NoObserver;
+    use crate::uq::laplace::{LastLayerDraw, WithLastLayer};
+    spec.validate()?;
+    let map = LastLayerDraw {
+        w: posterior.w_map.clone(),
+        b: posterior.b_map.clone(),
+    };
+    let main_out = main
+        .sample(
+            &WithLastLayer { model, draw: &map },
+            schedule,
+            x_t.clone(),
+            noise,
+            &mut NoObserver,
+        )
+        .ctx("GU: MAP sample")?;
+    let mut nfe = main_out.nfe;
+    let mut feats = vec![];
+    if spec.include_map {
+        // With a different extra-sample sampler the MAP member is re-run with it, so that all
+        // members of the mixture share one discretisation.
+        let x = if &spec.sampler == main {
+            main_out.x0.clone()
+        } else {
+            let o = spec
+                .sampler
+                .sample(
+                    &WithLastLayer { model, draw: &map },
+                    schedule,
+                    x_t.clone(),
+                    noise,
+                    &mut NoObserver,
+                )
+                .ctx("GU: MAP member sample")?;
+            nfe += o.nfe;
+            o.x0
+        };
+        feats.push(extractor.features(&x).ctx("GU: features")?);
+    }
+    for draw in posterior.draws(spec.m, false, draws_purpose)? {
+        let o = spec
+            .sampler
+            .sample(
+                &WithLastLayer { model, draw: &draw },
+                schedule,
+                x_t.clone(),
+                noise,
+                &mut NoObserver,
+            )
+            .ctx("GU: posterior-draw sample")?;
+        nfe += o.nfe;
+        feats.push(extractor.features(&o.x0).ctx("GU: features")?);
+    }
+    let stacked = candle_core::Tensor::stack(&feats, 0)
+        .and_then(|t| t.to_dtype(candle_core::DType::F32))
+        .ctx("GU: stacking member features")?;
+    let (members, n, dim) = stacked.dims3().ctx("GU: member features")?;
+    let flat: Vec<f32> = stacked
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .ctx("GU: features")?;
+    let entropy = match spec.compat {
+        GuCompat::Paper => entropies_mnd(&flat, members, n, dim, spec.gamma2),
+        GuCompat::GuRelease => (0..n)
+            .map(|i| {
+                let mut buf = Vec::with_capacity(members * dim);
+                for m in 0..members {
+                    buf.extend_from_slice(&flat[(m * n + i) * dim..(m * n + i + 1) * dim]);
+                }
+                release_entropy_f16(&buf, members, dim, spec.gamma2)
+            })
+            .collect(),
+    };
+    Ok(GuOutput {
+        samples: main_out.x0,
+        entropy,
+        nfe,
+    })
+}
+
 /// Entropies of N samples given ensemble outputs laid out (M, N, D) row-major, as a sampler
 /// returns them for a batched ensemble.
 pub fn entropies_mnd(
@@ -212,8 +358,13 @@ mod tests {
         // (also in the fixture) by up to ≈ 1 nat per sample.
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/golden/gu/release_entropy.npz");
         let arrays: std::collections::HashMap<String, candle_core::Tensor> =
-            candle_core::Tensor::read_npz(path).unwrap().into_iter().collect();
-        let feats = arrays["features"].to_dtype(candle_core::DType::F32).unwrap();
+            candle_core::Tensor::read_npz(path)
+                .unwrap()
+                .into_iter()
+                .collect();
+        let feats = arrays["features"]
+            .to_dtype(candle_core::DType::F32)
+            .unwrap();
         let (n, m, d) = feats.dims3().unwrap();
         let feats = feats.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let want = arrays["entropy"].to_vec1::<f64>().unwrap();
@@ -228,7 +379,155 @@ mod tests {
             assert_relative_eq!(e, exact[i], max_relative = 1e-9);
             max_gap = max_gap.max((got - e).abs());
         }
-        assert!(max_gap > 0.01, "the release arithmetic should quantise ({max_gap})");
+        assert!(
+            max_gap > 0.01,
+            "the release arithmetic should quantise ({max_gap})"
+        );
+    }
+
+    mod generation {
+        use super::super::*;
+        use crate::features::Identity;
+        use crate::sampler::spec::{SamplerKind, SamplerSpec};
+        use crate::sampler::{FinalStep, StreamNoise};
+        use crate::schedule::{ContinuousSpacing, NoiseSchedule, ScheduleKind, Spacing};
+        use crate::seed::SeedStreams;
+        use crate::uq::laplace::{DiagPosterior, LaplaceSpec, LastLayerModel};
+        use candle_core::{DType, Device, Tensor};
+
+        /// φ(x, t) = [x, tanh(x), t/1000] at one position; D = 2 outputs.
+        struct Toy {
+            w: Tensor,
+            b: Tensor,
+        }
+        impl LastLayerModel for Toy {
+            fn features(&self, x: &Tensor, t: &[f64]) -> candle_core::Result<Tensor> {
+                let tt = Tensor::from_vec(
+                    t.iter().map(|t| t / 1000.0).collect::<Vec<_>>(),
+                    (t.len(), 1),
+                    x.device(),
+                )?
+                .to_dtype(x.dtype())?;
+                Tensor::cat(&[x, &x.tanh()?, &tt], 1)?.unsqueeze(1)
+            }
+            fn last_layer(&self) -> (Tensor, Option<Tensor>) {
+                (self.w.clone(), Some(self.b.clone()))
+            }
+            fn assemble(&self, out: &Tensor) -> candle_core::Result<Tensor> {
+                out.squeeze(1)
+            }
+            fn disassemble(&self, target: &Tensor) -> candle_core::Result<Tensor> {
+                target.unsqueeze(1)
+            }
+        }
+
+        fn ddim(steps: usize) -> SamplerSpec {
+            SamplerSpec {
+                name: SamplerKind::Ddim,
+                steps,
+                eta: 0.0,
+                spacing: Spacing::Leading,
+                steps_offset: 0,
+                continuous_spacing: ContinuousSpacing::TimeUniform,
+                r1: 0.5,
+                final_step: FinalStep::AlphaOne,
+                clip_sample: false,
+                clip_range: 1.0,
+            }
+        }
+
+        fn run(h_scale: f64, m: usize, extra_steps: usize) -> crate::error::Result<GuOutput> {
+            let dev = Device::Cpu;
+            let toy = Toy {
+                w: Tensor::new(
+                    &[[0.8f64, 0.1, 0.3, -0.2, 0.05], [-0.1, 0.9, 0.0, 0.4, -0.05]],
+                    &dev,
+                )
+                .unwrap(),
+                b: Tensor::new(&[0.01f64, -0.02], &dev).unwrap(),
+            };
+            // H = h_scale everywhere: precision h_scale + 1, so h_scale → ∞ collapses the posterior.
+            let post = DiagPosterior {
+                w_map: toy.w.clone(),
+                b_map: Some(toy.b.clone()),
+                h_w: (toy.w.ones_like().unwrap() * h_scale).unwrap(),
+                h_b: Some((toy.b.ones_like().unwrap() * h_scale).unwrap()),
+                spec: LaplaceSpec::GU,
+                n_items: 0,
+            };
+            let s = SeedStreams::new(2);
+            let idx: Vec<u64> = (0..16).collect();
+            let x_t = Tensor::from_vec(s.purpose("x_T").normals(&idx, None, 2), (16, 2), &dev)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap();
+            let noise = StreamNoise {
+                purpose: s.purpose("noise"),
+                indices: &idx,
+                dim: 2,
+                device: &dev,
+            };
+            let schedule = NoiseSchedule::new(ScheduleKind::Linear, 1e-4, 0.02, 1000);
+            let spec = GuSpec {
+                m,
+                include_map: true,
+                gamma2: 1e-3,
+                compat: GuCompat::Paper,
+                sampler: ddim(extra_steps),
+            };
+            generate(
+                &toy,
+                &post,
+                &schedule,
+                &ddim(10),
+                &spec,
+                &x_t,
+                &noise,
+                &Identity,
+                &s.purpose("draws"),
+            )
+        }
+
+        #[test]
+        fn a_collapsed_posterior_gives_the_likelihood_entropy_and_spread_raises_it() {
+            // Precision → ∞: every draw is the MAP, so v_d = γ² and H = ln(2πe γ²) for D = 2.
+            let tight = run(1e14, 5, 10).unwrap();
+            let floor = (2.0 * PI * E * 1e-3).ln();
+            for h in &tight.entropy {
+                approx::assert_abs_diff_eq!(*h, floor, epsilon = 1e-4);
+            }
+            // Precision 1 (prior only): the draws disagree, every entropy is above the floor.
+            let wide = run(0.0, 5, 10).unwrap();
+            assert!(
+                wide.entropy.iter().all(|h| *h > floor + 0.5),
+                "{:?}",
+                wide.entropy
+            );
+            // Same x_T ⇒ the MAP samples do not depend on the posterior.
+            assert_eq!(
+                tight
+                    .samples
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap(),
+                wide.samples
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap()
+            );
+            // NFE: MAP 10 (reused as a member) + 5 draws × 10.
+            assert_eq!(wide.nfe, 60);
+            // Fewer steps for the extra samples (GU Fig. 6): MAP member re-run with 4 steps.
+            assert_eq!(run(0.0, 5, 4).unwrap().nfe, 10 + 4 + 5 * 4);
+        }
+
+        #[test]
+        fn zero_draws_name_the_key() {
+            let e = run(1.0, 0, 10).err().unwrap().to_string();
+            assert!(e.starts_with("gu.m"), "{e}");
+        }
     }
 
     #[test]

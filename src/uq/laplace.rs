@@ -24,6 +24,7 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::error::{Error, Result, TensorContext};
+use crate::model::Denoiser;
 use crate::seed::Purpose;
 
 /// A model whose last layer is exposed.
@@ -313,6 +314,25 @@ impl DiagPosterior {
             Ok((mean, var))
         })()
         .ctx("Monte-Carlo last-layer predictive")
+    }
+}
+
+/// The model with its last layer replaced by `draw`: a [`Denoiser`] for any sampler.
+pub struct WithLastLayer<'a> {
+    pub model: &'a dyn LastLayerModel,
+    pub draw: &'a LastLayerDraw,
+}
+
+impl Denoiser for WithLastLayer<'_> {
+    fn eps(&self, x_t: &Tensor, t: f64) -> candle_core::Result<Tensor> {
+        let n = x_t.dim(0)?;
+        let phi = self.model.features(x_t, &vec![t; n])?;
+        let w = self.draw.w.to_dtype(phi.dtype())?;
+        let mut out = phi.broadcast_matmul(&w.t()?)?;
+        if let Some(b) = &self.draw.b {
+            out = out.broadcast_add(&b.to_dtype(phi.dtype())?)?;
+        }
+        self.model.assemble(&out)
     }
 }
 
