@@ -1,6 +1,7 @@
 //! Uncertainty methods. Each file is one paper algorithm.
 
 pub mod au;
+pub mod bayesdiff;
 pub mod gu;
 pub mod guidance;
 pub mod laplace;
