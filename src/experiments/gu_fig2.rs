@@ -57,6 +57,27 @@ pub struct Config {
     pub uq: UqConfig,
     pub eval: EvalConfig,
     pub plot: PlotConfig,
+    pub laplace: LaplaceConfig,
+}
+
+/// `[laplace]`: the single-model variant — member `member` alone with a last-layer diagonal
+/// empirical-Fisher Laplace posterior (GU App. B) instead of the ensemble.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaplaceConfig {
+    pub enabled: bool,
+    /// Which trained member plays the MAP model.
+    pub member: usize,
+    /// Training items in the Fisher (each with its own t and ε from the seed streams).
+    pub fit_items: usize,
+    pub fit_batch_size: usize,
+    /// Observation noise σ and prior precision λ (GU: 1 and 1).
+    pub sigma: f64,
+    pub prior_precision: f64,
+    /// H = ef_scale · Σ g² (laplace-torch, GU: 2).
+    pub ef_scale: f64,
+    /// Posterior draws M; the MAP sample is a mixture member too (GU's 1 + M).
+    pub draws: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -295,6 +316,39 @@ impl Validate for Config {
             "plot.max_points",
             "must be ≥ 1",
         );
+        let l = &self.laplace;
+        check(
+            &mut v,
+            l.member < self.ensemble.members,
+            "laplace.member",
+            "must name a trained member (< ensemble.members)",
+        );
+        check(&mut v, l.fit_items >= 1, "laplace.fit_items", "must be ≥ 1");
+        check(
+            &mut v,
+            l.fit_batch_size >= 1,
+            "laplace.fit_batch_size",
+            "must be ≥ 1",
+        );
+        check(
+            &mut v,
+            l.sigma > 0.0,
+            "laplace.sigma",
+            "observation noise must be > 0",
+        );
+        check(
+            &mut v,
+            l.prior_precision > 0.0,
+            "laplace.prior_precision",
+            "must be > 0",
+        );
+        check(&mut v, l.ef_scale > 0.0, "laplace.ef_scale", "must be > 0");
+        check(
+            &mut v,
+            l.draws >= 1,
+            "laplace.draws",
+            "posterior draws M must be ≥ 1",
+        );
         v
     }
 }
@@ -310,11 +364,13 @@ impl Config {
 }
 
 /// Subsets reported in the table, in order.
-const SETS: [&str; 4] = [
+const SETS: [&str; 6] = [
     "training data",
     "all samples",
     "kept: uncertainty",
     "kept: random",
+    "laplace: all samples",
+    "laplace: kept",
 ];
 
 fn bar(progress: &MultiProgress, len: usize, what: &str) -> ProgressBar {
@@ -328,6 +384,139 @@ fn bar(progress: &MultiProgress, len: usize, what: &str) -> ProgressBar {
     );
     pb.set_prefix(what.to_string());
     pb
+}
+
+/// The `keep` lowest values (ties by index), as a mask.
+fn keep_lowest(h: &[f64], keep: usize) -> Vec<bool> {
+    let mut order: Vec<usize> = (0..h.len()).collect();
+    order.sort_by(|&a, &b| h[a].total_cmp(&h[b]).then(a.cmp(&b)));
+    let mut kept = vec![false; h.len()];
+    order[..keep].iter().for_each(|&i| kept[i] = true);
+    kept
+}
+
+/// The Laplace variant of one seed: fit the last-layer posterior of one member on the training
+/// data (one t and ε per item from the seed streams), then GU Alg. 1 with that member as the MAP
+/// model and `laplace.draws` posterior draws, same x_T and DDPM noise as the ensemble. Returns the
+/// MAP samples and their entropies.
+fn laplace_variant(
+    cfg: &Config,
+    model: &EnsembleMlp,
+    data: &[f32],
+    schedule: &NoiseSchedule,
+    streams: &SeedStreams,
+    n: usize,
+) -> Result<(Vec<[f64; 2]>, Vec<f64>)> {
+    use crate::features::Identity;
+    use crate::model::toy_mlp::Member;
+    use crate::sampler::spec::{SamplerKind, SamplerSpec};
+    use crate::sampler::FinalStep;
+    use crate::schedule::{ContinuousSpacing, Spacing};
+    use crate::uq::gu::{generate, GuCompat, GuSpec};
+    use crate::uq::laplace::{FisherAccumulator, LaplaceSpec};
+    let l = &cfg.laplace;
+    let device = &Device::Cpu;
+    let member = Member {
+        net: model,
+        index: l.member,
+    };
+    let spec = LaplaceSpec {
+        sigma: l.sigma,
+        prior_precision: l.prior_precision,
+        ef_scale: l.ef_scale,
+        channels: None,
+    };
+    let mut acc = FisherAccumulator::new(&member, spec)?;
+    let n_data = data.len() / 2;
+    let t_max = schedule.len();
+    for start in (0..l.fit_items).step_by(l.fit_batch_size) {
+        let idx: Vec<u64> =
+            (start as u64..(start + l.fit_batch_size).min(l.fit_items) as u64).collect();
+        let ts: Vec<usize> = idx
+            .iter()
+            .map(|&i| {
+                streams
+                    .purpose("laplace-fit/t")
+                    .rng(i)
+                    .random_range(0..t_max)
+            })
+            .collect();
+        let eps = streams.purpose("laplace-fit/eps").normals(&idx, None, 2);
+        let mut x_t = Vec::with_capacity(idx.len() * 2);
+        for (k, &i) in idx.iter().enumerate() {
+            let row = (i as usize) % n_data;
+            let ab = schedule.alpha_bar(Some(ts[k]));
+            for d in 0..2 {
+                x_t.push(
+                    ab.sqrt() as f32 * data[row * 2 + d]
+                        + (1.0 - ab).sqrt() as f32 * eps[k * 2 + d],
+                );
+            }
+        }
+        let b = idx.len();
+        let x_t = Tensor::from_vec(x_t, (b, 2), device).ctx("Laplace fit inputs")?;
+        let target = Tensor::from_vec(eps, (b, 2), device).ctx("Laplace fit targets")?;
+        let tf: Vec<f64> = ts.iter().map(|&t| t as f64).collect();
+        acc.add(&x_t, &tf, &target)?;
+    }
+    let posterior = acc.finish();
+    let sampler = SamplerSpec {
+        name: SamplerKind::Ddpm,
+        steps: cfg.sampling.steps,
+        eta: 1.0,
+        spacing: Spacing::Leading,
+        steps_offset: 0,
+        continuous_spacing: ContinuousSpacing::TimeUniform,
+        r1: 0.5,
+        final_step: FinalStep::AlphaOne,
+        clip_sample: false,
+        clip_range: 1.0,
+    };
+    let gu = GuSpec {
+        m: l.draws,
+        include_map: true,
+        gamma2: cfg.uq.gamma2,
+        compat: GuCompat::Paper,
+        sampler: sampler.clone(),
+    };
+    let mut samples = Vec::with_capacity(n);
+    let mut entropy = Vec::with_capacity(n);
+    for start in (0..n).step_by(cfg.sampling.batch_size) {
+        let idx: Vec<u64> =
+            (start as u64..(start + cfg.sampling.batch_size).min(n) as u64).collect();
+        let b = idx.len();
+        let x_t = Tensor::from_vec(
+            streams.purpose("x_T").normals(&idx, None, 2),
+            (b, 2),
+            device,
+        )
+        .ctx("x_T")?;
+        let noise = StreamNoise {
+            purpose: streams.purpose("ddpm-noise"),
+            indices: &idx,
+            dim: 2,
+            device,
+        };
+        let out = generate(
+            &member,
+            &posterior,
+            schedule,
+            &sampler,
+            &gu,
+            &x_t,
+            &noise,
+            &Identity,
+            &streams.purpose("laplace-draws"),
+        )?;
+        let xs = out
+            .samples
+            .to_dtype(candle_core::DType::F64)
+            .and_then(|t| t.to_vec2::<f64>())
+            .ctx("Laplace MAP samples")?;
+        samples.extend(xs.into_iter().map(|r| [r[0], r[1]]));
+        entropy.extend(out.entropy);
+    }
+    Ok((samples, entropy))
 }
 
 /// Run one seed and write its parts (`seeds/seed-<s>/{samples,metrics}.parquet`, and for the first
@@ -449,10 +638,7 @@ fn run_seed(
         ));
     }
     let keep = ((n as f64) * cfg.uq.keep_fraction).floor() as usize;
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| h[a].total_cmp(&h[b]).then(a.cmp(&b)));
-    let mut kept_gu = vec![false; n];
-    order[..keep].iter().for_each(|&i| kept_gu[i] = true);
+    let kept_gu = keep_lowest(&h, keep);
     // Random baseline: partial Fisher–Yates from its own stream.
     let mut perm: Vec<usize> = (0..n).collect();
     let mut rng = streams.purpose("random-keep").rng(0);
@@ -482,19 +668,39 @@ fn run_seed(
         let bad = (0..n).filter(|&i| mask(i) && between[i]).count() as u64;
         (total, bad)
     };
-    let rows = [
+    let mut rows = vec![
         (cfg.data.n_train as u64, data_between as u64),
         count(&|_| true),
         count(&|i| kept_gu[i]),
         count(&|i| kept_random[i]),
     ];
+    let mut laplace_h = vec![f64::NAN; n];
+    if cfg.laplace.enabled {
+        let t = Instant::now();
+        let (lap_samples, h) = laplace_variant(cfg, &model, &data, &schedule, &streams, n)?;
+        times.push((format!("laplace/seed-{seed}"), t.elapsed().as_secs_f64()));
+        let lap_between: Vec<bool> = lap_samples
+            .iter()
+            .map(|p| grid.nearest_distance(*p) > radius)
+            .collect();
+        let kept = keep_lowest(&h, keep);
+        let lap_count = |mask: &dyn Fn(usize) -> bool| -> (u64, u64) {
+            let total = (0..n).filter(|&i| mask(i)).count() as u64;
+            let bad = (0..n).filter(|&i| mask(i) && lap_between[i]).count() as u64;
+            (total, bad)
+        };
+        rows.push(lap_count(&|_| true));
+        rows.push(lap_count(&|i| kept[i]));
+        laplace_h = h;
+    }
+    let sets = &SETS[..rows.len()];
     let mut metrics = df!(
-        "seed" => vec![seed; SETS.len()],
-        "set" => SETS.to_vec(),
+        "seed" => vec![seed; sets.len()],
+        "set" => sets.to_vec(),
         "n" => rows.iter().map(|r| r.0).collect::<Vec<_>>(),
         "n_between" => rows.iter().map(|r| r.1).collect::<Vec<_>>(),
         "share_between" => rows.iter().map(|r| r.1 as f64 / r.0 as f64).collect::<Vec<_>>(),
-        "final_loss" => vec![losses.iter().sum::<f64>() / m as f64; SETS.len()],
+        "final_loss" => vec![losses.iter().sum::<f64>() / m as f64; sets.len()],
     )
     .ctx("building metrics frame")?;
     let mut samples = df!(
@@ -503,6 +709,7 @@ fn run_seed(
         "x" => sample_xy.iter().map(|p| p[0]).collect::<Vec<_>>(),
         "y" => sample_xy.iter().map(|p| p[1]).collect::<Vec<_>>(),
         "uncertainty" => h,
+        "uncertainty_laplace" => laplace_h,
         "nearest_mode_distance" => dist,
         "between_mode" => between,
         "kept_uncertainty" => kept_gu,
@@ -624,9 +831,15 @@ impl Experiment for GuFig2 {
         };
         let n_seeds = per_set(SETS[0], &seeds).len();
 
-        // Share of the between-mode samples that a filter removed, per seed.
-        let all_bad = per_set(SETS[1], &n_between);
+        // Share of the between-mode samples that a filter removed, per seed, relative to the
+        // sample set it filtered (the ensemble's, or the Laplace MAP model's).
         let removed = |set: &str| -> Vec<f64> {
+            let base = if set.starts_with("laplace") {
+                SETS[4]
+            } else {
+                SETS[1]
+            };
+            let all_bad = per_set(base, &n_between);
             per_set(set, &n_between)
                 .iter()
                 .zip(&all_bad)
@@ -638,14 +851,14 @@ impl Experiment for GuFig2 {
             "between-mode share (%)",
             "between-mode samples removed (%)",
         ]);
-        for set in SETS {
+        for set in SETS.iter().filter(|s| sets.iter().any(|x| x == *s)) {
             let (m, s) = mean_std(
                 &per_set(set, &share)
                     .iter()
                     .map(|v| v * 100.0)
                     .collect::<Vec<_>>(),
             );
-            let removed_cell = if set.starts_with("kept") {
+            let removed_cell = if set.contains("kept") {
                 let (rm, rs) =
                     mean_std(&removed(set).iter().map(|v| v * 100.0).collect::<Vec<_>>());
                 pm(rm, rs, 1)
@@ -668,8 +881,14 @@ impl Experiment for GuFig2 {
                 if ok { "REPRODUCED" } else { "NOT reproduced" }
             ),
         };
+        let laplace = if sets.iter().any(|s| s == SETS[5]) {
+            let (l, _) = mean_std(&removed(SETS[5]));
+            format!(" (last-layer Laplace, one model: {:.1}%)", l * 100.0)
+        } else {
+            String::new()
+        };
         let summary = format!(
-            "uncertainty filtering removed {:.1}% of between-mode samples (random: {:.1}%); paper claim {verdict}",
+            "uncertainty filtering removed {:.1}% of between-mode samples{laplace} (random: {:.1}%); paper claim {verdict}",
             gu_removed * 100.0,
             rand_removed * 100.0,
         );

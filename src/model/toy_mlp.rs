@@ -163,26 +163,93 @@ impl EnsembleMlp {
 
     /// ε for x of shape (M, B, D) and time embeddings of shape (M, B, E) or (M, 1, E).
     pub fn forward(&self, x: &Tensor, temb: &Tensor) -> candle_core::Result<Tensor> {
+        self.hidden_features(x, temb)?
+            .matmul(self.w_out.as_tensor())?
+            .broadcast_add(self.b_out.as_tensor())
+    }
+
+    /// The last hidden layer h_L (M, B, H): everything before the output layer.
+    pub fn hidden_features(&self, x: &Tensor, temb: &Tensor) -> candle_core::Result<Tensor> {
+        self.hidden_of(x, temb, None)
+    }
+
+    /// h_L of all members, or (with `member`) of that member alone — x and temb then (1, B, ·).
+    fn hidden_of(
+        &self,
+        x: &Tensor,
+        temb: &Tensor,
+        member: Option<usize>,
+    ) -> candle_core::Result<Tensor> {
+        let pick = |t: &Tensor| match member {
+            Some(i) => t.narrow(0, i, 1),
+            None => Ok(t.clone()),
+        };
         let u = match &self.fourier {
             Some(b) => {
-                let proj = x.matmul(b)?;
+                let proj = x.matmul(&pick(b)?)?;
                 Tensor::cat(&[x.clone(), proj.sin()?, proj.cos()?], 2)?
             }
             None => x.clone(),
         };
         let mut h = u
-            .matmul(self.w_x.as_tensor())?
-            .broadcast_add(&temb.matmul(self.w_t.as_tensor())?)?
-            .broadcast_add(self.b_in.as_tensor())?
+            .matmul(&pick(self.w_x.as_tensor())?)?
+            .broadcast_add(&temb.matmul(&pick(self.w_t.as_tensor())?)?)?
+            .broadcast_add(&pick(self.b_in.as_tensor())?)?
             .silu()?;
         for (w, b) in &self.hidden {
             h = h
-                .matmul(w.as_tensor())?
-                .broadcast_add(b.as_tensor())?
+                .matmul(&pick(w.as_tensor())?)?
+                .broadcast_add(&pick(b.as_tensor())?)?
                 .silu()?;
         }
-        h.matmul(self.w_out.as_tensor())?
-            .broadcast_add(self.b_out.as_tensor())
+        Ok(h)
+    }
+
+    /// Time embeddings for one model time per item, (N, E).
+    fn embeddings(&self, t: &[f64], device: &candle_core::Device) -> candle_core::Result<Tensor> {
+        let e = self.spec.time_dim;
+        let v: Vec<f32> = t.iter().flat_map(|&t| timestep_embedding(t, e)).collect();
+        Tensor::from_vec(v, (t.len(), e), device)
+    }
+}
+
+/// One member of the ensemble seen as a single (N, D) → (N, D) network whose output layer is
+/// exposed: the last-layer Laplace model of the gu-fig2 Laplace variant (GU App. B).
+pub struct Member<'a> {
+    pub net: &'a EnsembleMlp,
+    pub index: usize,
+}
+
+impl crate::uq::laplace::LastLayerModel for Member<'_> {
+    fn features(&self, x: &Tensor, t: &[f64]) -> candle_core::Result<Tensor> {
+        let temb = self.net.embeddings(t, x.device())?.unsqueeze(0)?;
+        let xs = x.to_dtype(candle_core::DType::F32)?.unsqueeze(0)?;
+        let h = self
+            .net
+            .hidden_of(&xs, &temb, Some(self.index))?
+            .squeeze(0)?;
+        h.to_dtype(x.dtype())?.unsqueeze(1)
+    }
+    fn last_layer(&self) -> (Tensor, Option<Tensor>) {
+        let w = self
+            .net
+            .w_out
+            .as_tensor()
+            .get(self.index)
+            .and_then(|w| w.t()?.contiguous());
+        let b = self
+            .net
+            .b_out
+            .as_tensor()
+            .get(self.index)
+            .and_then(|b| b.squeeze(0));
+        (w.expect("member weight"), Some(b.expect("member bias")))
+    }
+    fn assemble(&self, out: &Tensor) -> candle_core::Result<Tensor> {
+        out.squeeze(1)
+    }
+    fn disassemble(&self, target: &Tensor) -> candle_core::Result<Tensor> {
+        target.unsqueeze(1)
     }
 }
 
@@ -252,6 +319,51 @@ mod tests {
             .to_vec3::<f32>()
             .unwrap();
         assert_eq!(one[0][0], out[0][0]);
+    }
+
+    #[test]
+    fn member_last_layer_reproduces_the_member_output() {
+        // Member i through (features, last layer) must equal member i of the batched forward.
+        use crate::uq::laplace::LastLayerModel;
+        let streams = crate::seed::SeedStreams::new(4);
+        let spec = MlpSpec {
+            data_dim: 2,
+            hidden: 8,
+            layers: 2,
+            time_dim: 6,
+            members: 3,
+            fourier_features: 4,
+            fourier_scale: 1.0,
+        };
+        let net = EnsembleMlp::init(spec, 100, &streams, &Device::Cpu).unwrap();
+        let x = Tensor::new(&[[0.3f32, -0.2], [1.0, 0.5]], &Device::Cpu).unwrap();
+        let all = net
+            .eps(
+                &x.unsqueeze(0)
+                    .unwrap()
+                    .broadcast_as((3, 2, 2))
+                    .unwrap()
+                    .contiguous()
+                    .unwrap(),
+                7.0,
+            )
+            .unwrap();
+        let member = Member {
+            net: &net,
+            index: 1,
+        };
+        let phi = member.features(&x, &[7.0, 7.0]).unwrap();
+        let (w, b) = member.last_layer();
+        let out = phi
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b.unwrap())
+            .unwrap();
+        let got = member.assemble(&out).unwrap().to_vec2::<f32>().unwrap();
+        let want = all.get(1).unwrap().to_vec2::<f32>().unwrap();
+        for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+            approx::assert_abs_diff_eq!(g, w, epsilon = 1e-5);
+        }
     }
 
     #[test]
