@@ -11,9 +11,8 @@ Writes golden/laplace/*.safetensors: the model weights, the data, laplace-torch'
 empirical Fisher), posterior_precision, and the GLM predictive (f_mu, diagonal of f_var) at test
 inputs.
 
-Pinned: Python 3.11.7, torch 2.5.1 (CPU build of the CUDA wheel, 1 thread), laplace-torch 0.2.2.2,
-backpack-for-pytorch 1.7.1, curvlinops-for-pytorch 2.0.1, safetensors (as installed with diffusers
-0.31.0), numpy < 2.2.
+Pinned: Python 3.11.7, torch 2.15.0 (the CUDA wheel run on CPU, 1 thread), laplace-torch 0.2.2.2,
+backpack-for-pytorch 1.7.1, curvlinops-for-pytorch 2.0.1, safetensors 0.8.0, numpy 1.26.4.
 Run: python golden/laplace_reference.py   (from the repository root; takes a few seconds)
 """
 import torch

@@ -2,7 +2,7 @@
 //!
 //! Expected numbers: golden/laplace/{mlp,eps_model}.safetensors, written by
 //! golden/laplace_reference.py with laplace-torch 0.2.2.2 (`Laplace(model, "regression",
-//! subset_of_weights="last_layer", hessian_structure="diag", backend=BackPackEF)`), torch 2.5.1,
+//! subset_of_weights="last_layer", hessian_structure="diag", backend=BackPackEF)`), torch 2.15.0,
 //! backpack-for-pytorch 1.7.1, float64. Compared: laplace-torch's `H`, `posterior_precision` (the
 //! last layer's weight row-major, then its bias) and its GLM predictive (`f_mu`, the diagonal of
 //! `f_var`) at test inputs, for (σ, λ) = (1, 1) and (0.7, 0.5). Tolerance 1e-10 relative: both sides
