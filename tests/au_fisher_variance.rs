@@ -23,7 +23,6 @@
 
 use candle_core::{DType, Device, Tensor};
 use diffuq::model::gmm::{Component, GaussianMixture};
-use diffuq::model::Denoiser;
 use diffuq::schedule::{NoiseSchedule, ScheduleKind};
 use diffuq::seed::SeedStreams;
 use diffuq::uq::au::{uncertainty, AuCompat, AuSpec};
@@ -115,7 +114,10 @@ fn sample_qt(g: &GaussianMixture, ab: f64, n: usize, seed: u64) -> Vec<Vec<f64>>
         .collect()
 }
 
-fn params() -> impl Strategy<Value = (usize, Vec<(f64, f64, f64, f64)>, usize, u64)> {
+/// (weight, mean₀, mean₁, std) of each component.
+type Comps = Vec<(f64, f64, f64, f64)>;
+
+fn params() -> impl Strategy<Value = (usize, Comps, usize, u64)> {
     (
         1usize..=2,
         proptest::collection::vec(
