@@ -18,6 +18,19 @@ use super::{Observer, SampleOutput, StepView};
 use crate::model::Denoiser;
 use crate::schedule::NoiseSchedule;
 
+/// How the step coefficients α_t, σ_t, λ_t are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Coefficients {
+    /// In f64 from ᾱ_t.
+    #[default]
+    Exact,
+    /// As diffusers does: σ = √((1−ᾱ)/ᾱ) rounded to float32, then α_t = 1/√(σ²+1), σ_t = σ α_t and
+    /// λ_t = ln α_t − ln σ_t in float32. It matters where α_t is tiny (the cosine schedule's
+    /// t = 999, α ≈ 8e-5): the first step's two O(300) terms cancel, amplifying the float32
+    /// coefficient rounding ~300× (2.6e-5 relative on the golden trajectory).
+    DiffusersF32,
+}
+
 /// Run DPM-Solver++(2M) from `x_t` down the decreasing `grid` (deterministic: no noise source).
 pub fn sample_2m(
     denoiser: &dyn Denoiser,
@@ -26,10 +39,32 @@ pub fn sample_2m(
     x_t: Tensor,
     observer: &mut dyn Observer,
 ) -> candle_core::Result<SampleOutput> {
+    sample_2m_with(denoiser, schedule, grid, Coefficients::Exact, x_t, observer)
+}
+
+/// [`sample_2m`] with a choice of coefficient arithmetic.
+pub fn sample_2m_with(
+    denoiser: &dyn Denoiser,
+    schedule: &NoiseSchedule,
+    grid: &[usize],
+    coefficients: Coefficients,
+    x_t: Tensor,
+    observer: &mut dyn Observer,
+) -> candle_core::Result<SampleOutput> {
     let coef = |t: usize| {
         let ab = schedule.alpha_bar(Some(t));
-        let (a, s) = (ab.sqrt(), (1.0 - ab).sqrt());
-        (a, s, (a / s).ln())
+        match coefficients {
+            Coefficients::Exact => {
+                let (a, s) = (ab.sqrt(), (1.0 - ab).sqrt());
+                (a, s, (a / s).ln())
+            }
+            Coefficients::DiffusersF32 => {
+                let sig = ((1.0 - ab) / ab).sqrt() as f32;
+                let a = 1.0f32 / (sig * sig + 1.0).sqrt();
+                let s = sig * a;
+                (f64::from(a), f64::from(s), f64::from(a.ln() - s.ln()))
+            }
+        }
     };
     let mut x = x_t;
     let mut prev: Option<(f64, Tensor)> = None; // (λ, D) of the previous grid point
