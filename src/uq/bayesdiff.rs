@@ -26,7 +26,11 @@
 //!
 //! The first uncertainty step starts from x_T with Var = 0; the release then uses the single
 //! trajectory point for E[ε], and so does `release` here; `total` draws M points at s₁ (DPM-2).
-//! The released DDPM recursion is broken (seed-repos.md §3.3) and is not offered.
+//! DDPM (ancestral, "fixed_small") is x_{t'} = A x_t + B ε + σ z with A = c₀/√ᾱ_t + c_t and
+//! B = −c₀ √(1−ᾱ_t)/√ᾱ_t (c₀, c_t the posterior-mean coefficients of Ho et al. Eq. 7), so
+//! E[x_{t'}] = A E[x_t] + B E[ε] and Var[x_{t'}] = A² Var + 2AB Cov + B² Var[ε] + σ². The released
+//! `ddpm_skipUQ.py` gets this wrong (its E never moves and Var is scaled by (1−β)^{−½} instead of
+//! (1−β)^{−1}, seed-repos.md §3.3); diffuq offers only the correct recursion.
 //!
 //! NFE: every network evaluation is counted per sample (`nfe`). `nfe_release` is the count the
 //! released loops make for the same run: they also evaluate the model after the last step (DDIM,
@@ -260,6 +264,97 @@ pub fn ddim(
     })
 }
 
+/// BayesDiff through ancestral DDPM on the decreasing integer `grid` (a correct recursion; the
+/// trajectory's noise z comes from stream `indices[b]` of `purpose.sub("ddpm-noise")`), ending
+/// at the last grid point.
+pub fn ddpm(
+    llla: &Llla<'_>,
+    schedule: &NoiseSchedule,
+    grid: &[usize],
+    x_t: &Tensor,
+    spec: &BayesDiffSpec,
+    purpose: &Purpose,
+    indices: &[u64],
+) -> Result<BayesDiffOutput> {
+    spec.validate()?;
+    let st = Streams { purpose, indices };
+    let m = spec.mc;
+    let mut x = x_t.to_dtype(DType::F64).ctx("x_T")?;
+    let mut e = x.clone();
+    let mut v = x.zeros_like().ctx("Var")?;
+    let mut nfe = 1;
+    let (mut mu, mut var_eps) = llla.eval(&x, grid[0] as f64)?;
+    let steps = grid.len().saturating_sub(1);
+    for k in 0..steps {
+        let (t, s) = (grid[k], grid[k + 1]);
+        let (ab_t, ab_s) = (schedule.alpha_bar(Some(t)), schedule.alpha_bar(Some(s)));
+        let beta_hat = 1.0 - ab_t / ab_s;
+        let c0 = ab_s.sqrt() * beta_hat / (1.0 - ab_t);
+        let ct = (1.0 - beta_hat).sqrt() * (1.0 - ab_s) / (1.0 - ab_t);
+        let aa = c0 / ab_t.sqrt() + ct;
+        let bb = -c0 * (1.0 - ab_t).sqrt() / ab_t.sqrt();
+        let sigma2 = (1.0 - ab_s) / (1.0 - ab_t) * beta_hat;
+        let uq = k % spec.every == 0;
+        let eps_traj;
+        if uq {
+            let (e_eps, new_v) = if k == 0 {
+                (mu.clone(), (&var_eps * (bb * bb)).ctx("Var")?)
+            } else {
+                let xs: Vec<Tensor> = (0..m)
+                    .map(|i| st.draw("x", i, k, &e, &v))
+                    .collect::<Result<_>>()?;
+                let (mu_i, v_i) = llla.eval(&cat(&xs)?, t as f64)?;
+                nfe += m;
+                let (xs, mu_i, v_i) = (split(&cat(&xs)?, m)?, split(&mu_i, m)?, split(&v_i, m)?);
+                let (e_eps, _) = moments(&mu_i).ctx("E[ε]")?;
+                let new_v = match spec.variance {
+                    VarianceRule::Total => (|| {
+                        let y = ((&xs * aa)? + (&mu_i * bb)?)?;
+                        let (_, vy) = moments(&y)?;
+                        vy + (v_i.mean(0)? * (bb * bb))?
+                    })()
+                    .ctx("Var[x] (total variance)")?,
+                    VarianceRule::Release => (|| {
+                        let cov = ((&xs * &mu_i)?.mean(0)? - (&e * &e_eps)?)?;
+                        ((&v * (aa * aa))? + (cov * (2.0 * aa * bb))?)? + (&var_eps * (bb * bb))?
+                    })()
+                    .ctx("Var[x] (release)")?,
+                };
+                (e_eps, new_v)
+            };
+            e = ((&e * aa).ctx("E")? + (e_eps * bb).ctx("E")?).ctx("E")?;
+            v = (new_v + sigma2).ctx("Var")?;
+            eps_traj = st.draw("eps", 0, k, &mu, &var_eps)?;
+        } else {
+            e = ((&e * aa).ctx("E")? + (&mu * bb).ctx("E")?).ctx("E")?;
+            v = ((&v * (aa * aa)).ctx("Var")? + sigma2).ctx("Var")?;
+            eps_traj = mu.clone();
+        }
+        let z = st.draw(
+            "ddpm-noise",
+            0,
+            k,
+            &x.zeros_like().ctx("z")?,
+            &x.ones_like().ctx("z")?,
+        )?;
+        x = (((&x * aa).ctx("x")? + (eps_traj * bb).ctx("x")?).ctx("x")?
+            + (z * sigma2.sqrt()).ctx("x")?)
+        .ctx("x")?;
+        if k + 1 < steps {
+            (mu, var_eps) = llla.eval(&x, s as f64)?;
+            nfe += 1;
+        }
+    }
+    Ok(BayesDiffOutput {
+        score: per_image(&v)?,
+        x0: x,
+        mean: e,
+        var: v,
+        nfe,
+        nfe_release: nfe + 1,
+    })
+}
+
 /// BayesDiff through single-step DPM-Solver-2 (r₁ = ½) on the decreasing model-time `grid`
 /// (e.g. [`crate::schedule::continuous_grid`] with the logSNR spacing, as BayesDiff's `dpm.sh`).
 pub fn dpm_solver_2(
@@ -469,7 +564,7 @@ mod tests {
 
     /// Propagated Var[x₀] (mean over the batch) vs the variance of the trajectories themselves:
     /// the batch holds R copies of one x_T whose trajectories draw ε independently.
-    fn propagated_vs_trajectories(dpm: bool) -> (f64, f64) {
+    fn propagated_vs_trajectories(which: usize) -> (f64, f64) {
         let post = posterior(0.6, 0.05, 0.04, 0.02);
         let llla = Llla {
             model: &Linear,
@@ -482,11 +577,13 @@ mod tests {
             variance: VarianceRule::Total,
         };
         let p = SeedStreams::new(5).purpose("bayesdiff");
-        let out = if dpm {
-            let g = continuous_grid(ContinuousSpacing::TimeUniform, &sched(), 8);
-            dpm_solver_2(&llla, &sched(), &g, &x, &spec, &p, &idx).unwrap()
-        } else {
-            ddim(&llla, &sched(), &ddim_grid(10), &x, &spec, &p, &idx).unwrap()
+        let out = match which {
+            0 => ddim(&llla, &sched(), &ddim_grid(10), &x, &spec, &p, &idx).unwrap(),
+            1 => {
+                let g = continuous_grid(ContinuousSpacing::TimeUniform, &sched(), 8);
+                dpm_solver_2(&llla, &sched(), &g, &x, &spec, &p, &idx).unwrap()
+            }
+            _ => ddpm(&llla, &sched(), &ddim_grid(10), &x, &spec, &p, &idx).unwrap(),
         };
         let x0 = out.x0.to_vec2::<f64>().unwrap();
         let var: Vec<f64> = out.var.flatten_all().unwrap().to_vec1().unwrap();
@@ -503,13 +600,14 @@ mod tests {
 
     #[test]
     fn propagated_variance_equals_the_trajectory_variance_for_a_linear_denoiser() {
-        // Property (b) of issue 4: for ε = w x + b with (w, b) Gaussian, every step's ε given x is
+        // Property (b) of issue 4 (DDIM, DPM-Solver-2, and the corrected DDPM recursion, whose
+        // trajectories also carry the sampler's own noise): for ε = w x + b with (w, b) Gaussian, every step's ε given x is
         // N(μ(x), v(x)) with μ linear and v quadratic in x, so the law-of-total-variance recursion
         // is exact in the Monte-Carlo limit. Expected: the empirical variance over 3000
         // independent trajectories (relative standard error √(2/3000) ≈ 2.6% per pixel, ≈ 1.8%
         // pooled over 2 pixels); tolerance 8%.
-        for dpm in [false, true] {
-            let (prop, mc) = propagated_vs_trajectories(dpm);
+        for which in 0..3 {
+            let (prop, mc) = propagated_vs_trajectories(which);
             assert!(prop > 1e-4, "variance must be visible ({prop})");
             approx::assert_relative_eq!(prop, mc, max_relative = 0.08);
         }
