@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use polars::df;
-use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
 
 use super::{Experiment, RunOptions, Verdict};
@@ -356,16 +355,7 @@ impl Experiment for AuFig3 {
             run.log(&format!("seed {seed}: done in {secs:.1}s"))?;
         }
         for part in ["stepwise", "samples"] {
-            let mut stacked = DataFrame::empty();
-            for &seed in &c.seeds {
-                let frame = run.read_parquet(&format!("seeds/seed-{seed}/{part}.parquet"))?;
-                stacked = if stacked.width() == 0 {
-                    frame
-                } else {
-                    stacked.vstack(&frame).ctx(&format!("stacking {part}"))?
-                };
-            }
-            run.write_parquet(&format!("{part}.parquet"), &mut stacked)?;
+            super::stack_seed_parts(run, &c.seeds, part)?;
         }
         Ok(())
     }
@@ -554,11 +544,8 @@ fn key_name(v: &impl Serialize) -> String {
 
 /// The paper's statement, from `paper/au-fig3.toml` (compiled in).
 fn paper_claim() -> Result<String> {
-    const PAPER: &str = include_str!("../../paper/au-fig3.toml");
-    let t: toml::Table = toml::from_str(PAPER)
-        .map_err(|e| Error::invalid("paper/au-fig3.toml", e.message().to_string()))?;
-    t.get("claim")
-        .and_then(|c| c.as_str())
-        .map(|c| c.trim().to_string())
-        .ok_or_else(|| Error::invalid("paper/au-fig3.toml", "missing string key `claim`"))
+    super::paper_claim(
+        include_str!("../../paper/au-fig3.toml"),
+        "paper/au-fig3.toml",
+    )
 }

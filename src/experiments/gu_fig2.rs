@@ -786,16 +786,7 @@ impl Experiment for GuFig2 {
 
         // The run's frames are the per-seed parts stacked in seed order.
         for part in ["samples", "metrics"] {
-            let mut stacked = DataFrame::empty();
-            for &seed in &c.seeds {
-                let frame = run.read_parquet(&format!("seeds/seed-{seed}/{part}.parquet"))?;
-                stacked = if stacked.width() == 0 {
-                    frame
-                } else {
-                    stacked.vstack(&frame).ctx(&format!("stacking {part}"))?
-                };
-            }
-            run.write_parquet(&format!("{part}.parquet"), &mut stacked)?;
+            super::stack_seed_parts(run, &c.seeds, part)?;
         }
         Ok(())
     }
@@ -912,15 +903,12 @@ impl Experiment for GuFig2 {
     }
 }
 
-/// The paper's statement, from `paper/gu-fig2.toml` (compiled in, so reports never depend on cwd).
+/// The paper's statement, from `paper/gu-fig2.toml` (compiled in).
 fn paper_claim() -> Result<String> {
-    const PAPER: &str = include_str!("../../paper/gu-fig2.toml");
-    let t: toml::Table = toml::from_str(PAPER)
-        .map_err(|e| Error::invalid("paper/gu-fig2.toml", e.message().to_string()))?;
-    t.get("claim")
-        .and_then(|c| c.as_str())
-        .map(|c| c.trim().to_string())
-        .ok_or_else(|| Error::invalid("paper/gu-fig2.toml", "missing string key `claim`"))
+    super::paper_claim(
+        include_str!("../../paper/gu-fig2.toml"),
+        "paper/gu-fig2.toml",
+    )
 }
 
 fn write_figure(cfg: &Config, run: &RunDir) -> Result<()> {

@@ -211,6 +211,32 @@ fn run<E: Experiment>(inv: &Invocation, runs_root: &Path, opts: &RunOptions) -> 
     })
 }
 
+/// The `claim` string of a `paper/<artifact>.toml` file's `text` (compiled in by the caller, so
+/// reports never depend on the working directory).
+pub(crate) fn paper_claim(text: &str, file: &str) -> Result<String> {
+    let t: toml::Table =
+        toml::from_str(text).map_err(|e| Error::invalid(file, e.message().to_string()))?;
+    t.get("claim")
+        .and_then(|c| c.as_str())
+        .map(|c| c.trim().to_string())
+        .ok_or_else(|| Error::invalid(file, "missing string key `claim`"))
+}
+
+/// Stack the per-seed parts `seeds/seed-<s>/<part>.parquet` in seed order into `<part>.parquet`.
+pub(crate) fn stack_seed_parts(run: &RunDir, seeds: &[u64], part: &str) -> Result<()> {
+    use crate::error::TensorContext;
+    let mut stacked = polars::prelude::DataFrame::empty();
+    for &seed in seeds {
+        let frame = run.read_parquet(&format!("seeds/seed-{seed}/{part}.parquet"))?;
+        stacked = if stacked.width() == 0 {
+            frame
+        } else {
+            stacked.vstack(&frame).ctx(&format!("stacking {part}"))?
+        };
+    }
+    run.write_parquet(&format!("{part}.parquet"), &mut stacked)
+}
+
 fn report<E: Experiment>(dir: &RunDir) -> Result<Verdict> {
     let path = dir.file("config.resolved.toml");
     let text = dir.read_to_string("config.resolved.toml")?;

@@ -197,75 +197,24 @@ pub fn ddim(
     purpose: &Purpose,
     indices: &[u64],
 ) -> Result<BayesDiffOutput> {
-    spec.validate()?;
-    let st = Streams { purpose, indices };
-    let m = spec.mc;
-    let mut x = x_t.to_dtype(DType::F64).ctx("x_T")?;
-    let mut e = x.clone();
-    let mut v = x.zeros_like().ctx("Var")?;
-    let mut nfe = 1;
-    let (mut mu, mut var_eps) = llla.eval(&x, grid[0] as f64)?;
-    let steps = grid.len().saturating_sub(1);
-    for k in 0..steps {
-        let (t, s) = (grid[k], grid[k + 1]);
-        let (ab_t, ab_s) = (schedule.alpha_bar(Some(t)), schedule.alpha_bar(Some(s)));
-        let a = ab_s / ab_t;
-        let c = (1.0 - ab_s).sqrt() - a.sqrt() * (1.0 - ab_t).sqrt();
-        let uq = k % spec.every == 0;
-        let first = k == 0;
-        let eps_traj;
-        if uq {
-            let (e_eps, new_v) = if first {
-                (mu.clone(), (&var_eps * (c * c)).ctx("Var")?)
-            } else {
-                let xs: Vec<Tensor> = (0..m)
-                    .map(|i| st.draw("x", i, k, &e, &v))
-                    .collect::<Result<_>>()?;
-                let (mu_i, v_i) = llla.eval(&cat(&xs)?, t as f64)?;
-                nfe += m;
-                let (xs, mu_i, v_i) = (split(&cat(&xs)?, m)?, split(&mu_i, m)?, split(&v_i, m)?);
-                let (e_eps, _) = moments(&mu_i).ctx("E[ε]")?;
-                let new_v = match spec.variance {
-                    VarianceRule::Total => (|| {
-                        let y = ((&xs * a.sqrt())? + (&mu_i * c)?)?;
-                        let (_, vy) = moments(&y)?;
-                        vy + (v_i.mean(0)? * (c * c))?
-                    })()
-                    .ctx("Var[x] (total variance)")?,
-                    VarianceRule::Release => (|| {
-                        let cov = ((&xs * &mu_i)?.mean(0)? - (&e * &e_eps)?)?;
-                        ((&v * a)? + (cov * (2.0 * a.sqrt() * c))?)? + (&var_eps * (c * c))?
-                    })()
-                    .ctx("Var[x] (release)")?,
-                };
-                (e_eps, new_v)
-            };
-            e = ((&e * a.sqrt()).ctx("E")? + (e_eps * c).ctx("E")?).ctx("E")?;
-            v = new_v;
-            eps_traj = st.draw("eps", 0, k, &mu, &var_eps)?;
-        } else {
-            e = ((&e * a.sqrt()).ctx("E")? + (&mu * c).ctx("E")?).ctx("E")?;
-            v = (&v * a).ctx("Var")?;
-            eps_traj = mu.clone();
-        }
-        x = ((&x * a.sqrt()).ctx("x")? + (eps_traj * c).ctx("x")?).ctx("x")?;
-        if k + 1 < steps {
-            (mu, var_eps) = llla.eval(&x, s as f64)?;
-            nfe += 1;
-        }
-    }
-    Ok(BayesDiffOutput {
-        score: per_image(&v)?,
-        x0: x,
-        mean: e,
-        var: v,
-        nfe,
-        nfe_release: nfe + 1,
-    })
+    affine(
+        llla,
+        schedule,
+        grid,
+        x_t,
+        spec,
+        purpose,
+        indices,
+        |ab_t, ab_s| {
+            let a = ab_s / ab_t;
+            let c = (1.0 - ab_s).sqrt() - a.sqrt() * (1.0 - ab_t).sqrt();
+            (a.sqrt(), c, 0.0)
+        },
+    )
 }
 
 /// BayesDiff through ancestral DDPM on the decreasing integer `grid` (a correct recursion; the
-/// trajectory's noise z comes from stream `indices[b]` of `purpose.sub("ddpm-noise")`), ending
+/// trajectory's noise z comes from stream `indices[b]` of `purpose.sub("ddpm-noise/0")`), ending
 /// at the last grid point.
 pub fn ddpm(
     llla: &Llla<'_>,
@@ -275,6 +224,42 @@ pub fn ddpm(
     spec: &BayesDiffSpec,
     purpose: &Purpose,
     indices: &[u64],
+) -> Result<BayesDiffOutput> {
+    affine(
+        llla,
+        schedule,
+        grid,
+        x_t,
+        spec,
+        purpose,
+        indices,
+        |ab_t, ab_s| {
+            let beta_hat = 1.0 - ab_t / ab_s;
+            let c0 = ab_s.sqrt() * beta_hat / (1.0 - ab_t);
+            let ct = (1.0 - beta_hat).sqrt() * (1.0 - ab_s) / (1.0 - ab_t);
+            let sigma2 = (1.0 - ab_s) / (1.0 - ab_t) * beta_hat;
+            (
+                c0 / ab_t.sqrt() + ct,
+                -c0 * (1.0 - ab_t).sqrt() / ab_t.sqrt(),
+                sigma2,
+            )
+        },
+    )
+}
+
+/// The discrete samplers whose step is x_s = A x_t + B ε + √(σ²) z, with (A, B, σ²) from
+/// `coefs(ᾱ_t, ᾱ_s)`: E[x_s] = A E[x_t] + B E[ε], Var[x_s] = A² Var + 2AB Cov + B² Var[ε] + σ²
+/// (`release`) or Var_i[A x^i + B μ(x^i)] + B² mean_i v(x^i) + σ² (`total`).
+#[allow(clippy::too_many_arguments)]
+fn affine(
+    llla: &Llla<'_>,
+    schedule: &NoiseSchedule,
+    grid: &[usize],
+    x_t: &Tensor,
+    spec: &BayesDiffSpec,
+    purpose: &Purpose,
+    indices: &[u64],
+    coefs: impl Fn(f64, f64) -> (f64, f64, f64),
 ) -> Result<BayesDiffOutput> {
     spec.validate()?;
     let st = Streams { purpose, indices };
@@ -287,13 +272,7 @@ pub fn ddpm(
     let steps = grid.len().saturating_sub(1);
     for k in 0..steps {
         let (t, s) = (grid[k], grid[k + 1]);
-        let (ab_t, ab_s) = (schedule.alpha_bar(Some(t)), schedule.alpha_bar(Some(s)));
-        let beta_hat = 1.0 - ab_t / ab_s;
-        let c0 = ab_s.sqrt() * beta_hat / (1.0 - ab_t);
-        let ct = (1.0 - beta_hat).sqrt() * (1.0 - ab_s) / (1.0 - ab_t);
-        let aa = c0 / ab_t.sqrt() + ct;
-        let bb = -c0 * (1.0 - ab_t).sqrt() / ab_t.sqrt();
-        let sigma2 = (1.0 - ab_s) / (1.0 - ab_t) * beta_hat;
+        let (aa, bb, sigma2) = coefs(schedule.alpha_bar(Some(t)), schedule.alpha_bar(Some(s)));
         let uq = k % spec.every == 0;
         let eps_traj;
         if uq {
@@ -330,16 +309,12 @@ pub fn ddpm(
             v = ((&v * (aa * aa)).ctx("Var")? + sigma2).ctx("Var")?;
             eps_traj = mu.clone();
         }
-        let z = st.draw(
-            "ddpm-noise",
-            0,
-            k,
-            &x.zeros_like().ctx("z")?,
-            &x.ones_like().ctx("z")?,
-        )?;
-        x = (((&x * aa).ctx("x")? + (eps_traj * bb).ctx("x")?).ctx("x")?
-            + (z * sigma2.sqrt()).ctx("x")?)
-        .ctx("x")?;
+        x = ((&x * aa).ctx("x")? + (eps_traj * bb).ctx("x")?).ctx("x")?;
+        if sigma2 > 0.0 {
+            let (zero, one) = (x.zeros_like().ctx("z")?, x.ones_like().ctx("z")?);
+            let z = st.draw("ddpm-noise", 0, k, &zero, &one)?;
+            x = (x + (z * sigma2.sqrt()).ctx("x")?).ctx("x")?;
+        }
         if k + 1 < steps {
             (mu, var_eps) = llla.eval(&x, s as f64)?;
             nfe += 1;
