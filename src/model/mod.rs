@@ -19,4 +19,10 @@ use candle_core::Tensor;
 /// `x_t` (AU guidance back-propagates through them).
 pub trait Denoiser {
     fn eps(&self, x_t: &Tensor, t: f64) -> candle_core::Result<Tensor>;
+
+    /// The model's last layer, for last-layer Laplace methods (GU, BayesDiff); `None` for models
+    /// that expose none (the analytic oracle, an ensemble as a whole).
+    fn as_last_layer(&self) -> Option<&dyn crate::uq::laplace::LastLayerModel> {
+        None
+    }
 }

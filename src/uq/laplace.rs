@@ -334,16 +334,26 @@ impl Denoiser for WithLastLayer<'_> {
         }
         self.model.assemble(&out)
     }
+
+    fn as_last_layer(&self) -> Option<&dyn LastLayerModel> {
+        Some(self.model)
+    }
 }
 
-/// The error for models that expose no last layer (config key `laplace`).
-pub fn no_last_layer(model_name: &str) -> Error {
-    Error::invalid(
-        "laplace",
-        format!(
-            "model `{model_name}` exposes no last layer (it does not implement LastLayerModel)"
-        ),
-    )
+/// The last layer of `model` (named `model_name` in the message), or the one-line error for a
+/// model that exposes none (config key `laplace`).
+pub fn require_last_layer<'a>(
+    model: &'a dyn Denoiser,
+    model_name: &str,
+) -> Result<&'a dyn LastLayerModel> {
+    model.as_last_layer().ok_or_else(|| {
+        Error::invalid(
+            "laplace",
+            format!(
+                "model `{model_name}` exposes no last layer, so no last-layer Laplace posterior can be fitted"
+            ),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -480,9 +490,26 @@ mod tests {
             let e = spec.validate().unwrap_err().to_string();
             assert!(e.starts_with(key), "{e}");
         }
-        let e = no_last_layer("gmm").to_string();
+        let g = crate::model::gmm::GaussianMixture::new(
+            vec![crate::model::gmm::Component {
+                weight: 1.0,
+                mean: vec![0.0],
+                std: 1.0,
+            }],
+            crate::schedule::NoiseSchedule::new(
+                crate::schedule::ScheduleKind::Linear,
+                1e-4,
+                0.02,
+                10,
+            ),
+        )
+        .unwrap();
+        let e = require_last_layer(&g, "gmm-oracle")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
-            e.starts_with("laplace") && e.contains("no last layer"),
+            e.starts_with("laplace") && e.contains("exposes no last layer"),
             "{e}"
         );
     }
