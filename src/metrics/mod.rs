@@ -2,6 +2,7 @@
 //! trust (named in the file's doc comment and its tests).
 
 pub mod fid;
+pub mod inputs;
 pub mod prdc;
 pub mod rank;
 pub mod rarity;

@@ -1,0 +1,171 @@
+//! What `diffuq fid` and `diffuq prdc` read: precomputed statistics, feature matrices, or images
+//! to embed with the FID Inception-v3 — the inputs pytorch-fid, prdc and the ADM evaluator take.
+//!
+//! | file | read as |
+//! |---|---|
+//! | `.npz` with `mu`, `sigma` | statistics (pytorch-fid `--save-stats`, ADM reference batch) |
+//! | `.npz` with `arr_0` only | images: an ADM sample batch, uint8 (N, H, W, 3) |
+//! | `.npy` float (N, D) | features |
+//! | `.npy` uint8 (N, H, W, 3) or (N, 3, H, W) | images |
+//!
+//! Images are embedded with pytorch-fid's preprocessing ([`Preprocess::PYTORCH_FID`]) and the
+//! features cached by content ([`crate::features::cache`]), so a reference set is embedded once.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result, TensorContext};
+use crate::features::inception::{InceptionV3, Preprocess};
+use crate::features::FeaturesConfig;
+use crate::metrics::fid::GaussianStats;
+
+/// One metric input, as read from a file.
+#[derive(Debug)]
+pub enum MetricInput {
+    Stats(GaussianStats),
+    /// Row-major (N, D) features.
+    Features {
+        values: Vec<f64>,
+        dim: usize,
+    },
+    /// uint8 images (N, 3, H, W).
+    Images(Tensor),
+}
+
+const EXPECTED: &str = "expected an .npz with `mu` and `sigma` (statistics) or `arr_0` (uint8 \
+                        images), or an .npy of float features (N, D) or uint8 images (N, H, W, 3)";
+
+fn what(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Reads `path` as one of the layouts in the module doc.
+pub fn read_input(path: &Path) -> Result<MetricInput> {
+    if !path.is_file() {
+        return Err(Error::invalid(
+            what(path),
+            format!("no such file; {EXPECTED}"),
+        ));
+    }
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("npz") => {
+            let npz = candle_core::npy::NpzTensors::new(path).map_err(|e| {
+                Error::invalid(what(path), format!("not a readable .npz ({e}); {EXPECTED}"))
+            })?;
+            let names: Vec<&str> = npz.names().iter().map(|s| s.as_str()).collect();
+            if names.contains(&"mu") && names.contains(&"sigma") {
+                return Ok(MetricInput::Stats(GaussianStats::read_npz(path)?));
+            }
+            if names.contains(&"arr_0") {
+                let t = npz
+                    .get("arr_0")
+                    .map_err(|e| {
+                        Error::invalid(format!("{} array `arr_0`", what(path)), e.to_string())
+                    })?
+                    .ok_or_else(|| Error::invalid(what(path), "array `arr_0` vanished"))?;
+                return images(path, "array `arr_0`", t);
+            }
+            let mut names = names;
+            names.sort_unstable();
+            Err(Error::invalid(
+                what(path),
+                format!("has arrays {}; {EXPECTED}", names.join(", ")),
+            ))
+        }
+        Some("npy") => {
+            let t = Tensor::read_npy(path).map_err(|e| {
+                Error::invalid(what(path), format!("not a readable .npy ({e}); {EXPECTED}"))
+            })?;
+            if t.dtype() == DType::U8 {
+                return images(path, "array", t);
+            }
+            if !t.dtype().is_float() || t.rank() != 2 {
+                return Err(Error::invalid(
+                    what(path),
+                    format!("{:?} array of shape {:?}; {EXPECTED}", t.dtype(), t.dims()),
+                ));
+            }
+            let (values, dim) = crate::metrics::realism::rows_from_tensor(&what(path), &t)?;
+            Ok(MetricInput::Features { values, dim })
+        }
+        _ => Err(Error::invalid(
+            what(path),
+            format!("unknown extension; {EXPECTED}"),
+        )),
+    }
+}
+
+fn images(path: &Path, array: &str, t: Tensor) -> Result<MetricInput> {
+    let bad = || {
+        Error::invalid(
+            format!("{} {array}", what(path)),
+            format!(
+                "{:?} of shape {:?}; expected uint8 images (N, H, W, 3) or (N, 3, H, W)",
+                t.dtype(),
+                t.dims()
+            ),
+        )
+    };
+    if t.dtype() != DType::U8 {
+        return Err(bad());
+    }
+    match t.dims() {
+        [_, _, _, 3] => Ok(MetricInput::Images(
+            t.permute((0, 3, 1, 2))
+                .and_then(|t| t.contiguous())
+                .ctx("images NHWC → NCHW")?,
+        )),
+        [_, 3, _, _] => Ok(MetricInput::Images(t)),
+        _ => Err(bad()),
+    }
+}
+
+/// Features of an input that is not statistics: features as they are, images embedded with
+/// the Inception network that `cfg` locates (cached by content in `cfg.cache()`).
+pub fn features_of(
+    input: MetricInput,
+    source: &Path,
+    cfg: &FeaturesConfig,
+    batch_size: usize,
+) -> Result<(Vec<f64>, usize)> {
+    match input {
+        MetricInput::Features { values, dim } => Ok((values, dim)),
+        MetricInput::Stats(_) => Err(Error::invalid(
+            what(source),
+            "holds statistics (mu, sigma); this metric needs features or images",
+        )),
+        MetricInput::Images(images) => {
+            let weights = cfg.inception()?;
+            let sha = crate::fetch::sha256_file(&weights)?;
+            let pre = Preprocess::PYTORCH_FID;
+            let key = crate::features::cache::FeatureCache::key(
+                &format!("inception-v3-fid:{sha}"),
+                &format!("{pre:?}"),
+                &images,
+            )?;
+            let n = images.dim(0).ctx("images")?;
+            let t = cfg.cache().get_or_compute(&key, n, || {
+                let net = InceptionV3::load(&weights, &Device::Cpu)?;
+                net.extract(&images, &pre, batch_size)
+            })?;
+            crate::metrics::realism::rows_from_tensor(&what(source), &t)
+        }
+    }
+}
+
+/// Statistics of any input: read as they are, or computed from features/embedded images.
+pub fn stats_of(
+    input: MetricInput,
+    source: &Path,
+    cfg: &FeaturesConfig,
+    batch_size: usize,
+) -> Result<GaussianStats> {
+    match input {
+        MetricInput::Stats(s) => Ok(s),
+        other => {
+            let (v, d) = features_of(other, source, cfg, batch_size)?;
+            GaussianStats::from_features(crate::metrics::realism::Rows::new(&v, d), &what(source))
+        }
+    }
+}
