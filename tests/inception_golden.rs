@@ -413,3 +413,73 @@ fn wrong_input_shape_is_rejected() {
     one_line(&msg);
     assert!(msg.contains("3 channels"), "{msg}");
 }
+
+/// `diffuq fid` on uint8 image files, end to end: the images are embedded with the archive given
+/// by `--inception-path`, cached by content in `--feature-cache`, and the FID equals the one from
+/// torch's features of the same images (golden `torchscript.pool3`; our statistics and Fréchet
+/// distance) to 1e-3 relative — the features agree to ≈ 1e-5, and 4-sample covariances are
+/// singular, which amplifies that little. The second run reads the cache and prints the same.
+#[test]
+fn fid_command_embeds_images_and_caches_features() {
+    use diffuq::metrics::fid::{frechet_distance, GaussianStats};
+    use diffuq::metrics::realism::{rows_from_tensor, Rows};
+    let g = golden();
+    let dir = tempfile::tempdir().unwrap();
+    let images = &g["images"];
+    assert_eq!(images.dtype(), DType::U8);
+    let (a, b) = (dir.path().join("a.npy"), dir.path().join("b.npy"));
+    images.narrow(0, 0, 4).unwrap().write_npy(&a).unwrap();
+    // The second set in ADM's NHWC layout, to exercise the transpose.
+    images
+        .narrow(0, 4, 4)
+        .unwrap()
+        .permute((0, 2, 3, 1))
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .write_npy(&b)
+        .unwrap();
+    let torch = &g["torchscript.pool3"];
+    let stats = |t: Tensor, name: &str| {
+        let (v, d) = rows_from_tensor(name, &t).unwrap();
+        GaussianStats::from_features(Rows::new(&v, d), name).unwrap()
+    };
+    let want = frechet_distance(
+        &stats(torch.narrow(0, 0, 4).unwrap(), "torch a"),
+        &stats(torch.narrow(0, 4, 4).unwrap(), "torch b"),
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_diffuq"))
+            .args([
+                "fid",
+                a.to_str().unwrap(),
+                b.to_str().unwrap(),
+                "--inception-path",
+                archive().to_str().unwrap(),
+                "--feature-cache",
+                cache.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let first = run();
+    let fid: f64 = first.trim().strip_prefix("FID: ").unwrap().parse().unwrap();
+    eprintln!("FID of 4 vs 4 images: {fid} (from torch's features {want})");
+    approx::assert_relative_eq!(fid, want, max_relative = 1e-3);
+    assert_eq!(
+        std::fs::read_dir(&cache).unwrap().count(),
+        2,
+        "one entry per image set"
+    );
+    assert_eq!(run(), first);
+}

@@ -143,24 +143,10 @@ fn check_k(real: &Rows, k: usize) -> Result<()> {
     Ok(())
 }
 
-/// Squared Euclidean distance, Σ (a_d − b_d)², with four partial sums (vectorisable).
-#[inline]
+/// Squared Euclidean distance, Σ (a_d − b_d)², the direct formula the tests compare with.
+#[cfg(test)]
 pub(crate) fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 4];
-    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..4 {
-            let d = x[l] - y[l];
-            acc[l] += d * d;
-        }
-    }
-    let mut tail = 0.0;
-    for (x, y) in ra.iter().zip(rb) {
-        let d = x - y;
-        tail += d * d;
-    }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
 
 /// Query rows and reference rows per block: one block of squared distances is
@@ -168,17 +154,13 @@ pub(crate) fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
 const QUERY_BLOCK: usize = 512;
 const REF_BLOCK: usize = 2048;
 
-/// A Gram-trick squared distance below this fraction of ‖q‖² + ‖r‖² is recomputed directly (see
-/// [`fold_distances`]).
-const REFINE_BELOW: f64 = 1e-4;
-
 /// For every query row q, folds `step(state, q, r, ‖q − r‖²)` over all reference rows r in
 /// increasing order, starting from `init()`, and returns `finish(state)` per query.
 ///
-/// Blocks of squared distances come from one matrix product each (candle's CPU gemm, f64, which
-/// uses every core): ‖q − r‖² = ‖q‖² + ‖r‖² − 2 q·r, clamped at 0. That expansion loses accuracy
-/// when ‖q − r‖² ≪ ‖q‖² + ‖r‖², so any pair below [`REFINE_BELOW`] of it is recomputed directly
-/// as Σ (q_d − r_d)² — coincident points are then at distance exactly 0. Elsewhere the relative
+/// Blocks of squared distances come from [`diffuq_linalg::sq_distances`]: one f64 matrix product
+/// each (faer, every core), ‖q − r‖² = ‖q‖² + ‖r‖² − 2 q·r, clamped at 0. That expansion loses
+/// accuracy when ‖q − r‖² ≪ ‖q‖² + ‖r‖², so any pair below [`diffuq_linalg::REFINE_BELOW`] of it
+/// is recomputed directly as Σ (q_d − r_d)² — coincident points are then at distance exactly 0. Elsewhere the relative
 /// error of ‖q − r‖² is at most ≈ 2(D + 1)·2⁻⁵³ / 1e-4 (≈ 5e-9 for D = 2048, a worst case;
 /// rounding errors of random sign make it typically √D times smaller, and for well-separated
 /// points it is ~1e-16). Time O(|Q|·|R|·D), memory O(|Q| + |R|) plus one 8 MiB block.
@@ -199,20 +181,21 @@ where
     if nq == 0 {
         return Ok(out);
     }
-    let norm = |x: &[f64]| x.iter().map(|v| v * v).sum::<f64>();
-    let qn: Vec<f64> = (0..nq).map(|i| norm(queries.row(i))).collect();
-    let rn: Vec<f64> = (0..nr).map(|j| norm(refs.row(j))).collect();
-    let mut gram = vec![0.0; QUERY_BLOCK.min(nq) * REF_BLOCK.min(nr)];
+    let qn = diffuq_linalg::sq_norms(queries.data, dim);
+    let rn = diffuq_linalg::sq_norms(refs.data, dim);
+    let mut block = vec![0.0; QUERY_BLOCK.min(nq) * REF_BLOCK.min(nr)];
     for q0 in (0..nq).step_by(QUERY_BLOCK) {
         let q1 = (q0 + QUERY_BLOCK).min(nq);
         let mut states: Vec<S> = (q0..q1).map(|_| init()).collect();
         for r0 in (0..nr).step_by(REF_BLOCK) {
             let r1 = (r0 + REF_BLOCK).min(nr);
-            let gram = &mut gram[..(q1 - q0) * (r1 - r0)];
-            diffuq_linalg::inner_products(
-                gram,
+            let d2s = &mut block[..(q1 - q0) * (r1 - r0)];
+            diffuq_linalg::sq_distances(
+                d2s,
                 &queries.data[q0 * dim..q1 * dim],
                 &refs.data[r0 * dim..r1 * dim],
+                &qn[q0..q1],
+                &rn[r0..r1],
                 q1 - q0,
                 r1 - r0,
                 dim,
@@ -221,14 +204,8 @@ where
             let width = r1 - r0;
             for (dq, state) in states.iter_mut().enumerate() {
                 let q = q0 + dq;
-                for (dr, g) in gram[dq * width..(dq + 1) * width].iter().enumerate() {
-                    let r = r0 + dr;
-                    let scale = qn[q] + rn[r];
-                    let mut d2 = scale - 2.0 * g;
-                    if d2 <= REFINE_BELOW * scale {
-                        d2 = sq_dist(queries.row(q), refs.row(r));
-                    }
-                    step(state, q, r, d2.max(0.0));
+                for (dr, &d2) in d2s[dq * width..(dq + 1) * width].iter().enumerate() {
+                    step(state, q, r0 + dr, d2);
                 }
             }
         }
@@ -240,26 +217,10 @@ where
 /// Squared k-NN radii of the real set: the k-th smallest ‖φ_r,i − φ_r,j‖² over j ≠ i (= the
 /// (k+1)-th smallest including the self-distance 0). Inputs must already be validated.
 pub(crate) fn knn_sq_radii(real: Rows, k: usize) -> Result<Vec<f64>> {
-    fold_distances(
-        real,
-        real,
-        || Vec::<f64>::with_capacity(k + 1),
-        |best, q, r, d| {
-            if q == r {
-                return;
-            }
-            // `best` holds the k smallest so far, ascending.
-            if best.len() == k {
-                if d >= best[k - 1] {
-                    return;
-                }
-                best.pop();
-            }
-            let at = best.partition_point(|&b| b <= d);
-            best.insert(at, d);
-        },
-        |best| best[k - 1],
-    )
+    // Symmetric: each pair of row blocks is computed once and feeds both rows (half the flops of
+    // a query × reference pass); the kernel runs at opt-level 3 in diffuq-linalg.
+    diffuq_linalg::knn_sq_radii(real.data, real.len(), real.dim(), k, 1024)
+        .map_err(|e| Error::invalid("real features", e.to_string()))
 }
 
 /// Euclidean k-NN radii of `real` (convention in the module doc). Errors name the array; needs at

@@ -109,6 +109,141 @@ pub fn inner_products(
     Ok(())
 }
 
+/// A Gram-trick squared distance below this fraction of ‖q‖² + ‖r‖² is recomputed directly as
+/// Σ (q_d − r_d)²: the expansion ‖q‖² + ‖r‖² − 2 q·r loses accuracy when the distance is small
+/// next to the norms, and coincident points must come out at exactly 0. Elsewhere the relative
+/// error of ‖q − r‖² is at most ≈ 2(d + 1)·2⁻⁵³ / 1e-4 (a worst case; typically √d smaller).
+pub const REFINE_BELOW: f64 = 1e-4;
+
+fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..4 {
+            let d = x[l] - y[l];
+            acc[l] += d * d;
+        }
+    }
+    let mut tail = 0.0;
+    for (x, y) in ra.iter().zip(rb) {
+        let d = x - y;
+        tail += d * d;
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// Squared row norms of x (n × d, row-major).
+pub fn sq_norms(x: &[f64], d: usize) -> Vec<f64> {
+    x.chunks_exact(d.max(1))
+        .map(|r| r.iter().map(|v| v * v).sum())
+        .collect()
+}
+
+/// `out[i·nr + j] = ‖q_i − r_j‖²` for a block of query rows q (nq × d) and reference rows r
+/// (nr × d), from one gemm plus the [`REFINE_BELOW`] recomputation; `qn`, `rn` are the rows'
+/// squared norms ([`sq_norms`]). Never negative.
+#[allow(clippy::too_many_arguments)]
+pub fn sq_distances(
+    out: &mut [f64],
+    q: &[f64],
+    r: &[f64],
+    qn: &[f64],
+    rn: &[f64],
+    nq: usize,
+    nr: usize,
+    d: usize,
+) -> Result<(), LinalgError> {
+    if qn.len() != nq || rn.len() != nr {
+        return Err(LinalgError(format!(
+            "sq_distances: {} query norms for {nq} rows, {} reference norms for {nr} rows",
+            qn.len(),
+            rn.len()
+        )));
+    }
+    inner_products(out, q, r, nq, nr, d)?;
+    for i in 0..nq {
+        let row = &mut out[i * nr..(i + 1) * nr];
+        for (j, v) in row.iter_mut().enumerate() {
+            let scale = qn[i] + rn[j];
+            let mut d2 = scale - 2.0 * *v;
+            if d2 <= REFINE_BELOW * scale {
+                d2 = sq_dist(&q[i * d..(i + 1) * d], &r[j * d..(j + 1) * d]);
+            }
+            *v = d2.max(0.0);
+        }
+    }
+    Ok(())
+}
+
+/// Inserts `v` into `best` (ascending, fixed length k) if it is smaller than the largest.
+#[inline]
+fn insert_smallest(best: &mut [f64], v: f64) {
+    let k = best.len();
+    if v >= best[k - 1] {
+        return;
+    }
+    let mut at = k - 1;
+    while at > 0 && best[at - 1] > v {
+        best[at] = best[at - 1];
+        at -= 1;
+    }
+    best[at] = v;
+}
+
+/// For every row of x (n × d), the k-th smallest squared distance to the *other* rows (the
+/// (k+1)-th smallest counting the self-distance 0; duplicates count as neighbours at distance
+/// 0). Blocks of `block` rows; each pair of blocks is computed once and feeds both rows' lists,
+/// so the cost is half of a full n × n pass. Needs n ≥ k + 1 and k ≥ 1.
+pub fn knn_sq_radii(
+    x: &[f64],
+    n: usize,
+    d: usize,
+    k: usize,
+    block: usize,
+) -> Result<Vec<f64>, LinalgError> {
+    if k == 0 || n < k + 1 || x.len() != n * d || block == 0 {
+        return Err(LinalgError(format!(
+            "knn_sq_radii: n = {n}, d = {d}, k = {k}, block = {block}, {} values",
+            x.len()
+        )));
+    }
+    let norms = sq_norms(x, d);
+    let mut best = vec![f64::INFINITY; n * k];
+    let mut buf = vec![0.0; block * block];
+    for i0 in (0..n).step_by(block) {
+        let i1 = (i0 + block).min(n);
+        for j0 in (i0..n).step_by(block) {
+            let j1 = (j0 + block).min(n);
+            let (bi, bj) = (i1 - i0, j1 - j0);
+            let out = &mut buf[..bi * bj];
+            sq_distances(
+                out,
+                &x[i0 * d..i1 * d],
+                &x[j0 * d..j1 * d],
+                &norms[i0..i1],
+                &norms[j0..j1],
+                bi,
+                bj,
+                d,
+            )?;
+            for a in 0..bi {
+                let i = i0 + a;
+                for b in 0..bj {
+                    let j = j0 + b;
+                    if i0 == j0 && j <= i {
+                        continue; // the diagonal block: each unordered pair once, no self
+                    }
+                    let v = out[a * bj + b];
+                    insert_smallest(&mut best[i * k..(i + 1) * k], v);
+                    insert_smallest(&mut best[j * k..(j + 1) * k], v);
+                }
+            }
+        }
+    }
+    Ok((0..n).map(|i| best[i * k + k - 1]).collect())
+}
+
 /// The eigenvalues (ascending) of the symmetric positive semi-definite matrix
 /// Λ^{1/2} Vᵀ B V Λ^{1/2}, where A = V Λ Vᵀ (Λ clamped at 0). They are the eigenvalues of A·B
 /// (for symmetric PSD A and B, AB is similar to this matrix on the range of A), so
@@ -187,5 +322,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(g, vec![1.0, 2.0, 3.0, 3.0, 4.0, 7.0]);
+        // Points 0, 1, 3, 7 on a line, k = 2: the 2nd nearest other point.
+        let x = [0.0, 1.0, 3.0, 7.0];
+        for block in [1, 2, 3, 4, 8] {
+            let r = knn_sq_radii(&x, 4, 1, 2, block).unwrap();
+            assert_eq!(r, vec![9.0, 4.0, 9.0, 36.0], "block {block}");
+        }
+        // Duplicates are neighbours at distance exactly 0.
+        let x = [0.5, 0.5, 2.0, 0.5];
+        assert_eq!(
+            knn_sq_radii(&x, 4, 1, 1, 2).unwrap(),
+            vec![0.0, 0.0, 2.25, 0.0]
+        );
     }
 }
