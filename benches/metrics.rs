@@ -6,8 +6,8 @@
 //! `linalg.sqrtm` of Σ₁Σ₂) on 2048-d statistics, measured on the same machine by
 //! golden/metrics_fid_prdc.py (best of 3). The README quotes both.
 //!
-//! Measured here (2 cores, dev profile, quiet machine): Fréchet distance 2.66 s (pytorch-fid
-//! 11.6–12.5 s, so 4.4×); precision/recall/density/coverage 10k × 10k 12.9 s (prdc 0.2: 20.6 s,
+//! Measured here (2 cores, dev profile, quiet machine): Fréchet distance 1.45 s (pytorch-fid
+//! 11.6–12.5 s, so 8×; the eigendecomposition path for singular Σ₁ measured 2.66 s); precision/recall/density/coverage 10k × 10k 12.9 s (prdc 0.2: 20.6 s,
 //! golden/bench_reference.py).
 //!
 //! `DIFFUQ_BENCH_PRDC_N` (default 10000) scales the precision/recall case for quick runs.

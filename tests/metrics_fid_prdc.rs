@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 use approx::assert_relative_eq;
 use candle_core::{Device, Tensor};
-use diffuq::metrics::fid::{frechet_distance, FeatureStats, GaussianStats, ReferenceBatch};
+use diffuq::metrics::fid::{
+    frechet_distance, frechet_terms, trace_sqrt_product, FeatureStats, GaussianStats,
+    ReferenceBatch, SqrtPath,
+};
 use diffuq::metrics::prdc::{prdc, PrdcDistance, PrdcOptions};
 use diffuq::metrics::realism::Rows;
 
@@ -83,6 +86,13 @@ fn frechet_distance_64d_matches_pytorch_fid() {
         (fd - want).abs() / want
     );
     assert_relative_eq!(fd, want, max_relative = 1e-6);
+    // Both factorisations of Σ₁ give the same trace: Cholesky (taken here) and the
+    // eigendecomposition (taken for singular Σ₁).
+    assert_eq!(frechet_terms(&sa, &sb).unwrap().path, SqrtPath::Cholesky);
+    let (chol, _) = trace_sqrt_product(&sa, &sb, false).unwrap();
+    let (eig, path) = trace_sqrt_product(&sa, &sb, true).unwrap();
+    assert_eq!(path, SqrtPath::Eigen);
+    assert_relative_eq!(chol, eig, max_relative = 1e-12);
     // The distance is symmetric (our algorithm is not: it whitens by the first argument).
     assert_relative_eq!(
         frechet_distance(&sb, &sa).unwrap(),

@@ -12,19 +12,19 @@
 //! pytorch-fid and the ADM evaluator call) computes it.
 //!
 //! **Trace of the square root.** pytorch-fid calls `scipy.linalg.sqrtm(Σ₁Σ₂)` (a Schur
-//! decomposition of a non-symmetric matrix, ≈ 14 s for 2048-d here) and takes the real part. Only
-//! the trace is needed, and Σ₁Σ₂ is similar to a symmetric positive semi-definite matrix: with
-//! Σ₁ = V Λ Vᵀ and W = V Λ^{1/2},
+//! decomposition of a non-symmetric matrix, ≈ 12 s for 2048-d here) and takes the real part. Only
+//! the trace is needed, and Σ₁Σ₂ is similar to a symmetric positive semi-definite matrix. With a
+//! Cholesky factor Σ₁ = L Lᵀ, Σ₁Σ₂ = L (Lᵀ Σ₂ L) L⁻¹, so
 //!
-//!   Σ₁Σ₂ = V Λ^{1/2} (Wᵀ Σ₂ W) Λ^{-1/2} Vᵀ   (on the range of Σ₁),
+//!   tr (Σ₁Σ₂)^{1/2} = Σᵢ √μᵢ,   μᵢ the eigenvalues of the symmetric PSD matrix Lᵀ Σ₂ L:
 //!
-//! so tr (Σ₁Σ₂)^{1/2} = Σᵢ √μᵢ with μᵢ the eigenvalues of the symmetric PSD matrix Wᵀ Σ₂ W. That
-//! costs one symmetric eigendecomposition with vectors, two matrix products and one
-//! eigenvalues-only decomposition (faer), all backward stable, and needs no ε·I retry: a
-//! singular Σ₁ (fewer samples than dimensions) just has zero eigenvalues, whose square roots are
-//! 0. Eigenvalues that rounding pushes below zero are clamped to 0 (they are at the level of
-//! 1e-16·‖Σ‖); a covariance with a clearly negative eigenvalue is not a covariance and is
-//! rejected.
+//! one Cholesky factorisation, two matrix products and one eigenvalues-only decomposition (faer,
+//! in `diffuq-linalg`), all backward stable. When Σ₁ is singular (fewer samples than dimensions)
+//! Cholesky breaks down and Σ₁ = V Λ Vᵀ, W = V Λ^{1/2} take its place: Σ₁Σ₂ = V Λ^{1/2}
+//! (Wᵀ Σ₂ W) Λ^{-1/2} Vᵀ on the range of Σ₁, and the zero eigenvalues contribute 0. Neither path
+//! needs pytorch-fid's ε·I retry. Eigenvalues that rounding pushes below zero are clamped to 0
+//! (they are at the level of 1e-16·‖Σ‖); a covariance with a clearly negative eigenvalue is not a
+//! covariance and is rejected.
 //!
 //! **Files.** [`GaussianStats::read_npz`] reads pytorch-fid's `.npz` (`mu`, `sigma`, written by
 //! `np.savez`) and the ADM evaluator's reference batches (`VIRTUAL_*.npz`: `arr_0` images, `mu`,
@@ -382,6 +382,16 @@ pub struct FrechetTerms {
     pub trace: f64,
     /// tr (Σ₁Σ₂)^{1/2}.
     pub trace_sqrt: f64,
+    /// Whether Σ₁ was factored by Cholesky (positive definite) or, singular, by its
+    /// eigendecomposition (module doc).
+    pub path: SqrtPath,
+}
+
+/// Which factorisation of Σ₁ [`frechet_terms`] used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqrtPath {
+    Cholesky,
+    Eigen,
 }
 
 impl FrechetTerms {
@@ -392,7 +402,7 @@ impl FrechetTerms {
 }
 
 /// Fréchet distance between two Gaussians (module doc): pytorch-fid's value, computed through
-/// symmetric eigendecompositions.
+/// a Cholesky factor (or an eigendecomposition, for singular Σ₁) and symmetric eigenvalues.
 pub fn frechet_distance(a: &GaussianStats, b: &GaussianStats) -> Result<f64> {
     Ok(frechet_terms(a, b)?.distance())
 }
@@ -413,22 +423,39 @@ pub fn frechet_terms(a: &GaussianStats, b: &GaussianStats) -> Result<FrechetTerm
     let trace = (0..d)
         .map(|i| a.sigma[i * d + i] + b.sigma[i * d + i])
         .sum();
-    let trace_sqrt = trace_sqrt_product(a, b)?;
+    let (trace_sqrt, path) = trace_sqrt_product(a, b, false)?;
     Ok(FrechetTerms {
         mean,
         trace,
         trace_sqrt,
+        path,
     })
 }
 
-/// tr (Σ_a Σ_b)^{1/2} = Σ √eig(Wᵀ Σ_b W), W = V Λ^{1/2} from Σ_a = V Λ Vᵀ.
-pub fn trace_sqrt_product(a: &GaussianStats, b: &GaussianStats) -> Result<f64> {
-    let (lambda, mu) = diffuq_linalg::whitened_product_eigenvalues(&a.sigma, &b.sigma, a.dim)
+/// tr (Σ_a Σ_b)^{1/2} = Σ √eig(Wᵀ Σ_b W), W the Cholesky factor of Σ_a, or V Λ^{1/2} from
+/// Σ_a = V Λ Vᵀ when Σ_a is singular or `force_eigen` (which tests use to compare the paths).
+pub fn trace_sqrt_product(
+    a: &GaussianStats,
+    b: &GaussianStats,
+    force_eigen: bool,
+) -> Result<(f64, SqrtPath)> {
+    let solve = if force_eigen {
+        diffuq_linalg::whitened_product_eigenvalues_eigen
+    } else {
+        diffuq_linalg::whitened_product_eigenvalues
+    };
+    let (factor, mu) = solve(&a.sigma, &b.sigma, a.dim)
         .map_err(|e| Error::invalid(format!("{} vs {}", a.source, b.source), e.to_string()))?;
-    check_psd(&a.source, &lambda)?;
+    let path = match &factor {
+        diffuq_linalg::Factor::Cholesky => SqrtPath::Cholesky,
+        diffuq_linalg::Factor::Eigen(lambda) => {
+            check_psd(&a.source, lambda)?;
+            SqrtPath::Eigen
+        }
+    };
     // Σ_b's own PSD-ness shows in μ: Wᵀ Σ_b W is PSD whenever Σ_b is (on Σ_a's range).
     check_psd(&format!("{} (through {})", b.source, a.source), &mu)?;
-    Ok(mu.iter().map(|v| v.max(0.0).sqrt()).sum())
+    Ok((mu.iter().map(|v| v.max(0.0).sqrt()).sum(), path))
 }
 
 fn check_psd(what: &str, eigenvalues: &[f64]) -> Result<()> {

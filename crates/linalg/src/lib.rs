@@ -244,33 +244,72 @@ pub fn knn_sq_radii(
     Ok((0..n).map(|i| best[i * k + k - 1]).collect())
 }
 
-/// The eigenvalues (ascending) of the symmetric positive semi-definite matrix
-/// Λ^{1/2} Vᵀ B V Λ^{1/2}, where A = V Λ Vᵀ (Λ clamped at 0). They are the eigenvalues of A·B
-/// (for symmetric PSD A and B, AB is similar to this matrix on the range of A), so
-/// Σ √μᵢ = tr (AB)^{1/2}. Also returns Λ (ascending, unclamped) so the caller can check that A
-/// is positive semi-definite.
+/// How [`whitened_product_eigenvalues`] factored A.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Factor {
+    /// A = L Lᵀ succeeded (A is numerically positive definite); the matrix was Lᵀ B L.
+    Cholesky,
+    /// A = V Λ Vᵀ (Cholesky failed: A is singular or indefinite); the matrix was
+    /// Λ₊^{1/2} Vᵀ B V Λ₊^{1/2} with Λ₊ = max(Λ, 0). Carries Λ (ascending, unclamped) so the
+    /// caller can reject a clearly indefinite A.
+    Eigen(Vec<f64>),
+}
+
+/// The eigenvalues (ascending) of a symmetric positive semi-definite matrix similar to A·B on
+/// the range of A, for symmetric PSD A and B: so Σ √max(μᵢ, 0) = tr (AB)^{1/2}.
+///
+/// With A = L Lᵀ, A·B = L (Lᵀ B L) L⁻¹, so the matrix is Lᵀ B L: one Cholesky factorisation, two
+/// products and one eigenvalues-only decomposition (≈ 1.3 s for 2048-d on 2 cores). When the
+/// Cholesky factorisation breaks down (singular A: fewer samples than dimensions), A = V Λ Vᵀ
+/// and W = V Λ₊^{1/2} give A·B = V Λ^{1/2} (Wᵀ B W) Λ^{-1/2} Vᵀ on the range of A, so the matrix
+/// is Wᵀ B W (a full eigendecomposition: ≈ 2.7 s). Both are backward stable.
 pub fn whitened_product_eigenvalues(
     a: &[f64],
     b: &[f64],
     n: usize,
-) -> Result<(Vec<f64>, Vec<f64>), LinalgError> {
+) -> Result<(Factor, Vec<f64>), LinalgError> {
     let a = square(a, n, "whitened_product_eigenvalues: a")?;
     let b = square(b, n, "whitened_product_eigenvalues: b")?;
+    match a.llt(Side::Lower) {
+        Ok(llt) => Ok((Factor::Cholesky, congruence_eigenvalues(b, llt.L())?)),
+        Err(_) => whitened_by_eigen(a, b),
+    }
+}
+
+/// As [`whitened_product_eigenvalues`] but always through the eigendecomposition of A (the path
+/// taken for singular A), so tests can compare the two.
+pub fn whitened_product_eigenvalues_eigen(
+    a: &[f64],
+    b: &[f64],
+    n: usize,
+) -> Result<(Factor, Vec<f64>), LinalgError> {
+    let a = square(a, n, "whitened_product_eigenvalues: a")?;
+    let b = square(b, n, "whitened_product_eigenvalues: b")?;
+    whitened_by_eigen(a, b)
+}
+
+fn whitened_by_eigen(
+    a: MatRef<'_, f64>,
+    b: MatRef<'_, f64>,
+) -> Result<(Factor, Vec<f64>), LinalgError> {
+    let n = a.nrows();
     let e = a
         .self_adjoint_eigen(Side::Lower)
         .map_err(|e| LinalgError(format!("eigendecomposition of a did not converge: {e:?}")))?;
     let lambda: Vec<f64> = (0..n).map(|i| e.S()[i]).collect();
     let u = e.U();
     let w = Mat::<f64>::from_fn(n, n, |i, j| u[(i, j)] * lambda[j].max(0.0).sqrt());
+    Ok((
+        Factor::Eigen(lambda),
+        congruence_eigenvalues(b, w.as_ref())?,
+    ))
+}
+
+/// Eigenvalues of the symmetric matrix Wᵀ B W.
+fn congruence_eigenvalues(b: MatRef<'_, f64>, w: MatRef<'_, f64>) -> Result<Vec<f64>, LinalgError> {
+    let n = b.nrows();
     let mut t = Mat::<f64>::zeros(n, n);
-    matmul(
-        t.as_mut(),
-        Accum::Replace,
-        b,
-        w.as_ref(),
-        1.0,
-        Par::rayon(0),
-    );
+    matmul(t.as_mut(), Accum::Replace, b, w, 1.0, Par::rayon(0));
     let mut m = Mat::<f64>::zeros(n, n);
     matmul(
         m.as_mut(),
@@ -283,12 +322,11 @@ pub fn whitened_product_eigenvalues(
     // The two products round differently above and below the diagonal; the symmetric solver
     // reads one triangle, so average them first.
     let m = Mat::<f64>::from_fn(n, n, |i, j| 0.5 * (m[(i, j)] + m[(j, i)]));
-    let mu = m.self_adjoint_eigenvalues(Side::Lower).map_err(|e| {
+    m.self_adjoint_eigenvalues(Side::Lower).map_err(|e| {
         LinalgError(format!(
             "eigenvalues of the whitened product did not converge: {e:?}"
         ))
-    })?;
-    Ok((lambda, mu))
+    })
 }
 
 #[cfg(test)]
@@ -304,9 +342,20 @@ mod tests {
         let s = std::f64::consts::FRAC_1_SQRT_2;
         assert!((v[0].abs() - s).abs() < 1e-14 && (v[0] + v[2]).abs() < 1e-14);
         assert_eq!(sym_eigenvalues(&a, 2).unwrap().len(), 2);
-        // A·I: eigenvalues of A.
-        let (_, mu) = whitened_product_eigenvalues(&a, &[1.0, 0.0, 0.0, 1.0], 2).unwrap();
+        // A·I: eigenvalues of A, by either factorisation.
+        let id = [1.0, 0.0, 0.0, 1.0];
+        let (f, mu) = whitened_product_eigenvalues(&a, &id, 2).unwrap();
+        assert_eq!(f, Factor::Cholesky);
         assert!((mu[0] - 1.0).abs() < 1e-14 && (mu[1] - 3.0).abs() < 1e-14);
+        let (f, mu) = whitened_product_eigenvalues_eigen(&a, &id, 2).unwrap();
+        assert!(matches!(f, Factor::Eigen(_)));
+        assert!((mu[0] - 1.0).abs() < 1e-14 && (mu[1] - 3.0).abs() < 1e-14);
+        // Singular A = [[1, 1], [1, 1]] (eigenvalues 0, 2): Cholesky breaks down, the eigen path
+        // gives AB's eigenvalues 0 and 2·(uᵀBu) with u = (1, 1)/√2: for B = diag(1, 3), 4.
+        let (f, mu) =
+            whitened_product_eigenvalues(&[1.0, 1.0, 1.0, 1.0], &[1.0, 0.0, 0.0, 3.0], 2).unwrap();
+        assert!(matches!(f, Factor::Eigen(_)), "{f:?}");
+        assert!(mu[0].abs() < 1e-14 && (mu[1] - 4.0).abs() < 1e-14, "{mu:?}");
         let mut c = vec![0.0; 4];
         add_gram(&mut c, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3, 2, 1.0).unwrap();
         assert_eq!(c, vec![35.0, 44.0, 44.0, 56.0]);
