@@ -84,30 +84,26 @@ fn fid_from_stats_and_features() {
     let want = scalar("fid_64.npz", "fd");
 
     let p = |n: &str| d.join(n).to_str().unwrap().to_string();
-    let out = diffuq(&["fid", &p("a.npz"), &p("b.npz")]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let fid = |args: &[&str]| {
+        let out = diffuq(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        value(&out.stdout, "FID")
+    };
+    approx::assert_relative_eq!(
+        fid(&["fid", &p("a.npz"), &p("b.npz")]),
+        want,
+        max_relative = 1e-6
     );
-    approx::assert_relative_eq!(value(&out.stdout, "FID"), want, max_relative = 1e-6);
-
     // Features on one side; their statistics saved in pytorch-fid's layout.
-    let out = diffuq(&[
+    let with_features = fid(&[
         "fid",
         &p("a_feats.npy"),
         &p("b.npz"),
         "--save-stats",
         &p("stats"),
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    approx::assert_relative_eq!(value(&out.stdout, "FID"), want, max_relative = 1e-6);
+    approx::assert_relative_eq!(with_features, want, max_relative = 1e-6);
     let saved = GaussianStats::read_npz(&d.join("stats/a_feats.stats.npz")).unwrap();
     approx::assert_relative_eq!(
         saved.mu[5],

@@ -268,12 +268,7 @@ pub fn whitened_product_eigenvalues(
     b: &[f64],
     n: usize,
 ) -> Result<(Factor, Vec<f64>), LinalgError> {
-    let a = square(a, n, "whitened_product_eigenvalues: a")?;
-    let b = square(b, n, "whitened_product_eigenvalues: b")?;
-    match a.llt(Side::Lower) {
-        Ok(llt) => Ok((Factor::Cholesky, congruence_eigenvalues(b, llt.L())?)),
-        Err(_) => whitened_by_eigen(a, b),
-    }
+    whitened_product(a, b, n, false)
 }
 
 /// As [`whitened_product_eigenvalues`] but always through the eigendecomposition of A (the path
@@ -283,8 +278,22 @@ pub fn whitened_product_eigenvalues_eigen(
     b: &[f64],
     n: usize,
 ) -> Result<(Factor, Vec<f64>), LinalgError> {
+    whitened_product(a, b, n, true)
+}
+
+fn whitened_product(
+    a: &[f64],
+    b: &[f64],
+    n: usize,
+    force_eigen: bool,
+) -> Result<(Factor, Vec<f64>), LinalgError> {
     let a = square(a, n, "whitened_product_eigenvalues: a")?;
     let b = square(b, n, "whitened_product_eigenvalues: b")?;
+    if !force_eigen {
+        if let Ok(llt) = a.llt(Side::Lower) {
+            return Ok((Factor::Cholesky, congruence_eigenvalues(b, llt.L())?));
+        }
+    }
     whitened_by_eigen(a, b)
 }
 
