@@ -5,8 +5,7 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::error::{Error, Result};
-use crate::tracking::{atomic_write, temp_path};
+use crate::error::Result;
 
 /// One panel: a title and its points.
 pub struct Panel<'a> {
@@ -24,54 +23,60 @@ pub struct ScatterSpec<'a> {
     pub caption: String,
 }
 
-fn draw<DB: DrawingBackend>(
-    root: DrawingArea<DB, Shift>,
-    panels: &[Panel<'_>],
-    spec: &ScatterSpec<'_>,
-    radius: i32,
-) -> std::result::Result<(), String> {
-    let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
-    root.fill(&WHITE).map_err(e)?;
-    let (top, bottom) = root.split_vertically(root.dim_in_pixel().1 - 28);
-    bottom
-        .titled(
-            &spec.caption,
-            ("sans-serif", 15).into_font().color(&BLACK.mix(0.75)),
-        )
-        .map_err(e)?;
-    for (area, panel) in top.split_evenly((1, panels.len())).iter().zip(panels) {
-        let mut chart = ChartBuilder::on(area)
-            .caption(&panel.title, ("sans-serif", 22))
-            .margin(12)
-            .x_label_area_size(28)
-            .y_label_area_size(36)
-            .build_cartesian_2d(-spec.extent..spec.extent, -spec.extent..spec.extent)
-            .map_err(e)?;
-        chart
-            .configure_mesh()
-            .disable_mesh()
-            .x_labels(7)
-            .y_labels(7)
-            .draw()
-            .map_err(e)?;
-        let style = panel.color.mix(0.35).filled();
-        chart
-            .draw_series(
-                panel
-                    .points
-                    .iter()
-                    .map(|p| Circle::new((p[0], p[1]), radius, style)),
+struct ScatterFigure<'a, 'b> {
+    panels: &'a [Panel<'b>],
+    spec: &'a ScatterSpec<'b>,
+}
+
+impl super::Figure for ScatterFigure<'_, '_> {
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: DrawingArea<DB, Shift>,
+    ) -> std::result::Result<(), String> {
+        let (panels, spec, radius) = (self.panels, self.spec, 1);
+        let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
+        root.fill(&WHITE).map_err(e)?;
+        let (top, bottom) = root.split_vertically(root.dim_in_pixel().1 - 28);
+        bottom
+            .titled(
+                &spec.caption,
+                ("sans-serif", 15).into_font().color(&BLACK.mix(0.75)),
             )
             .map_err(e)?;
-        chart
-            .draw_series(
-                spec.markers
-                    .iter()
-                    .map(|c| Cross::new((c[0], c[1]), 4, BLACK.mix(0.6).stroke_width(1))),
-            )
-            .map_err(e)?;
+        for (area, panel) in top.split_evenly((1, panels.len())).iter().zip(panels) {
+            let mut chart = ChartBuilder::on(area)
+                .caption(&panel.title, ("sans-serif", 22))
+                .margin(12)
+                .x_label_area_size(28)
+                .y_label_area_size(36)
+                .build_cartesian_2d(-spec.extent..spec.extent, -spec.extent..spec.extent)
+                .map_err(e)?;
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .x_labels(7)
+                .y_labels(7)
+                .draw()
+                .map_err(e)?;
+            let style = panel.color.mix(0.35).filled();
+            chart
+                .draw_series(
+                    panel
+                        .points
+                        .iter()
+                        .map(|p| Circle::new((p[0], p[1]), radius, style)),
+                )
+                .map_err(e)?;
+            chart
+                .draw_series(
+                    spec.markers
+                        .iter()
+                        .map(|c| Cross::new((c[0], c[1]), 4, BLACK.mix(0.6).stroke_width(1))),
+                )
+                .map_err(e)?;
+        }
+        root.present().map_err(e)
     }
-    root.present().map_err(e)
 }
 
 /// Write `stem.png` and `stem.svg` into `dir`.
@@ -82,33 +87,5 @@ pub fn write_scatter(
     spec: &ScatterSpec<'_>,
 ) -> Result<()> {
     let size = (520 * panels.len() as u32, 560);
-    let png = dir.join(format!("{stem}.png"));
-    let tmp = temp_path(&png);
-    draw(
-        BitMapBackend::new(&tmp, size).into_drawing_area(),
-        panels,
-        spec,
-        1,
-    )
-    .and_then(|_| std::fs::rename(&tmp, &png).map_err(|e| e.to_string()))
-    .map_err(|reason| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::Plot {
-            path: png.clone(),
-            reason,
-        }
-    })?;
-    let svg_path = dir.join(format!("{stem}.svg"));
-    let mut svg = String::new();
-    draw(
-        SVGBackend::with_string(&mut svg, size).into_drawing_area(),
-        panels,
-        spec,
-        1,
-    )
-    .map_err(|reason| Error::Plot {
-        path: svg_path.clone(),
-        reason,
-    })?;
-    atomic_write(&svg_path, svg.as_bytes())
+    super::write_png_svg(dir, stem, size, &ScatterFigure { panels, spec })
 }
