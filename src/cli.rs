@@ -111,16 +111,17 @@ pub struct FeatureArgs {
 }
 
 impl FeatureArgs {
-    fn config(&self) -> crate::features::FeaturesConfig {
+    fn embedder(&self) -> crate::metrics::inputs::Embedder {
         let s = |p: &Option<PathBuf>| {
             p.as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default()
         };
-        crate::features::FeaturesConfig {
+        let cfg = crate::features::FeaturesConfig {
             inception_path: s(&self.inception_path),
             cache_dir: s(&self.feature_cache),
-        }
+        };
+        crate::metrics::inputs::Embedder::new(cfg, self.batch_size as usize)
     }
 }
 
@@ -245,11 +246,10 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
             features,
         } => {
             use crate::metrics::{fid, inputs};
-            let cfg = features.config();
-            let batch = features.batch_size as usize;
+            let embedder = features.embedder();
             let mut stats = Vec::new();
             for path in [a, b] {
-                let s = inputs::stats_of(inputs::read_input(path)?, path, &cfg, batch)?;
+                let s = embedder.stats_of(inputs::read_input(path)?, path)?;
                 if let Some(dir) = save_stats {
                     let stem = path.file_stem().unwrap_or_default().to_string_lossy();
                     s.write_npz(&fid::stats_path(dir, &format!("{stem}.stats")))?;
@@ -267,10 +267,9 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
             features,
         } => {
             use crate::metrics::{inputs, prdc, realism::Rows};
-            let cfg = features.config();
-            let batch = features.batch_size as usize;
-            let (r, dr) = inputs::features_of(inputs::read_input(real)?, real, &cfg, batch)?;
-            let (f, df) = inputs::features_of(inputs::read_input(fake)?, fake, &cfg, batch)?;
+            let embedder = features.embedder();
+            let (r, dr) = embedder.features_of(inputs::read_input(real)?, real)?;
+            let (f, df) = embedder.features_of(inputs::read_input(fake)?, fake)?;
             let opts = prdc::PrdcOptions {
                 k: *k,
                 distance: if *squared {

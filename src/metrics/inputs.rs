@@ -11,7 +11,8 @@
 //! Images are embedded with pytorch-fid's preprocessing ([`Preprocess::PYTORCH_FID`]) and the
 //! features cached by content ([`crate::features::cache`]), so a reference set is embedded once.
 
-use std::path::Path;
+use std::cell::OnceCell;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
@@ -121,51 +122,82 @@ fn images(path: &Path, array: &str, t: Tensor) -> Result<MetricInput> {
     }
 }
 
-/// Features of an input that is not statistics: features as they are, images embedded with
-/// the Inception network that `cfg` locates (cached by content in `cfg.cache()`).
-pub fn features_of(
-    input: MetricInput,
-    source: &Path,
-    cfg: &FeaturesConfig,
+/// Turns metric inputs into features for one command: images are embedded with the Inception
+/// network that `cfg` locates, cached by content in `cfg.cache()`. The weights file is located
+/// and hashed (for the cache key), and the network loaded, at most once however many inputs are
+/// images — and not at all when none is, or when every image set is already cached.
+pub struct Embedder {
+    cfg: FeaturesConfig,
     batch_size: usize,
-) -> Result<(Vec<f64>, usize)> {
-    match input {
-        MetricInput::Features { values, dim } => Ok((values, dim)),
-        MetricInput::Stats(_) => Err(Error::invalid(
-            what(source),
-            "holds statistics (mu, sigma); this metric needs features or images",
-        )),
-        MetricInput::Images(images) => {
-            let weights = cfg.inception()?;
-            let sha = crate::fetch::sha256_file(&weights)?;
-            let pre = Preprocess::PYTORCH_FID;
-            let key = crate::features::cache::FeatureCache::key(
-                &format!("inception-v3-fid:{sha}"),
-                &format!("{pre:?}"),
-                &images,
-            )?;
-            let n = images.dim(0).ctx("images")?;
-            let t = cfg.cache().get_or_compute(&key, n, || {
-                let net = InceptionV3::load(&weights, &Device::Cpu)?;
-                net.extract(&images, &pre, batch_size)
-            })?;
-            crate::metrics::realism::rows_from_tensor(&what(source), &t)
-        }
-    }
+    /// (weights path, cache identity `inception-v3-fid:<sha256>`).
+    weights: OnceCell<(PathBuf, String)>,
+    net: OnceCell<InceptionV3>,
 }
 
-/// Statistics of any input: read as they are, or computed from features/embedded images.
-pub fn stats_of(
-    input: MetricInput,
-    source: &Path,
-    cfg: &FeaturesConfig,
-    batch_size: usize,
-) -> Result<GaussianStats> {
-    match input {
-        MetricInput::Stats(s) => Ok(s),
-        other => {
-            let (v, d) = features_of(other, source, cfg, batch_size)?;
-            GaussianStats::from_features(crate::metrics::realism::Rows::new(&v, d), &what(source))
+impl Embedder {
+    pub fn new(cfg: FeaturesConfig, batch_size: usize) -> Self {
+        Self {
+            cfg,
+            batch_size,
+            weights: OnceCell::new(),
+            net: OnceCell::new(),
+        }
+    }
+
+    fn weights(&self) -> Result<&(PathBuf, String)> {
+        if let Some(w) = self.weights.get() {
+            return Ok(w);
+        }
+        let path = self.cfg.inception()?;
+        let sha = crate::fetch::sha256_file(&path)?;
+        Ok(self
+            .weights
+            .get_or_init(|| (path, format!("inception-v3-fid:{sha}"))))
+    }
+
+    fn net(&self) -> Result<&InceptionV3> {
+        if let Some(n) = self.net.get() {
+            return Ok(n);
+        }
+        let net = InceptionV3::load(&self.weights()?.0, &Device::Cpu)?;
+        Ok(self.net.get_or_init(|| net))
+    }
+
+    /// Features of an input that is not statistics: features as they are, images embedded.
+    pub fn features_of(&self, input: MetricInput, source: &Path) -> Result<(Vec<f64>, usize)> {
+        match input {
+            MetricInput::Features { values, dim } => Ok((values, dim)),
+            MetricInput::Stats(_) => Err(Error::invalid(
+                what(source),
+                "holds statistics (mu, sigma); this metric needs features or images",
+            )),
+            MetricInput::Images(images) => {
+                let pre = Preprocess::PYTORCH_FID;
+                let key = crate::features::cache::FeatureCache::key(
+                    &self.weights()?.1,
+                    &format!("{pre:?}"),
+                    &images,
+                )?;
+                let n = images.dim(0).ctx("images")?;
+                let t = self.cfg.cache().get_or_compute(&key, n, || {
+                    self.net()?.extract(&images, &pre, self.batch_size)
+                })?;
+                crate::metrics::realism::rows_from_tensor(&what(source), &t)
+            }
+        }
+    }
+
+    /// Statistics of any input: read as they are, or computed from features/embedded images.
+    pub fn stats_of(&self, input: MetricInput, source: &Path) -> Result<GaussianStats> {
+        match input {
+            MetricInput::Stats(s) => Ok(s),
+            other => {
+                let (v, d) = self.features_of(other, source)?;
+                GaussianStats::from_features(
+                    crate::metrics::realism::Rows::new(&v, d),
+                    &what(source),
+                )
+            }
         }
     }
 }
