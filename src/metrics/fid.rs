@@ -82,8 +82,8 @@ impl GaussianStats {
                 ),
             ));
         }
-        check_finite(&format!("{source}: mu"), &mu, 1)?;
-        check_finite(&format!("{source}: sigma"), &sigma, dim)?;
+        Rows::new(&mu, dim).validate(&format!("{source}: mu"))?;
+        Rows::new(&sigma, dim).validate(&format!("{source}: sigma"))?;
         let scale = sigma.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         for i in 0..dim {
             for j in 0..i {
@@ -118,7 +118,12 @@ impl GaussianStats {
     /// Reads `mu` and `sigma` from an `.npz` (pytorch-fid's `np.savez(path, mu=mu, sigma=sigma)`,
     /// or an ADM reference batch, whose `arr_0` images are not read). Any float dtype.
     pub fn read_npz(path: &Path) -> Result<Self> {
-        read_pair(path, "mu", "sigma")
+        read_pair(&open_npz(path)?, path, "mu", "sigma")
+    }
+
+    /// [`GaussianStats::read_npz`] from an archive the caller already opened.
+    pub(crate) fn from_npz(npz: &candle_core::npy::NpzTensors, path: &Path) -> Result<Self> {
+        read_pair(npz, path, "mu", "sigma")
     }
 
     /// Writes pytorch-fid's layout (`mu` (d,), `sigma` (d, d), float64) atomically: a temporary
@@ -153,11 +158,11 @@ pub struct ReferenceBatch {
 
 impl ReferenceBatch {
     pub fn read(path: &Path) -> Result<Self> {
-        let pool = read_pair(path, "mu", "sigma")?;
         let npz = open_npz(path)?;
+        let pool = read_pair(&npz, path, "mu", "sigma")?;
         let has = |n: &str| npz.names().iter().any(|m| m.as_str() == n);
         let spatial = if has("mu_s") && has("sigma_s") {
-            Some(read_pair(path, "mu_s", "sigma_s")?)
+            Some(read_pair(&npz, path, "mu_s", "sigma_s")?)
         } else {
             None
         };
@@ -196,8 +201,12 @@ fn open_npz(path: &Path) -> Result<candle_core::npy::NpzTensors> {
     })
 }
 
-fn read_pair(path: &Path, mu_name: &str, sigma_name: &str) -> Result<GaussianStats> {
-    let npz = open_npz(path)?;
+fn read_pair(
+    npz: &candle_core::npy::NpzTensors,
+    path: &Path,
+    mu_name: &str,
+    sigma_name: &str,
+) -> Result<GaussianStats> {
     let get = |name: &str| -> Result<Tensor> {
         let t = npz
             .get(name)
@@ -252,21 +261,6 @@ fn read_pair(path: &Path, mu_name: &str, sigma_name: &str) -> Result<GaussianSta
         to_vec(&sigma, sigma_name)?,
         format!("{} (`{mu_name}`, `{sigma_name}`)", path.display()),
     )
-}
-
-fn check_finite(what: &str, v: &[f64], cols: usize) -> Result<()> {
-    if let Some(p) = v.iter().position(|x| !x.is_finite()) {
-        let at = if cols > 1 {
-            format!("[{}, {}]", p / cols, p % cols)
-        } else {
-            format!("[{p}]")
-        };
-        return Err(Error::invalid(
-            what,
-            format!("{at} is {}; expected finite values", v[p]),
-        ));
-    }
-    Ok(())
 }
 
 /// Streaming mean and covariance of feature batches (f64, Chan et al.'s pairwise merge; see the

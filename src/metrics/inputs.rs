@@ -56,7 +56,7 @@ pub fn read_input(path: &Path) -> Result<MetricInput> {
             })?;
             let names: Vec<&str> = npz.names().iter().map(|s| s.as_str()).collect();
             if names.contains(&"mu") && names.contains(&"sigma") {
-                return Ok(MetricInput::Stats(GaussianStats::read_npz(path)?));
+                return Ok(MetricInput::Stats(GaussianStats::from_npz(&npz, path)?));
             }
             if names.contains(&"arr_0") {
                 let t = npz
