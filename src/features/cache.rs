@@ -90,17 +90,16 @@ impl FeatureCache {
     pub fn put(&self, key: &str, features: &Tensor) -> Result<()> {
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         let path = self.path(key);
-        let tmp = crate::tracking::temp_path(&path);
         let t = features
             .to_dtype(DType::F32)
             .and_then(|t| t.to_device(&Device::Cpu))
             .ctx("feature cache: features")?;
-        candle_core::safetensors::save(&std::collections::HashMap::from([("features", t)]), &tmp)
-            .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::invalid(format!("{}", path.display()), format!("writing cache: {e}"))
-        })?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+        let tensors = std::collections::HashMap::from([("features", t)]);
+        crate::tracking::write_atomically(&path, |tmp| {
+            candle_core::safetensors::save(&tensors, tmp).map_err(|e| {
+                Error::invalid(format!("{}", path.display()), format!("writing cache: {e}"))
+            })
+        })
     }
 
     /// Cached features of `key`, or `compute()` stored under it. `rows` is the number of images.

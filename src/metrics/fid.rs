@@ -135,12 +135,11 @@ impl GaussianStats {
         if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let tmp = crate::tracking::temp_path(path);
-        Tensor::write_npz(&[("mu", &mu), ("sigma", &sigma)], &tmp).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::invalid(format!("{}", path.display()), format!("writing npz: {e}"))
-        })?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        crate::tracking::write_atomically(path, |tmp| {
+            Tensor::write_npz(&[("mu", &mu), ("sigma", &sigma)], tmp).map_err(|e| {
+                Error::invalid(format!("{}", path.display()), format!("writing npz: {e}"))
+            })
+        })
     }
 }
 

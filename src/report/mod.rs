@@ -10,7 +10,7 @@ use plotters::coord::Shift;
 use plotters::prelude::{BitMapBackend, DrawingArea, DrawingBackend, IntoDrawingArea, SVGBackend};
 
 use crate::error::{Error, Result};
-use crate::tracking::{atomic_write, temp_path};
+use crate::tracking::{atomic_write, write_atomically};
 
 /// A figure that can be drawn on any plotters backend (PNG and SVG share one drawing routine).
 pub(crate) trait Figure {
@@ -29,17 +29,14 @@ pub(crate) fn write_png_svg(
     figure: &impl Figure,
 ) -> Result<()> {
     let png = dir.join(format!("{stem}.png"));
-    let tmp = temp_path(&png);
-    figure
-        .draw(BitMapBackend::new(&tmp, size).into_drawing_area())
-        .and_then(|_| std::fs::rename(&tmp, &png).map_err(|e| e.to_string()))
-        .map_err(|reason| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::Plot {
+    write_atomically(&png, |tmp| {
+        figure
+            .draw(BitMapBackend::new(tmp, size).into_drawing_area())
+            .map_err(|reason| Error::Plot {
                 path: png.clone(),
                 reason,
-            }
-        })?;
+            })
+    })?;
     let svg_path = dir.join(format!("{stem}.svg"));
     let mut svg = String::new();
     figure
