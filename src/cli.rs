@@ -280,10 +280,9 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
             };
             let (rn, fnm) = (real.display().to_string(), fake.display().to_string());
             let p = prdc::prdc_named((&rn, Rows::new(&r, dr)), (&fnm, Rows::new(&f, df)), &opts)?;
-            println!("precision: {}", p.precision);
-            println!("recall: {}", p.recall);
-            println!("density: {}", p.density);
-            println!("coverage: {}", p.coverage);
+            for (name, value) in p.fields() {
+                println!("{name}: {value}");
+            }
             Ok(EXIT_OK)
         }
         Command::Report { run_dir } => {

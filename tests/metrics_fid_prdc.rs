@@ -316,14 +316,9 @@ fn prdc_identical_sets() {
         &PrdcOptions::default(),
     )
     .unwrap();
-    for (ours, key) in [
-        (p.precision, "precision_same"),
-        (p.recall, "recall_same"),
-        (p.density, "density_same"),
-        (p.coverage, "coverage_same"),
-    ] {
-        assert_eq!(ours, 1.0);
-        assert_eq!(ours, f.scalar(key));
+    for (name, ours) in p.fields() {
+        assert_eq!(ours, 1.0, "{name}");
+        assert_eq!(ours, f.scalar(&format!("{name}_same")), "{name}");
     }
     let (dup, d) = f.rows("dup");
     let p = prdc(
@@ -332,19 +327,15 @@ fn prdc_identical_sets() {
         &PrdcOptions::default(),
     )
     .unwrap();
-    for (ours, key) in [
-        (p.precision, "precision_dup"),
-        (p.recall, "recall_dup"),
-        (p.density, "density_dup"),
-        (p.coverage, "coverage_dup"),
-    ] {
+    for (name, ours) in p.fields() {
+        let key = format!("{name}_dup");
         assert_relative_eq!(
             ours,
             f.scalar(&format!("{key}_exact")),
             max_relative = 1e-12
         );
         assert!(
-            ours < f.scalar(key),
+            ours < f.scalar(&key),
             "{key}: prdc's sklearn rounding changes this case"
         );
     }

@@ -30,7 +30,7 @@
 //! 8 MiB block, so 50k × 50k fits memory.
 
 use crate::error::{Error, Result};
-use crate::metrics::realism::{fold_distances, knn_sq_radii, Rows};
+use crate::metrics::realism::{check_k, fold_distances, knn_sq_radii, Rows};
 
 /// Which distance the strict comparisons use (module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,6 +69,18 @@ pub struct Prdc {
     pub coverage: f64,
 }
 
+impl Prdc {
+    /// The four scores with their names, in prdc's order (as `diffuq prdc` prints them).
+    pub fn fields(&self) -> [(&'static str, f64); 4] {
+        [
+            ("precision", self.precision),
+            ("recall", self.recall),
+            ("density", self.density),
+            ("coverage", self.coverage),
+        ]
+    }
+}
+
 fn check(real: (&str, &Rows), fake: (&str, &Rows), k: usize) -> Result<()> {
     real.1.validate(real.0)?;
     fake.1.validate(fake.0)?;
@@ -83,23 +95,8 @@ fn check(real: (&str, &Rows), fake: (&str, &Rows), k: usize) -> Result<()> {
             ),
         ));
     }
-    if k == 0 {
-        return Err(Error::invalid(
-            "prdc k",
-            "is 0; expected k ≥ 1 nearest neighbours",
-        ));
-    }
     for (what, rows) in [real, fake] {
-        if rows.len() < k + 1 {
-            return Err(Error::invalid(
-                what,
-                format!(
-                    "{} rows; k-NN radii with k = {k} need at least k + 1 = {}",
-                    rows.len(),
-                    k + 1
-                ),
-            ));
-        }
+        check_k(what, rows, k, "prdc k")?;
     }
     Ok(())
 }

@@ -123,19 +123,21 @@ pub fn rows_from_tensor(what: &str, t: &Tensor) -> Result<(Vec<f64>, usize)> {
     Ok((v, d))
 }
 
-fn check_k(real: &Rows, k: usize) -> Result<()> {
+/// k ≥ 1 (else an error naming `k_key`) and at least k + 1 rows in `rows` (else an error naming
+/// `what`): the preconditions of k-NN radii.
+pub(crate) fn check_k(what: &str, rows: &Rows, k: usize, k_key: &str) -> Result<()> {
     if k == 0 {
         return Err(Error::invalid(
-            "k",
+            k_key,
             "is 0; expected k ≥ 1 nearest neighbours",
         ));
     }
-    if real.len() < k + 1 {
+    if rows.len() < k + 1 {
         return Err(Error::invalid(
-            "real features",
+            what,
             format!(
                 "{} rows; k-NN radii with k = {k} need at least k + 1 = {}",
-                real.len(),
+                rows.len(),
                 k + 1
             ),
         ));
@@ -227,7 +229,7 @@ pub(crate) fn knn_sq_radii(real: Rows, k: usize) -> Result<Vec<f64>> {
 /// least k + 1 rows.
 pub fn knn_radii(real: Rows, k: usize) -> Result<Vec<f64>> {
     real.validate("real features")?;
-    check_k(&real, k)?;
+    check_k("real features", &real, k, "k")?;
     Ok(knn_sq_radii(real, k)?.into_iter().map(f64::sqrt).collect())
 }
 
@@ -318,7 +320,7 @@ impl<'a> RealManifold<'a> {
     /// Validates `real` (finite, ≥ k + 1 rows) and computes its k-NN radii.
     pub fn new(real: Rows<'a>, k: usize) -> Result<Self> {
         real.validate("real features")?;
-        check_k(&real, k)?;
+        check_k("real features", &real, k, "k")?;
         let sq_radii = knn_sq_radii(real, k)?;
         Ok(Self { real, k, sq_radii })
     }
