@@ -261,38 +261,20 @@ fn tiny_pth_files_read_in_both_formats() {
         for (k, e) in &expected {
             let t = &got[k];
             assert_eq!((t.dims(), t.dtype()), (e.dims(), e.dtype()), "{file}: {k}");
-            let (a, b) = match e.dtype() {
-                DType::I64 => (
-                    t.flatten_all()
-                        .unwrap()
+            // Values compared exactly, integers (num_batches_tracked) as integers.
+            let values = |t: &Tensor| -> Vec<f64> {
+                let flat = t.flatten_all().unwrap();
+                match t.dtype() {
+                    DType::I64 => flat
                         .to_vec1::<i64>()
                         .unwrap()
-                        .iter()
-                        .map(|&v| v as f64)
+                        .into_iter()
+                        .map(|v| v as f64)
                         .collect(),
-                    e.flatten_all()
-                        .unwrap()
-                        .to_vec1::<i64>()
-                        .unwrap()
-                        .iter()
-                        .map(|&v| v as f64)
-                        .collect(),
-                ),
-                _ => (
-                    t.to_dtype(DType::F64)
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1::<f64>()
-                        .unwrap(),
-                    e.to_dtype(DType::F64)
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1::<f64>()
-                        .unwrap(),
-                ),
+                    _ => flat.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap(),
+                }
             };
+            let (a, b) = (values(t), values(e));
             assert_eq!(a, b, "{file}: {k}");
         }
     }
