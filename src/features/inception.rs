@@ -158,6 +158,19 @@ impl Builder {
         self.conv(ts, fid, c_in, c_out, k, 1, same(k))
     }
 
+    /// The pool branch of blocks A and C: 3×3 average pool (padding excluded) → 1×1 conv named
+    /// `{p}.tower_2.conv` (TF) / `{q}.branch_pool` (torchvision).
+    fn avg_pool_branch(&mut self, p: &str, q: &str, c_in: usize, c_out: usize) -> Node {
+        let conv = self.same(
+            format!("{p}.tower_2.conv"),
+            format!("{q}.branch_pool"),
+            c_in,
+            c_out,
+            (1, 1),
+        );
+        Node::Seq(vec![Node::AvgPool3Same, conv])
+    }
+
     /// A chain of stride-1 "same" convs named `{ts}.conv`, `{ts}.conv_1`, … (TF) and
     /// `{fid}_1`, `{fid}_2`, … (torchvision); `chain` lists (c_out, kernel).
     fn tower(
@@ -202,19 +215,8 @@ impl Builder {
             c_in,
             &[(64, (1, 1)), (96, (3, 3)), (96, (3, 3))],
         );
-        let pool = self.same(
-            format!("{p}.tower_2.conv"),
-            format!("{q}.branch_pool"),
-            c_in,
-            pool_features,
-            (1, 1),
-        );
-        Node::Cat(vec![
-            b1,
-            Node::Seq(t),
-            Node::Seq(t1),
-            Node::Seq(vec![Node::AvgPool3Same, pool]),
-        ])
+        let pool = self.avg_pool_branch(p, q, c_in, pool_features);
+        Node::Cat(vec![b1, Node::Seq(t), Node::Seq(t1), pool])
     }
 
     /// Block B (Mixed_6a): 3×3/2 | 1×1 → 3×3 → 3×3/2 | max-pool 3×3/2.
@@ -273,19 +275,8 @@ impl Builder {
                 (192, (1, 7)),
             ],
         );
-        let pool = self.same(
-            format!("{p}.tower_2.conv"),
-            format!("{q}.branch_pool"),
-            768,
-            192,
-            (1, 1),
-        );
-        Node::Cat(vec![
-            b1,
-            Node::Seq(t),
-            Node::Seq(t1),
-            Node::Seq(vec![Node::AvgPool3Same, pool]),
-        ])
+        let pool = self.avg_pool_branch(p, q, 768, 192);
+        Node::Cat(vec![b1, Node::Seq(t), Node::Seq(t1), pool])
     }
 
     /// Block D (Mixed_7a): 1×1 → 3×3/2 | 1×1 → 1×7 → 7×1 → 3×3/2 | max-pool 3×3/2.
