@@ -5,6 +5,7 @@
 //! `experiments` → `cli`. Nothing past [`config`]'s resolver sees raw strings: every experiment
 //! receives a typed, validated configuration.
 
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod data;

@@ -54,8 +54,8 @@ impl LastLayerModel for TinyNet {
         let h = inp.matmul(&self.w1.t()?)?.broadcast_add(&self.b1)?.tanh()?;
         h.unsqueeze(1)
     }
-    fn last_layer(&self) -> (Tensor, Option<Tensor>) {
-        (self.w2.clone(), Some(self.b2.clone()))
+    fn last_layer(&self) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        Ok((self.w2.clone(), Some(self.b2.clone())))
     }
     fn assemble(&self, out: &Tensor) -> candle_core::Result<Tensor> {
         out.squeeze(1)

@@ -1,9 +1,18 @@
-//! Denoising models. A [`Denoiser`] predicts ε from (x_t, t); samplers only see this trait.
+//! Denoising models. Every network implements [`network::Network`] (forward with per-item
+//! times, labels and a dropout mode; a tagged prediction kind; optional last layer); samplers and
+//! uncertainty methods see it through [`network::Bound`] as a [`Denoiser`] (ε), a velocity field,
+//! a [`LastLayerModel`] or a [`DropoutDenoiser`].
 
-pub mod conditional;
 pub mod gmm;
+pub mod network;
+pub mod params;
 pub mod toy_mlp;
 pub mod train;
+pub mod unet2d;
+
+pub use network::{
+    Bound, DropoutDenoiser, LastLayerModel, LastLayerNetwork, MaskSource, Mode, Network, Prediction,
+};
 
 use candle_core::Tensor;
 
@@ -22,7 +31,7 @@ pub trait Denoiser {
 
     /// The model's last layer, for last-layer Laplace methods (GU, BayesDiff); `None` for models
     /// that expose none (the analytic oracle, an ensemble as a whole).
-    fn as_last_layer(&self) -> Option<&dyn crate::uq::laplace::LastLayerModel> {
+    fn as_last_layer(&self) -> Option<&dyn LastLayerModel> {
         None
     }
 }

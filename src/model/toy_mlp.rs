@@ -220,7 +220,7 @@ pub struct Member<'a> {
     pub index: usize,
 }
 
-impl crate::uq::laplace::LastLayerModel for Member<'_> {
+impl super::LastLayerModel for Member<'_> {
     fn features(&self, x: &Tensor, t: &[f64]) -> candle_core::Result<Tensor> {
         let temb = self.net.embeddings(t, x.device())?.unsqueeze(0)?;
         let xs = x.to_dtype(candle_core::DType::F32)?.unsqueeze(0)?;
@@ -230,20 +230,16 @@ impl crate::uq::laplace::LastLayerModel for Member<'_> {
             .squeeze(0)?;
         h.to_dtype(x.dtype())?.unsqueeze(1)
     }
-    fn last_layer(&self) -> (Tensor, Option<Tensor>) {
+    fn last_layer(&self) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let w = self
             .net
             .w_out
             .as_tensor()
-            .get(self.index)
-            .and_then(|w| w.t()?.contiguous());
-        let b = self
-            .net
-            .b_out
-            .as_tensor()
-            .get(self.index)
-            .and_then(|b| b.squeeze(0));
-        (w.expect("member weight"), Some(b.expect("member bias")))
+            .get(self.index)?
+            .t()?
+            .contiguous()?;
+        let b = self.net.b_out.as_tensor().get(self.index)?.squeeze(0)?;
+        Ok((w, Some(b)))
     }
     fn assemble(&self, out: &Tensor) -> candle_core::Result<Tensor> {
         out.squeeze(1)
@@ -324,7 +320,7 @@ mod tests {
     #[test]
     fn member_last_layer_reproduces_the_member_output() {
         // Member i through (features, last layer) must equal member i of the batched forward.
-        use crate::uq::laplace::LastLayerModel;
+        use crate::model::LastLayerModel;
         let streams = crate::seed::SeedStreams::new(4);
         let spec = MlpSpec {
             data_dim: 2,
@@ -353,7 +349,7 @@ mod tests {
             index: 1,
         };
         let phi = member.features(&x, &[7.0, 7.0]).unwrap();
-        let (w, b) = member.last_layer();
+        let (w, b) = member.last_layer().unwrap();
         let out = phi
             .broadcast_matmul(&w.t().unwrap())
             .unwrap()

@@ -467,8 +467,8 @@ mod tests {
         fn features(&self, x: &Tensor, _t: &[f64]) -> candle_core::Result<Tensor> {
             x.unsqueeze(2) // (N, D, 1): one position per pixel
         }
-        fn last_layer(&self) -> (Tensor, Option<Tensor>) {
-            unreachable!("the posterior is built directly")
+        fn last_layer(&self) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+            candle_core::bail!("the posterior is built directly")
         }
         fn assemble(&self, out: &Tensor) -> candle_core::Result<Tensor> {
             out.squeeze(2)

@@ -410,8 +410,8 @@ mod tests {
                 .to_dtype(x.dtype())?;
                 Tensor::cat(&[x, &x.tanh()?, &tt], 1)?.unsqueeze(1)
             }
-            fn last_layer(&self) -> (Tensor, Option<Tensor>) {
-                (self.w.clone(), Some(self.b.clone()))
+            fn last_layer(&self) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+                Ok((self.w.clone(), Some(self.b.clone())))
             }
             fn assemble(&self, out: &Tensor) -> candle_core::Result<Tensor> {
                 out.squeeze(1)

@@ -27,18 +27,7 @@ use crate::error::{Error, Result, TensorContext};
 use crate::model::Denoiser;
 use crate::seed::Purpose;
 
-/// A model whose last layer is exposed.
-pub trait LastLayerModel {
-    /// Features entering the last layer, (N, P, F), for inputs x_t (N, …) with one model time
-    /// per item.
-    fn features(&self, x_t: &Tensor, t: &[f64]) -> candle_core::Result<Tensor>;
-    /// The last layer's weight (O, F) and bias (O,) if it has one.
-    fn last_layer(&self) -> (Tensor, Option<Tensor>);
-    /// Rearrange last-layer outputs (N, P, O) into the model's output layout (N, …).
-    fn assemble(&self, out: &Tensor) -> candle_core::Result<Tensor>;
-    /// Rearrange a target of the output layout (N, …) into (N, P, O).
-    fn disassemble(&self, target: &Tensor) -> candle_core::Result<Tensor>;
-}
+pub use crate::model::LastLayerModel;
 
 /// Settings (config table `[laplace]`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -112,7 +101,7 @@ pub struct FisherAccumulator<'a> {
 impl<'a> FisherAccumulator<'a> {
     pub fn new(model: &'a dyn LastLayerModel, spec: LaplaceSpec) -> Result<Self> {
         spec.validate()?;
-        let (w, b) = model.last_layer();
+        let (w, b) = model.last_layer().ctx("last layer")?;
         let w = w.to_dtype(DType::F64).ctx("last-layer weight")?;
         let b = b
             .map(|b| b.to_dtype(DType::F64))
@@ -332,7 +321,8 @@ impl Denoiser for WithLastLayer<'_> {
         if let Some(b) = &self.draw.b {
             out = out.broadcast_add(&b.to_dtype(phi.dtype())?)?;
         }
-        self.model.assemble(&out)
+        let out = self.model.assemble(&out)?;
+        self.model.output_to_eps(x_t, t, out)
     }
 
     fn as_last_layer(&self) -> Option<&dyn LastLayerModel> {
@@ -371,8 +361,8 @@ mod tests {
         fn features(&self, x: &Tensor, _t: &[f64]) -> candle_core::Result<Tensor> {
             x.unsqueeze(1)
         }
-        fn last_layer(&self) -> (Tensor, Option<Tensor>) {
-            (self.w.clone(), Some(self.b.clone()))
+        fn last_layer(&self) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+            Ok((self.w.clone(), Some(self.b.clone())))
         }
         fn assemble(&self, out: &Tensor) -> candle_core::Result<Tensor> {
             out.squeeze(1)

@@ -15,22 +15,7 @@ use candle_core::Tensor;
 use crate::error::{Error, Result, TensorContext};
 use crate::seed::Purpose;
 
-/// Supplies dropout keep-masks: 1 with probability 1 − p, else 0, shaped like the activation.
-pub trait MaskSource {
-    fn keep_mask(&mut self, like: &Tensor, p: f64) -> candle_core::Result<Tensor>;
-}
-
-/// A network that can run with dropout switched on (ADM's residual blocks carry dropout 0.1).
-pub trait DropoutDenoiser {
-    /// ε with dropout active; each dropout layer asks `masks` for its keep-mask and scales the
-    /// kept units by 1/(1 − p) (inverted dropout, as torch).
-    fn eps_dropout(
-        &self,
-        x_t: &Tensor,
-        t: f64,
-        masks: &mut dyn MaskSource,
-    ) -> candle_core::Result<Tensor>;
-}
+pub use crate::model::{DropoutDenoiser, MaskSource};
 
 /// Keep-masks from the seed streams: layer ℓ of pass m at sampler step s draws, for sample b,
 /// uniforms from `purpose.sub("pass-m/layer-ℓ")`, stream b, step s.
