@@ -22,7 +22,9 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{GroupNorm, Linear, VarBuilder};
+
+use super::conv::Conv2d;
 
 use super::network::{LastLayerNetwork, Mode, Network, Prediction};
 use super::params::ParamSource;
@@ -264,17 +266,7 @@ fn conv(
     let vb = vb.pp(name);
     let w = vb.get((cout, cin, k, k), "weight")?;
     let b = vb.get(cout, "bias")?;
-    Ok(Conv2d::new(
-        w,
-        Some(b),
-        Conv2dConfig {
-            padding,
-            stride,
-            dilation: 1,
-            groups: 1,
-            cudnn_fwd_algo: None,
-        },
-    ))
+    Ok(Conv2d::new(w, Some(b), stride, padding))
 }
 
 fn linear(vb: &VarBuilder, cin: usize, cout: usize, name: &str) -> candle_core::Result<Linear> {

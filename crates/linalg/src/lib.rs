@@ -9,6 +9,8 @@
 //! Matrices are row-major `&[f64]` slices with explicit sizes; all products use every rayon
 //! thread.
 
+pub mod conv;
+
 use faer::{linalg::matmul::matmul, Accum, Mat, MatMut, MatRef, Par, Side};
 
 /// A decomposition that did not converge, or arguments of inconsistent size.
