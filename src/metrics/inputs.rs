@@ -59,12 +59,7 @@ pub fn read_input(path: &Path) -> Result<MetricInput> {
                 return Ok(MetricInput::Stats(GaussianStats::from_npz(&npz, path)?));
             }
             if names.contains(&"arr_0") {
-                let t = npz
-                    .get("arr_0")
-                    .map_err(|e| {
-                        Error::invalid(format!("{} array `arr_0`", what(path)), e.to_string())
-                    })?
-                    .ok_or_else(|| Error::invalid(what(path), "array `arr_0` vanished"))?;
+                let t = crate::data::images::npz_array(&npz, path, "arr_0")?;
                 return images(path, "array `arr_0`", t);
             }
             let mut names = names;
@@ -97,29 +92,11 @@ pub fn read_input(path: &Path) -> Result<MetricInput> {
     }
 }
 
+/// uint8 RGB images in either layout, as NCHW (the layout rules are the data loader's,
+/// [`crate::data::images`]; the Inception network takes three channels only).
 fn images(path: &Path, array: &str, t: Tensor) -> Result<MetricInput> {
-    let bad = || {
-        Error::invalid(
-            format!("{} {array}", what(path)),
-            format!(
-                "{:?} of shape {:?}; expected uint8 images (N, H, W, 3) or (N, 3, H, W)",
-                t.dtype(),
-                t.dims()
-            ),
-        )
-    };
-    if t.dtype() != DType::U8 {
-        return Err(bad());
-    }
-    match t.dims() {
-        [_, _, _, 3] => Ok(MetricInput::Images(
-            t.permute((0, 3, 1, 2))
-                .and_then(|t| t.contiguous())
-                .ctx("images NHWC → NCHW")?,
-        )),
-        [_, 3, _, _] => Ok(MetricInput::Images(t)),
-        _ => Err(bad()),
-    }
+    let what = format!("{} {array}", what(path));
+    crate::data::images::uint8_images_nchw(t, &what, &[3]).map(MetricInput::Images)
 }
 
 /// Turns metric inputs into features for one command: images are embedded with the Inception
