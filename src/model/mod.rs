@@ -2,6 +2,7 @@
 
 pub mod conditional;
 pub mod gmm;
+pub mod optim;
 pub mod toy_mlp;
 pub mod train;
 
