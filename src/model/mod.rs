@@ -5,6 +5,7 @@ pub mod gmm;
 pub mod optim;
 pub mod toy_mlp;
 pub mod train;
+pub mod trainer;
 
 use candle_core::Tensor;
 
