@@ -1,5 +1,6 @@
 //! Denoising models. A [`Denoiser`] predicts ε from (x_t, t); samplers only see this trait.
 
+pub mod cache;
 pub mod conditional;
 pub mod gmm;
 pub mod optim;
