@@ -67,6 +67,19 @@ pub enum Error {
     #[error("figure {}: {reason}", path.display())]
     Plot { path: PathBuf, reason: String },
 
+    /// A checkpoint, optimiser state or saved model lacks a tensor, or holds one of the wrong shape
+    /// or dtype.
+    #[error("{}: tensor `{tensor}` {reason}", path.display())]
+    Checkpoint {
+        path: PathBuf,
+        tensor: String,
+        reason: String,
+    },
+
+    /// A trained-model cache entry that exists but cannot be trusted (corrupt file, bad manifest).
+    #[error("model cache entry {}: {reason}", path.display())]
+    ModelCache { path: PathBuf, reason: String },
+
     /// A numeric input that violates a documented precondition (non-finite values, bad shapes).
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },

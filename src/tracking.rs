@@ -77,7 +77,7 @@ pub fn unix_now() -> u64 {
 }
 
 /// The commit and dirty flag of the source tree this binary was built from (`unknown` outside git).
-fn git_state() -> (String, Option<bool>) {
+pub(crate) fn git_state() -> (String, Option<bool>) {
     let dir = env!("CARGO_MANIFEST_DIR");
     let git = |args: &[&str]| {
         std::process::Command::new("git")

@@ -3,12 +3,15 @@
 //! uncertainty methods see it through [`network::Bound`] as a [`Denoiser`] (ε), a velocity field,
 //! a [`LastLayerModel`] or a [`DropoutDenoiser`].
 
+pub mod cache;
 pub mod conv;
 pub mod gmm;
 pub mod network;
+pub mod optim;
 pub mod params;
 pub mod toy_mlp;
 pub mod train;
+pub mod trainer;
 pub mod unet2d;
 
 pub use network::{

@@ -28,6 +28,32 @@ pub enum LrDecay {
     Cosine,
 }
 
+impl LrDecay {
+    /// Multiplier of the base learning rate at optimiser step `step` (0-based) of `total`, after
+    /// `warmup` steps of linear warmup: s/W while s < W, then 1 ([`LrDecay::Constant`]) or
+    /// ½(1 + cos(π p)) with p = (s − W)/(S − W) ([`LrDecay::Cosine`]).
+    ///
+    /// These are diffusers' `get_constant_schedule_with_warmup` and
+    /// `get_cosine_schedule_with_warmup` (num_cycles = ½) as `torch.optim.lr_scheduler.LambdaLR`
+    /// lambdas (up to the last bit of π·s/S), so a recipe written for a diffusers training script
+    /// means the same here. As there (and in Ho et al. 2020's warmup, lr·min(s/W, 1)), the first
+    /// warmup step has lr = 0: it only fills Adam's moments. With `warmup = 0` this is the toy
+    /// ensemble's schedule, bit for bit.
+    pub fn factor(self, step: usize, total: usize, warmup: usize) -> f64 {
+        if step < warmup {
+            return step as f64 / warmup.max(1) as f64;
+        }
+        match self {
+            LrDecay::Constant => 1.0,
+            LrDecay::Cosine => {
+                // π·s/S in this order (not π·(s/S) as diffusers): the toy ensemble's bits.
+                let (s, span) = (step - warmup, total.saturating_sub(warmup).max(1));
+                (0.5 * (1.0 + (std::f64::consts::PI * s as f64 / span as f64).cos())).max(0.0)
+            }
+        }
+    }
+}
+
 /// Optimisation settings.
 #[derive(Debug, Clone, Copy)]
 pub struct TrainSpec {
@@ -40,13 +66,7 @@ pub struct TrainSpec {
 impl TrainSpec {
     /// Learning rate at optimiser step `step` (0-based).
     pub fn lr_at(&self, step: usize) -> f64 {
-        match self.lr_decay {
-            LrDecay::Constant => self.lr,
-            LrDecay::Cosine => {
-                0.5 * self.lr
-                    * (1.0 + (std::f64::consts::PI * step as f64 / self.steps as f64).cos())
-            }
-        }
+        self.lr * self.lr_decay.factor(step, self.steps, 0)
     }
 }
 
@@ -195,6 +215,18 @@ mod tests {
 #[cfg(test)]
 mod lr_tests {
     use super::*;
+
+    #[test]
+    fn warmup_rises_linearly_from_zero_then_hands_over_to_the_decay() {
+        // Expected: diffusers 0.31.0's get_constant_schedule_with_warmup and
+        // get_cosine_schedule_with_warmup lambdas: s/W for s < W, then 1 or ½(1 + cos(π(s−W)/(S−W))).
+        assert_eq!(LrDecay::Constant.factor(0, 100, 10), 0.0);
+        assert_eq!(LrDecay::Constant.factor(5, 100, 10), 0.5);
+        assert_eq!(LrDecay::Constant.factor(10, 100, 10), 1.0);
+        assert_eq!(LrDecay::Constant.factor(99, 100, 10), 1.0);
+        assert_eq!(LrDecay::Cosine.factor(10, 100, 10), 1.0);
+        approx::assert_abs_diff_eq!(LrDecay::Cosine.factor(55, 100, 10), 0.5, epsilon = 1e-12);
+    }
 
     #[test]
     fn cosine_decay_starts_at_lr_and_halves_midway() {
