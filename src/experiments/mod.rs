@@ -4,6 +4,7 @@
 
 pub mod au_fig3;
 pub mod gu_fig2;
+pub mod mini_model;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -42,6 +43,12 @@ pub trait Experiment {
 
     /// Render figures and `table.md` from the frames in `run`; compare with the paper.
     fn report(cfg: &Self::Config, run: &RunDir) -> Result<Verdict>;
+
+    /// The image models this artifact trains (or takes from the model cache): what
+    /// `diffuq train <artifact>` trains ahead of time.
+    fn recipes(_cfg: &Self::Config) -> Vec<crate::model::recipe::ImageModelRecipe> {
+        vec![]
+    }
 }
 
 /// Where experiment files are read from, and where runs go.
@@ -62,6 +69,8 @@ pub struct RunOptions {
     pub force: bool,
     /// Independent parts (e.g. seeds) computed concurrently.
     pub jobs: usize,
+    /// Where tensors live (`--device`).
+    pub device: crate::device::DeviceChoice,
 }
 
 /// What `run` did.
@@ -88,6 +97,7 @@ pub struct Artifact {
     validate: fn(&Invocation, &Path) -> Result<Validated>,
     run: fn(&Invocation, &Path, &RunOptions) -> Result<RunOutcome>,
     report: fn(&RunDir) -> Result<Verdict>,
+    recipes: fn(&Invocation) -> Result<Vec<crate::model::recipe::ImageModelRecipe>>,
 }
 
 impl Artifact {
@@ -98,7 +108,13 @@ impl Artifact {
             validate: validate::<E>,
             run: run::<E>,
             report: report::<E>,
+            recipes: |inv| Ok(E::recipes(&resolve::<E>(inv)?.config)),
         }
+    }
+
+    /// The image models the artifact's resolved configuration trains.
+    pub fn recipes(&self, inv: &Invocation) -> Result<Vec<crate::model::recipe::ImageModelRecipe>> {
+        (self.recipes)(inv)
     }
 
     pub fn validate(&self, inv: &Invocation, runs_root: &Path) -> Result<Validated> {
@@ -118,6 +134,7 @@ impl Artifact {
 pub const ARTIFACTS: &[Artifact] = &[
     Artifact::of::<au_fig3::AuFig3>(),
     Artifact::of::<gu_fig2::GuFig2>(),
+    Artifact::of::<mini_model::MiniModel>(),
 ];
 
 pub fn find(name: &str) -> Result<&'static Artifact> {
@@ -181,7 +198,7 @@ fn run<E: Experiment>(inv: &Invocation, runs_root: &Path, opts: &RunOptions) -> 
     }
     let t0 = Instant::now();
     dir.write("config.resolved.toml", r.toml.as_bytes())?;
-    let mut manifest = Manifest::new(&r.artifact, &r.scale, &r.hash, "cpu");
+    let mut manifest = Manifest::new(&r.artifact, &r.scale, &r.hash, &opts.device.label());
     manifest.jobs = opts.jobs;
     dir.write_manifest(&manifest)?;
     dir.log(&format!(

@@ -189,6 +189,16 @@ impl ModelCache {
                 .sha256
                 .insert(file.to_string(), sha256_file(&path)?);
         }
+        // The loss trace outlives the checkpoints: reports plot it, and a test replays the
+        // recipe's first steps against it.
+        let trace = checkpoint.join(super::trainer::TRACE_FILE);
+        if trace.exists() {
+            let kept = dir.join(super::trainer::TRACE_FILE);
+            fs::rename(&trace, &kept).map_err(|e| Error::io(&kept, e))?;
+            manifest
+                .sha256
+                .insert(super::trainer::TRACE_FILE.to_string(), sha256_file(&kept)?);
+        }
         manifest.status = Status::Finished;
         manifest.finished_unix = Some(unix_now());
         manifest.steps = Some(outcome.steps);

@@ -62,7 +62,12 @@ impl CustomOp1 for Im2Col {
         Ok((out, Shape::from((n, c * self.k * self.k, ho * wo))))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         let (_, c, h, w) = arg.dims4()?;
         let op = Col2Im {
             c,
@@ -102,7 +107,12 @@ impl CustomOp1 for Col2Im {
         Ok((out, Shape::from(dims)))
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         let op = Im2Col {
             k: self.k,
             stride: self.stride,
@@ -181,12 +191,28 @@ mod tests {
         let v: Vec<f64> = (0..n as u64)
             .map(|i| (((i + 1) * (seed * 2 + 7919) % 1009) as f64) / 504.5 - 1.0)
             .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+        Tensor::from_vec(v, shape, &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
     }
 
     fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_dtype(DType::F64).unwrap();
-        let m = b.abs().unwrap().max_all().unwrap().to_dtype(DType::F64).unwrap();
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        let m = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
         d.to_scalar::<f64>().unwrap() / m.to_scalar::<f64>().unwrap()
     }
 
@@ -210,7 +236,12 @@ mod tests {
             assert!(max_rel(&ours, &theirs) < 1e-12, "forward k{k} s{s} p{p}");
             let g = data(ours.dims(), 4, DType::F64);
             let go = (&ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
-            let gt = (&theirs * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let gt = (&theirs * &g)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             for (name, v) in [("x", &x), ("w", &w), ("b", &b)] {
                 let a = go.get(v).unwrap();
                 let e = gt.get(v).unwrap();

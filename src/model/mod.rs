@@ -6,16 +6,20 @@
 pub mod cache;
 pub mod conv;
 pub mod gmm;
+pub mod loader;
 pub mod network;
+pub mod norm;
 pub mod optim;
 pub mod params;
+pub mod recipe;
 pub mod toy_mlp;
 pub mod train;
 pub mod trainer;
 pub mod unet2d;
 
 pub use network::{
-    Bound, DropoutDenoiser, LastLayerModel, LastLayerNetwork, MaskSource, Mode, Network, Prediction,
+    Bound, DropoutDenoiser, LastLayerModel, LastLayerNetwork, MaskSource, Mode, Network,
+    Prediction, StreamMasks,
 };
 
 use candle_core::Tensor;

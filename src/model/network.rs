@@ -24,6 +24,7 @@ use candle_core::Tensor;
 use crate::error::{Error, Result};
 use crate::sampler::flow::VelocityField;
 use crate::schedule::NoiseSchedule;
+use crate::seed::Purpose;
 
 use super::Denoiser;
 
@@ -46,6 +47,51 @@ pub enum Prediction {
 /// Supplies dropout keep-masks: 1 with probability 1 − p, else 0, shaped like the activation.
 pub trait MaskSource {
     fn keep_mask(&mut self, like: &Tensor, p: f64) -> candle_core::Result<Tensor>;
+}
+
+/// Keep-masks from the seed streams: layer ℓ of pass m at sampler step s draws, for sample b,
+/// uniforms from `purpose.sub("pass-m/layer-ℓ")`, stream b, step s.
+pub struct StreamMasks<'a> {
+    pub purpose: Purpose,
+    pub indices: &'a [u64],
+    pub step: u32,
+    pub pass: usize,
+    layer: usize,
+}
+
+impl<'a> StreamMasks<'a> {
+    pub fn new(purpose: Purpose, indices: &'a [u64], step: u32, pass: usize) -> Self {
+        Self {
+            purpose,
+            indices,
+            step,
+            pass,
+            layer: 0,
+        }
+    }
+}
+
+impl MaskSource for StreamMasks<'_> {
+    fn keep_mask(&mut self, like: &Tensor, p: f64) -> candle_core::Result<Tensor> {
+        let dims = like.dims();
+        let b = self.indices.len();
+        if dims.first() != Some(&b) {
+            candle_core::bail!(
+                "dropout mask for shape {dims:?}: leading axis must be the batch {b}"
+            );
+        }
+        let f = like.elem_count() / b;
+        let fam = self
+            .purpose
+            .sub(&format!("pass-{}/layer-{}", self.pass, self.layer));
+        self.layer += 1;
+        let u = fam.uniforms(self.indices, Some(self.step), f, 0.0, 1.0);
+        let keep: Vec<f32> = u
+            .iter()
+            .map(|&v| f32::from(u8::from(f64::from(v) >= p)))
+            .collect();
+        Tensor::from_vec(keep, dims, like.device())?.to_dtype(like.dtype())
+    }
 }
 
 /// How a forward pass runs.

@@ -22,9 +22,10 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use super::conv::Conv2d;
+use super::norm::GroupNorm;
 
 use super::network::{LastLayerNetwork, Mode, Network, Prediction};
 use super::params::ParamSource;
@@ -469,9 +470,26 @@ pub struct UNet2D {
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
     name: String,
+    prediction: Prediction,
+    /// Network time = time_scale · t (1000 for a flow model whose t lies in [0, 1]).
+    time_scale: f64,
 }
 
 impl UNet2D {
+    /// Declare what the output means (a diffusers UNet2DModel checkpoint is an ε-model; diffuq's
+    /// flow-matching models predict a velocity).
+    pub fn with_prediction(mut self, prediction: Prediction) -> Self {
+        self.prediction = prediction;
+        self
+    }
+
+    /// Feed the sinusoid time_scale · t (flow models take t ∈ [0, 1]; the embedding's
+    /// frequencies are made for DDPM's 0..1000).
+    pub fn with_time_scale(mut self, scale: f64) -> Self {
+        self.time_scale = scale;
+        self
+    }
+
     /// Build the network from `config` with parameters from `vb` (a checkpoint or a fresh,
     /// seeded initialisation: see [`ParamSource`]).
     pub fn new(config: &UNet2DConfig, vb: VarBuilder, name: impl Into<String>) -> Result<Self> {
@@ -640,6 +658,8 @@ impl UNet2D {
             conv_norm_out,
             conv_out,
             name,
+            prediction: Prediction::Epsilon,
+            time_scale: 1.0,
         })
     }
 
@@ -713,7 +733,7 @@ impl UNet2D {
             .collect();
         let mut out = Vec::with_capacity(n * dim);
         for i in 0..n {
-            let ti = if t.len() == 1 { t[0] } else { t[i] } as f32;
+            let ti = (self.time_scale * if t.len() == 1 { t[0] } else { t[i] }) as f32;
             let phase: Vec<f32> = freqs.iter().map(|f| ti * f).collect();
             let sin = phase.iter().map(|&p| (f64::from(p)).sin() as f32);
             let cos = phase.iter().map(|&p| (f64::from(p)).cos() as f32);
@@ -806,7 +826,7 @@ impl UNet2D {
 
 impl Network for UNet2D {
     fn prediction(&self) -> Prediction {
-        Prediction::Epsilon
+        self.prediction
     }
 
     fn forward(

@@ -93,6 +93,22 @@ impl NoiseSource for StreamNoise<'_> {
     }
 }
 
+/// [`StreamNoise`] in the shape of an image batch (B, C, H, W): the same numbers, reshaped.
+pub struct ImageNoise<'a> {
+    pub inner: StreamNoise<'a>,
+    /// (C, H, W) of one sample; C·H·W = `inner.dim`.
+    pub shape: (usize, usize, usize),
+}
+
+impl NoiseSource for ImageNoise<'_> {
+    fn noise(&self, step: u32) -> candle_core::Result<Tensor> {
+        let (c, h, w) = self.shape;
+        self.inner
+            .noise(step)?
+            .reshape((self.inner.indices.len(), c, h, w))
+    }
+}
+
 /// What an observer sees at every step: the state x_t, the timestep, the model's ε and the
 /// implied x̂₀ = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t.
 pub struct StepView<'a> {

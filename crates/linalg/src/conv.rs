@@ -100,22 +100,42 @@ fn col2im<T: Copy + Default + Send + Sync + std::ops::AddAssign>(
 }
 
 /// cols (N, C·k·k, Ho·Wo) of x (N, C, H, W), zero padding `pad`.
-pub fn im2col_f32(src: &[f32], nchw: (usize, usize, usize, usize), ksp: (usize, usize, usize), out: &mut [f32]) {
+pub fn im2col_f32(
+    src: &[f32],
+    nchw: (usize, usize, usize, usize),
+    ksp: (usize, usize, usize),
+    out: &mut [f32],
+) {
     im2col(src, nchw, ksp, out)
 }
 
 /// f64 version of [`im2col_f32`].
-pub fn im2col_f64(src: &[f64], nchw: (usize, usize, usize, usize), ksp: (usize, usize, usize), out: &mut [f64]) {
+pub fn im2col_f64(
+    src: &[f64],
+    nchw: (usize, usize, usize, usize),
+    ksp: (usize, usize, usize),
+    out: &mut [f64],
+) {
     im2col(src, nchw, ksp, out)
 }
 
 /// The adjoint of [`im2col_f32`]: sums every column entry back onto the pixel it was read from.
-pub fn col2im_f32(cols: &[f32], nchw: (usize, usize, usize, usize), ksp: (usize, usize, usize), out: &mut [f32]) {
+pub fn col2im_f32(
+    cols: &[f32],
+    nchw: (usize, usize, usize, usize),
+    ksp: (usize, usize, usize),
+    out: &mut [f32],
+) {
     col2im(cols, nchw, ksp, out)
 }
 
 /// f64 version of [`col2im_f32`].
-pub fn col2im_f64(cols: &[f64], nchw: (usize, usize, usize, usize), ksp: (usize, usize, usize), out: &mut [f64]) {
+pub fn col2im_f64(
+    cols: &[f64],
+    nchw: (usize, usize, usize, usize),
+    ksp: (usize, usize, usize),
+    out: &mut [f64],
+) {
     col2im(cols, nchw, ksp, out)
 }
 

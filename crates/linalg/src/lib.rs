@@ -10,6 +10,7 @@
 //! thread.
 
 pub mod conv;
+pub mod norm;
 
 use faer::{linalg::matmul::matmul, Accum, Mat, MatMut, MatRef, Par, Side};
 
