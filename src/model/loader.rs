@@ -41,7 +41,7 @@ pub fn load_network(path: &Path, device: &Device) -> Result<Box<dyn Network>> {
         })?;
         let parent = dir.parent().unwrap_or(Path::new("."));
         let cache = ModelCache::new(parent);
-        let model = cache.lookup(&recipe)?.ok_or_else(|| {
+        let model = cache.lookup(&recipe.cache_identity())?.ok_or_else(|| {
             Error::invalid(
                 format!("model directory {}", dir.display()),
                 "is not a finished diffuq model (its manifest or key does not match recipe.json)",

@@ -147,6 +147,15 @@ impl ImageModelRecipe {
         self.train.validate()
     }
 
+    /// The recipe as the model cache keys it: everything that can change the weights. How often
+    /// checkpoints are written cannot (a training resumes bit for bit with any frequency), so
+    /// it is left out and a different `checkpoint_every` finds the same model.
+    pub fn cache_identity(&self) -> Self {
+        let mut r = self.clone();
+        r.train.checkpoint_every = 0;
+        r
+    }
+
     /// What the trained network outputs.
     pub fn prediction(&self) -> Prediction {
         match self.objective {
@@ -309,7 +318,7 @@ pub fn train_or_load(
     mut progress: impl FnMut(&TraceRow),
 ) -> Result<CachedModel> {
     recipe.validate()?;
-    cache.train_or_load(recipe, force, |ckpt| {
+    cache.train_or_load(&recipe.cache_identity(), force, |ckpt| {
         let dir = fashion_mnist_or_fetch(data_dir)?;
         let (data, labels) = training_data(&recipe.data, &dir, device)?;
         let varmap = VarMap::new();
