@@ -1,7 +1,8 @@
 """Golden values for diffuq's `compat = "gu-release"` entropy (src/uq/gu.rs).
 
 Re-computes, with NumPy, the arithmetic that GU's released `semantic_likelihood.py` applies to its
-N x M x D float16 CLIP features (seed-repos.md §2.5; written from that description, not copied):
+N x M x D float16 CLIP features (docs/released-code.md §2.5; written from that description, not
+copied):
   v = clip(mean_m(c**2) - mean_m(c)**2, 0)        float16 arrays (numpy means of float16)
   H = 0.5 * sum_d log(v + gamma) + 0.5 * D * (log(2 pi) + 1),   gamma = 1e-3, float16 throughout
 Features: N = 24 samples, M = 6 (MAP + 5 draws), D = 512, float16, drawn from a seeded generator

@@ -8,9 +8,9 @@ An independent NumPy/SciPy computation written from the formulas (not from diffu
   realism       R(g) = max over kept i of r_i / (d(g, r_i) + eps), kept = r_i <= np.percentile(r, 50)
                 (or all); 'paper': Euclidean, pruned, eps 0; 'noprune': Euclidean, unpruned, eps 0;
                 'kynkaat': squared distances, pruned, eps 1e-5; 'gu': squared, unpruned, eps 1e-5
-                (Kynkaanniemi et al. 2019, Sec. 5; released variants per seed-repos.md §2.6)
+                (Kynkaanniemi et al. 2019, Sec. 5; released variants per docs/released-code.md §2.6)
   rarity        min { r_i : d(g, r_i) < r_i }, +inf when in no ball (Han et al. 2023; GU App. D)
-  sparsification (mono-uncertainty's compute_aucs convention, seed-repos.md §1.6):
+  sparsification (mono-uncertainty's compute_aucs convention, docs/released-code.md §1.6):
                 for p = 0, 2, ..., 98: keep -u >= np.percentile(-u, p), RMSE of kept; append 0;
                 oracle the same with -err**2; x = 0, 0.02, ..., 1; np.trapz;
                 AUSE = trapz(method) - trapz(oracle); AURG = RMSE_all - trapz(method).

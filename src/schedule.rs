@@ -2,8 +2,9 @@
 //!
 //! β schedule → α_t = 1 − β_t → ᾱ_t = ∏_{s≤t} α_s (Ho et al. 2020, Eq. 4: q(x_t|x_0) =
 //! N(√ᾱ_t x_0, (1 − ᾱ_t) I)). Schedules and timestep spacings follow diffusers' definitions, with
-//! the cosine schedule computed in real arithmetic (candle-transformers' integer-division version
-//! keeps ᾱ at 1 until the last step; see ../shared/reference/rust-stack.md).
+//! the cosine schedule computed in real arithmetic: candle-transformers 0.11's `SquaredcosCapV2`
+//! (`betas_for_alpha_bar` in its stable-diffusion schedulers) forms the times i/T and (i+1)/T by
+//! integer division, so every β but the last is 0 and ᾱ stays 1 until the last step.
 
 use serde::{Deserialize, Serialize};
 

@@ -9,10 +9,11 @@
 //! the image a filter keeps first; GU (Sec. 4.2 and App. C.5) keeps the **lowest** generative
 //! uncertainty, the **highest** realism and the **lowest** rarity. The combined rank is the rank
 //! of r_a + r_b, and a filter keeps the images with the smallest combined rank. GU's code does not
-//! contain this step (seed-repos.md §2.6), so the tie rule is ours: **average ranks** at both stages
-//! (scipy's default), which makes the result independent of sample order. Ties matter for rarity,
-//! whose undefined values (+∞, outside every real k-NN ball, as GU sets them) all share the worst
-//! rank. [`best_indices`] breaks remaining ties of the combined rank by sample index.
+//! contain this step (docs/released-code.md §2.6), so the tie rule is ours: **average ranks** at
+//! both stages (scipy's default), which makes the result independent of sample order. Ties matter
+//! for rarity, whose undefined values (+∞, outside every real k-NN ball, as GU sets them) all
+//! share the worst rank. [`best_indices`] breaks remaining ties of the combined rank by sample
+//! index.
 //!
 //! Every function here depends on the scores only through their order, so a strictly increasing
 //! transform of either score leaves its output unchanged (property-tested).

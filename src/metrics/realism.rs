@@ -26,8 +26,9 @@
 //! - [`RealismOptions::paper`] (default): Euclidean distances, 50 % pruning, eps = 0.
 //! - [`RealismOptions::kynkaat_release`]: `kynkaat/improved-precision-and-recall-metric` computes
 //!   the ratio of **squared** distances with eps = 1e-5 and prunes at the 50th percentile.
-//! - [`RealismOptions::gu_release`]: GU's `eval/precision_recall_torch.py` (seed-repos.md §2.6):
-//!   squared distances, eps = 1e-5, **no** pruning (`clamp_to_percentile=None`).
+//! - [`RealismOptions::gu_release`]: GU's `eval/precision_recall_torch.py`
+//!   (docs/released-code.md §2.6): squared distances, eps = 1e-5, **no** pruning
+//!   (`clamp_to_percentile=None`).
 //!
 //! Squaring is monotone, so with eps = 0 the squared and Euclidean scores rank samples identically
 //! (the squared score is the square of the Euclidean one); eps only matters for near-coincident

@@ -15,10 +15,11 @@
 //!   code (higher is better).
 //!
 //! **Threshold convention** (matched exactly): as `mattpoggi/mono-uncertainty`'s `compute_aucs`,
-//! which AU's `diffusion_uncertainty/metrics/ause.py` copies (seed-repos.md §1.6), the values kept at
-//! percentage p = 100·t/I are those with −u ≥ `numpy.percentile(−u, p)` (linear interpolation),
-//! **ties included**: a tie group at the threshold is kept whole, so with tied uncertainties more
-//! than the nominal share can remain (a constant u keeps everything: a flat curve at RMSE_all).
+//! which AU's `diffusion_uncertainty/metrics/ause.py` copies (docs/released-code.md §1.6), the
+//! values kept at percentage p = 100·t/I are those with −u ≥ `numpy.percentile(−u, p)` (linear
+//! interpolation), **ties included**: a tie group at the threshold is kept whole, so with tied
+//! uncertainties more than the nominal share can remain (a constant u keeps everything: a flat
+//! curve at RMSE_all).
 //! The oracle uses the same rule on −e². [`rank::percentile_sorted`](super::rank::percentile_sorted)
 //! reproduces NumPy's arithmetic, so the kept sets are NumPy's. Consequence: if the errors are
 //! pairwise distinct, the oracle keeps at most as many values as the method at every fraction and
@@ -30,7 +31,7 @@
 //! pools all pixels of all images); [`sparsification_per_image`] computes the curves of each image
 //! separately and averages AUSE and AURG over images.
 //!
-//! **Released-code bugs** (seed-repos.md §1.6), not reproduced by default:
+//! **Released-code bugs** (docs/released-code.md §1.6), not reproduced by default:
 //! - (a) scale mismatch — gt in [0, 1] against the uint8 reconstruction in [0, 255]. This is a
 //!   property of the error the caller passes (e = x̂·255 − x in the release), not of the metric;
 //!   not built in.

@@ -1,5 +1,5 @@
 //! The `[sampler]` table of an experiment: which sampler, on which grid, with which conventions —
-//! every convention that moves numbers is a key (see ../shared/reference/seed-repos.md §4).
+//! every convention that moves numbers is a key (see docs/released-code.md §4).
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};

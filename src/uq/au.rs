@@ -13,9 +13,9 @@
 //! M·D numbers per sample, so U does not depend on batching.
 //!
 //! Conventions (config keys): `ddof` of the variance about the sample mean (the paper's Var; 1 =
-//! unbiased). `compat = "au-release"` reproduces the released code (seed-repos.md §1.3): x̂₀ is
-//! clipped to [−c, c] when `clip_sample` is set, and U = (1/M) Σ_m (ε_m − ε)², centred on the
-//! original prediction ε rather than on the mean of the ε_m, divided by M.
+//! unbiased). `compat = "au-release"` reproduces the released code (docs/released-code.md §1.3):
+//! x̂₀ is clipped to [−c, c] when `clip_sample` is set, and U = (1/M) Σ_m (ε_m − ε)², centred on
+//! the original prediction ε rather than on the mean of the ε_m, divided by M.
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};

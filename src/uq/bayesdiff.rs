@@ -1,6 +1,6 @@
 //! BayesDiff (Kou et al. 2024): pixel-wise variance propagation of E[x], Var[x] and Cov[x, ε]
 //! through the sampler, with a last-layer Laplace posterior giving ε's mean and variance at any
-//! point ([`Llla`]); as the GU paper's baseline (seed-repos.md §3.3).
+//! point ([`Llla`]); as the GU paper's baseline (docs/released-code.md §3.3).
 //!
 //! DDIM (η = 0) from t to the next grid point s, a = ᾱ_s/ᾱ_t, c = σ_s − √a σ_t:
 //!
@@ -30,7 +30,7 @@
 //! B = −c₀ √(1−ᾱ_t)/√ᾱ_t (c₀, c_t the posterior-mean coefficients of Ho et al. Eq. 7), so
 //! E[x_{t'}] = A E[x_t] + B E[ε] and Var[x_{t'}] = A² Var + 2AB Cov + B² Var[ε] + σ². The released
 //! `ddpm_skipUQ.py` gets this wrong (its E never moves and Var is scaled by (1−β)^{−½} instead of
-//! (1−β)^{−1}, seed-repos.md §3.3); diffuq offers only the correct recursion.
+//! (1−β)^{−1}, docs/released-code.md §3.3); diffuq offers only the correct recursion.
 //!
 //! NFE: every network evaluation is counted per sample (`nfe`). `nfe_release` is the count the
 //! released loops make for the same run: they also evaluate the model after the last step (DDIM,
@@ -516,7 +516,7 @@ mod tests {
 
     #[test]
     fn nfe_matches_bayesdiffs_count_for_its_defaults() {
-        // seed-repos.md §3.3: DDIM 50 steps, M = 10, every 5th step: 1 + 9×11 + 40 = 140;
+        // docs/released-code.md §3.3: DDIM 50 steps, M = 10, every 5th step: 1 + 9×11 + 40 = 140;
         // DPM-Solver-2 with 25 steps (its "50"): 2 + 25 + 4×(2·10+1) + 21 = 132. diffuq makes 139 and
         // 130 evaluations (no evaluation after the last step, no repeated first midpoint).
         let post = posterior(0.5, 0.0, 0.01, 0.01);

@@ -28,7 +28,7 @@ pub enum GuCompat {
     Paper,
     /// The released `semantic_likelihood.py`: float16 features, E[c²] − E[c]² in float16 (with
     /// its cancellation, clipped at 0), log and sum in float16 — H lands on a grid of ≈ 1 and
-    /// ties are frequent (seed-repos.md §2.5). [`release_entropy_f16`].
+    /// ties are frequent (docs/released-code.md §2.5). [`release_entropy_f16`].
     GuRelease,
 }
 
@@ -81,7 +81,7 @@ fn mean_f16(col: &[f32]) -> f32 {
 }
 
 /// GU's released entropy of one sample's M × D features (row-major), reproducing its float16
-/// arithmetic (seed-repos.md §2.5) with γ added in float16:
+/// arithmetic (docs/released-code.md §2.5) with γ added in float16:
 /// v = clip(mean(c²) − mean(c)², 0); H = ½ Σ_d log(v + γ) + ½ D (log 2π + 1).
 pub fn release_entropy_f16(features: &[f32], members: usize, dim: usize, gamma: f64) -> f64 {
     let c: Vec<f32> = features.iter().map(|&v| h(v)).collect();

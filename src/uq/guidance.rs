@@ -13,7 +13,7 @@
 //!
 //! # Paper vs released code (every choice is a config key)
 //!
-//! | choice | paper (default) | released code (seed-repos.md §1.5) |
+//! | choice | paper (default) | released code (docs/released-code.md §1.5) |
 //! |---|---|---|
 //! | `sign` | `ascent`: ε + λ·∂U/∂ε ("gradient ascent", Sec. 3.6) | SD path: ascent as well; the class-conditional path parses a direction flag and ignores it |
 //! | `batch` | `per-image`: U_b = Σ_pixels U_t of image b | `batch-mean`: U = mean over the batch, so the gradient shrinks as 1/B |

@@ -12,8 +12,8 @@
 //!
 //! and the diagonal empirical Fisher H = c · Σ_n g_n ⊙ g_n. laplace-torch differentiates the
 //! summed MSE ‖r‖² and halves the square: ½ (2 g_n)² = 2 g_n², so its H has c = 2 — twice the
-//! textbook EF (c = 1); GU and BayesDiff inherit it (seed-repos.md §2.3, §3.2). c is the key
-//! `laplace.ef_scale`. The posterior is N(θ_MAP, diag(1/(H/σ² + λ))) with observation noise σ
+//! textbook EF (c = 1); GU and BayesDiff inherit it (docs/released-code.md §2.3, §3.2). c is the
+//! key `laplace.ef_scale`. The posterior is N(θ_MAP, diag(1/(H/σ² + λ))) with observation noise σ
 //! (`laplace.sigma`) and prior precision λ (`laplace.prior_precision`); GU/BayesDiff use σ = λ = 1.
 //!
 //! Because the last layer is linear, the predictive under this posterior is Gaussian in closed

@@ -1,6 +1,6 @@
 //! MC-Dropout baseline (Gal & Ghahramani 2016), as AU compares against it (AU Tables 1–2; the
-//! released `scheduling_ddim_mc_dropout.py`, seed-repos.md §1.3): at step t, evaluate the same x_t
-//! M times with dropout active and take the per-pixel variance of the M predictions,
+//! released `scheduling_ddim_mc_dropout.py`, docs/released-code.md §1.3): at step t, evaluate the
+//! same x_t M times with dropout active and take the per-pixel variance of the M predictions,
 //!
 //!   U_t^drop = Var_m[ε_θ^{(m)}(x_t, t)],   θ^{(m)} = θ with an independent dropout mask,
 //!
