@@ -26,6 +26,15 @@ gu-fig2 scale="mini" *overrides:
 au-fig3 scale="mini" *overrides:
     cargo run --quiet --locked -- run au-fig3 --scale {{scale}} {{overrides}}
 
+# The mini image model (trained or taken from models/ / the model cache), its samples and FID vs the
+# real-data floor: `just mini-model`, `just mini-model smoke`.
+mini-model scale="mini" *overrides:
+    cargo run --quiet --locked -- run mini-model --scale {{scale}} {{overrides}}
+
+# Train (or find) the image models an artifact uses, ahead of its run: `just train mini-model`.
+train artifact scale="mini" *overrides:
+    cargo run --quiet --locked -- train {{artifact}} --scale {{scale}} {{overrides}}
+
 # Resolve and check an artifact's configuration without computing.
 validate artifact scale="mini" *overrides:
     cargo run --quiet --locked -- validate {{artifact}} --scale {{scale}} {{overrides}}

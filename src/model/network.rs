@@ -161,7 +161,7 @@ pub trait LastLayerNetwork: Send + Sync {
         mode: &mut Mode<'_>,
     ) -> candle_core::Result<Tensor>;
     /// Weight (O, F) and bias (O,).
-    fn last_layer(&self) -> (Tensor, Option<Tensor>);
+    fn last_layer(&self) -> candle_core::Result<(Tensor, Option<Tensor>)>;
     /// (N, P, O) last-layer outputs → the network's raw output layout (N, …).
     fn assemble(&self, out: &Tensor) -> candle_core::Result<Tensor>;
     /// A target in the raw output layout (N, …) → (N, P, O).
@@ -344,11 +344,10 @@ impl LastLayerModel for Bound<'_> {
         ll.features(x_t, t, y.as_ref(), &mut Mode::Eval)
     }
     fn last_layer(&self) -> candle_core::Result<(Tensor, Option<Tensor>)> {
-        Ok(self
-            .net
+        self.net
             .last_layer()
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?
-            .last_layer())
+            .last_layer()
     }
     fn assemble(&self, out: &Tensor) -> candle_core::Result<Tensor> {
         self.net
@@ -455,5 +454,64 @@ mod tests {
                 approx::assert_relative_eq!(*a, *b, max_relative = 1e-12);
             }
         }
+    }
+
+    #[test]
+    fn toy_models_keep_their_numbers_on_the_network_layer() {
+        // The analytic oracle and a toy-ensemble member seen through Bound give exactly what
+        // their own Denoiser / last-layer code gives (gu-fig2 and au-fig3 snapshots rely on it).
+        let s = NoiseSchedule::new(ScheduleKind::Linear, 1e-4, 0.02, 1000);
+        let g = GaussianMixture::new(
+            vec![Component {
+                weight: 1.0,
+                mean: vec![0.5, -0.5],
+                std: 0.2,
+            }],
+            s.clone(),
+        )
+        .unwrap();
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[0.1f64, 0.2], [-1.0, 2.0]], &dev).unwrap();
+        let a = Bound::new(&g).eps(&x, 321.0).unwrap();
+        let b = g.eps(&x, 321.0).unwrap();
+        assert_eq!(a.to_vec2::<f64>().unwrap(), b.to_vec2::<f64>().unwrap());
+        // Per-item times: row by row.
+        let per = Network::forward(&g, &x, &[10.0, 900.0], None, &mut Mode::Eval).unwrap();
+        let r1 = g.eps(&x.narrow(0, 1, 1).unwrap(), 900.0).unwrap();
+        assert_eq!(
+            per.get(1).unwrap().to_vec1::<f64>().unwrap(),
+            r1.get(0).unwrap().to_vec1::<f64>().unwrap()
+        );
+
+        let spec = crate::model::toy_mlp::MlpSpec {
+            data_dim: 2,
+            hidden: 8,
+            layers: 1,
+            time_dim: 4,
+            fourier_features: 0,
+            fourier_scale: 1.0,
+            members: 2,
+        };
+        let ens = crate::model::toy_mlp::EnsembleMlp::init(spec, 100, &SeedStreams::new(1), &dev)
+            .unwrap();
+        let member = crate::model::toy_mlp::Member {
+            net: &ens,
+            index: 1,
+        };
+        let xf = x.to_dtype(DType::F32).unwrap();
+        let via = Bound::new(&member).eps(&xf, 7.0).unwrap();
+        let stacked = Tensor::stack(&[&xf, &xf], 0).unwrap();
+        let own = ens.eps(&stacked, 7.0).unwrap().get(1).unwrap();
+        let d = (via - own)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-6, "{d}");
+        assert!(Bound::new(&member).as_last_layer().is_some());
+        assert!(Bound::new(&g).as_last_layer().is_none());
     }
 }

@@ -269,6 +269,69 @@ impl Denoiser for EnsembleMlp {
     }
 }
 
+/// One ensemble member as a [`super::Network`] on inputs (N, D): W φ(x, t) + b through its
+/// last layer, which it exposes (the gu-fig2 Laplace variant fits a posterior over it).
+impl super::Network for Member<'_> {
+    fn prediction(&self) -> super::Prediction {
+        super::Prediction::Epsilon
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        t: &[f64],
+        labels: Option<&Tensor>,
+        mode: &mut super::Mode<'_>,
+    ) -> candle_core::Result<Tensor> {
+        use super::LastLayerNetwork;
+        let phi = LastLayerNetwork::features(self, x, t, labels, mode)?;
+        let (w, b) = super::LastLayerModel::last_layer(self)?;
+        let mut out = phi.broadcast_matmul(&w.to_dtype(phi.dtype())?.t()?)?;
+        if let Some(b) = b {
+            out = out.broadcast_add(&b.to_dtype(phi.dtype())?)?;
+        }
+        out.squeeze(1)
+    }
+
+    fn last_layer(&self) -> crate::Result<&dyn super::LastLayerNetwork> {
+        Ok(self)
+    }
+
+    fn name(&self) -> &str {
+        "toy-mlp-member"
+    }
+}
+
+impl super::LastLayerNetwork for Member<'_> {
+    fn features(
+        &self,
+        x: &Tensor,
+        t: &[f64],
+        labels: Option<&Tensor>,
+        _mode: &mut super::Mode<'_>,
+    ) -> candle_core::Result<Tensor> {
+        if labels.is_some() {
+            candle_core::bail!("the toy MLP is unconditional; labels were given");
+        }
+        let n = x.dim(0)?;
+        let t: Vec<f64> = if t.len() == 1 {
+            vec![t[0]; n]
+        } else {
+            t.to_vec()
+        };
+        super::LastLayerModel::features(self, x, &t)
+    }
+    fn last_layer(&self) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        super::LastLayerModel::last_layer(self)
+    }
+    fn assemble(&self, out: &Tensor) -> candle_core::Result<Tensor> {
+        super::LastLayerModel::assemble(self, out)
+    }
+    fn disassemble(&self, target: &Tensor) -> candle_core::Result<Tensor> {
+        super::LastLayerModel::disassemble(self, target)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -879,13 +879,13 @@ impl LastLayerNetwork for UNet2D {
             .contiguous()
     }
 
-    fn last_layer(&self) -> (Tensor, Option<Tensor>) {
+    fn last_layer(&self) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let w = self.conv_out.weight();
-        let o = w.dim(0).unwrap_or(0);
-        let w = w
-            .reshape((o, w.elem_count() / o.max(1)))
-            .unwrap_or_else(|_| w.clone());
-        (w, self.conv_out.bias().cloned())
+        let o = w.dim(0)?;
+        Ok((
+            w.reshape((o, w.elem_count() / o))?,
+            self.conv_out.bias().cloned(),
+        ))
     }
 
     fn assemble(&self, out: &Tensor) -> candle_core::Result<Tensor> {
