@@ -80,7 +80,7 @@ fn full_ddpm_cifar10_config_has_diffusers_tensor_names_and_shapes() {
     // UNet2DModel(**google/ddpm-cifar10-32 config): 35,746,307 parameters.
     let text = std::fs::read_to_string(golden("cifar10_full_shapes.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let cfg: UNet2DConfig = serde_json::from_value(v["config"].clone()).unwrap();
+    let cfg = UNet2DConfig::from_json(v["config"].clone(), "cifar10_full_shapes.json").unwrap();
     let dev = Device::Cpu;
     let varmap = candle_nn::VarMap::new();
     let src = ParamSource::init(diffuq::seed::SeedStreams::new(0).purpose("init"), varmap);
@@ -172,6 +172,12 @@ fn unsupported_architecture_names_the_key() {
         e.contains("down_block_types") && e.contains("CrossAttnDownBlock2D"),
         "{e}"
     );
+    v["down_block_types"][1] = "AttnDownBlock2D".into();
+    v["cross_attention_dim"] = 512.into();
+    std::fs::write(&p, v.to_string()).unwrap();
+    let e = UNet2DConfig::from_json_file(&p).unwrap_err().to_string();
+    assert!(e.contains("cross_attention_dim"), "{e}");
+    v.as_object_mut().unwrap().remove("cross_attention_dim");
     v["_class_name"] = "UNet2DConditionModel".into();
     std::fs::write(&p, v.to_string()).unwrap();
     let e = UNet2DConfig::from_json_file(&p).unwrap_err().to_string();

@@ -398,3 +398,111 @@ pub fn train_with_progress(
     pb.finish_and_clear();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Bound, Denoiser, Network};
+    use crate::sampler::flow::VelocityField;
+
+    /// A smoke recipe of either objective (the mini-model experiment's smoke profile's network).
+    fn smoke(objective: Objective, label_dropout: f64) -> ImageModelRecipe {
+        let unet: UNet2DConfig = serde_json::from_value(serde_json::json!({
+            "sample_size": 8, "in_channels": 1, "out_channels": 1,
+            "block_out_channels": [8, 16],
+            "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+            "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+            "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 8,
+            "num_class_embeds": if label_dropout > 0.0 { 11 } else { 10 }, "dropout": 0.1
+        }))
+        .unwrap();
+        ImageModelRecipe {
+            data: DataSpec {
+                dataset: "fashion-mnist".into(),
+                image_size: 8,
+                subset: 16,
+            },
+            unet,
+            objective,
+            schedule: ScheduleSpec {
+                kind: ScheduleKind::Linear,
+                beta_start: 1e-4,
+                beta_end: 0.02,
+                timesteps: 1000,
+            },
+            train: TrainSpec::new(3, 4, 1e-3),
+            label_dropout,
+            seed: 3,
+        }
+    }
+
+    #[test]
+    fn both_objectives_give_finite_losses_and_the_right_views() {
+        // Expected: a fresh network's loss is O(1) (targets have unit scale) and finite; an
+        // ε-model is a Denoiser and not a velocity field, a flow model the other way round.
+        let dev = Device::Cpu;
+        let data = Tensor::rand(-1f32, 1f32, (16, 1, 8, 8), &dev).unwrap();
+        let labels: Vec<u32> = (0..16).map(|i| i % 10).collect();
+        for (objective, p) in [(Objective::DdpmEps, 0.0), (Objective::FlowMatching, 0.5)] {
+            let r = smoke(objective, p);
+            r.validate().unwrap();
+            let vm = VarMap::new();
+            let net = init_network(&r, &vm, &dev).unwrap();
+            let streams = SeedStreams::new(r.seed);
+            let ctx = StepContext::new(&streams, 0, 4);
+            let l = step_loss(
+                &r,
+                &net,
+                &data,
+                &labels,
+                &r.schedule.build(),
+                &streams,
+                &ctx,
+            )
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+            assert!(l.is_finite() && l > 0.05 && l < 20.0, "{objective:?}: {l}");
+            assert_eq!(net.prediction(), r.prediction());
+            let x = data.narrow(0, 0, 2).unwrap();
+            let b = Bound::new(&net).with_labels(Tensor::new(&[1u32, 2], &dev).unwrap());
+            match objective {
+                Objective::DdpmEps => {
+                    assert!(b.eps(&x, 10.0).is_ok());
+                    assert!(b.velocity(&x, 0.5).is_err());
+                }
+                Objective::FlowMatching => {
+                    assert!(b.velocity(&x, 0.5).is_ok());
+                    assert!(b.eps(&x, 10.0).is_err());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn recipes_name_their_inconsistent_keys() {
+        let mut r = smoke(Objective::DdpmEps, 0.0);
+        r.label_dropout = 0.1;
+        let e = r.validate().unwrap_err().to_string();
+        assert!(e.contains("model.unet.num_class_embeds"), "{e}");
+        let mut r = smoke(Objective::DdpmEps, 0.0);
+        r.unet.sample_size = 16;
+        assert!(r
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("model.unet.sample_size"));
+        let mut r = smoke(Objective::DdpmEps, 0.0);
+        r.data.dataset = "cifar10".into();
+        assert!(r
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("model.data.dataset"));
+        // Checkpoint frequency is not part of the model's identity.
+        let a = smoke(Objective::DdpmEps, 0.0);
+        let mut b = a.clone();
+        b.train.checkpoint_every = 7;
+        assert_eq!(a.cache_identity(), b.cache_identity());
+    }
+}

@@ -31,11 +31,11 @@ use super::network::{LastLayerNetwork, Mode, Network, Prediction};
 use super::params::ParamSource;
 use crate::error::{Error, Result};
 
-/// The fields of a diffusers `UNet2DModel` config.json that diffuq implements. Keys diffusers
-/// writes that do not change the architecture (`_class_name`, `_diffusers_version`, …) are
-/// accepted and ignored; a value diffuq does not implement is an error naming the key.
+/// The fields of a diffusers `UNet2DModel` config.json (all of diffusers 0.31's). Its metadata
+/// keys (`_class_name`, `_diffusers_version`, …) are ignored; any other unknown key, and a value
+/// diffuq does not implement, is an error naming the key.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct UNet2DConfig {
     pub sample_size: usize,
     pub in_channels: usize,
@@ -124,21 +124,38 @@ impl UNet2DConfig {
     /// Read a diffusers `config.json`.
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| {
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
             Error::invalid(
                 format!("UNet2DModel config {}", path.display()),
-                format!("not a diffusers UNet2DModel config.json ({e})"),
+                format!("not JSON ({e})"),
             )
         })?;
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        if let Some(c) = v.get("_class_name").and_then(|c| c.as_str()) {
+        Self::from_json(v, &format!("UNet2DModel config {}", path.display()))
+    }
+
+    /// A config from diffusers' JSON object (`what` names its source in errors).
+    pub fn from_json(mut v: serde_json::Value, what: &str) -> Result<Self> {
+        let class = v
+            .get("_class_name")
+            .and_then(|c| c.as_str())
+            .map(String::from);
+        if let Some(c) = class {
             if c != "UNet2DModel" {
                 return Err(Error::invalid(
-                    format!("config {}", path.display()),
+                    what.to_string(),
                     format!("`_class_name` is {c:?}; diffuq reads UNet2DModel here"),
                 ));
             }
         }
+        if let Some(map) = v.as_object_mut() {
+            map.retain(|k, _| !k.starts_with('_'));
+        }
+        let cfg: Self = serde_json::from_value(v).map_err(|e| {
+            Error::invalid(
+                what.to_string(),
+                format!("not a diffusers UNet2DModel config ({e})"),
+            )
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
