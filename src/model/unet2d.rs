@@ -533,6 +533,29 @@ impl UNet2D {
             None => None,
         };
         let conv_in = conv(&vb, cfg.in_channels, c0, 3, 1, 1, "conv_in")?;
+        // Layer j of a down or up block: a resnet (cin → cout) and, in attention blocks, an
+        // attention over its output.
+        let layer = |vbb: &VarBuilder,
+                     j: usize,
+                     cin: usize,
+                     cout: usize,
+                     attn: bool|
+         -> candle_core::Result<(Resnet, Option<Attention>)> {
+            let r = Resnet::new(&vbb.pp(format!("resnets.{j}")), cin, cout, temb, cfg, 1.0)?;
+            let a = if attn {
+                Some(Attention::new(
+                    &vbb.pp(format!("attentions.{j}")),
+                    cout,
+                    head_dim(cout),
+                    Some(groups),
+                    eps,
+                    1.0,
+                )?)
+            } else {
+                None
+            };
+            Ok((r, a))
+        };
         let n = boc.len();
         let mut down = vec![];
         let mut out_c = c0;
@@ -545,24 +568,9 @@ impl UNet2D {
             let mut attentions = vec![];
             for j in 0..cfg.layers_per_block {
                 let cin = if j == 0 { in_c } else { out_c };
-                resnets.push(Resnet::new(
-                    &vbb.pp(format!("resnets.{j}")),
-                    cin,
-                    out_c,
-                    temb,
-                    cfg,
-                    1.0,
-                )?);
-                if attn {
-                    attentions.push(Attention::new(
-                        &vbb.pp(format!("attentions.{j}")),
-                        out_c,
-                        head_dim(out_c),
-                        Some(groups),
-                        eps,
-                        1.0,
-                    )?);
-                }
+                let (r, a) = layer(&vbb, j, cin, out_c, attn)?;
+                resnets.push(r);
+                attentions.extend(a);
             }
             let downsample = if i + 1 < n {
                 let pad = cfg.downsample_padding;
@@ -620,24 +628,9 @@ impl UNet2D {
             for j in 0..layers {
                 let skip_c = if j == layers - 1 { in_c } else { out_c };
                 let cin = if j == 0 { prev_c } else { out_c };
-                resnets.push(Resnet::new(
-                    &vbb.pp(format!("resnets.{j}")),
-                    cin + skip_c,
-                    out_c,
-                    temb,
-                    cfg,
-                    1.0,
-                )?);
-                if attn {
-                    attentions.push(Attention::new(
-                        &vbb.pp(format!("attentions.{j}")),
-                        out_c,
-                        head_dim(out_c),
-                        Some(groups),
-                        eps,
-                        1.0,
-                    )?);
-                }
+                let (r, a) = layer(&vbb, j, cin + skip_c, out_c, attn)?;
+                resnets.push(r);
+                attentions.extend(a);
             }
             let upsample = if i + 1 < n {
                 Some(conv(
