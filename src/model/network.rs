@@ -334,32 +334,28 @@ impl VelocityField for Bound<'_> {
     }
 }
 
+impl Bound<'_> {
+    /// The network's last layer, its absence as a tensor-op error (the trait's error type).
+    fn ll(&self) -> candle_core::Result<&dyn LastLayerNetwork> {
+        self.net
+            .last_layer()
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+}
+
 impl LastLayerModel for Bound<'_> {
     fn features(&self, x_t: &Tensor, t: &[f64]) -> candle_core::Result<Tensor> {
-        let ll = self
-            .net
-            .last_layer()
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let y = self.labels_for(x_t.dim(0)?)?;
-        ll.features(x_t, t, y.as_ref(), &mut Mode::Eval)
+        self.ll()?.features(x_t, t, y.as_ref(), &mut Mode::Eval)
     }
     fn last_layer(&self) -> candle_core::Result<(Tensor, Option<Tensor>)> {
-        self.net
-            .last_layer()
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?
-            .last_layer()
+        self.ll()?.last_layer()
     }
     fn assemble(&self, out: &Tensor) -> candle_core::Result<Tensor> {
-        self.net
-            .last_layer()
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?
-            .assemble(out)
+        self.ll()?.assemble(out)
     }
     fn disassemble(&self, target: &Tensor) -> candle_core::Result<Tensor> {
-        self.net
-            .last_layer()
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?
-            .disassemble(target)
+        self.ll()?.disassemble(target)
     }
     fn output_to_eps(&self, x_t: &Tensor, t: f64, out: Tensor) -> candle_core::Result<Tensor> {
         self.to_eps(x_t, t, out)

@@ -225,6 +225,8 @@ pub fn step_loss(
     let b = ctx.batch_size;
     let dev = data.device();
     let null = recipe.unet.num_class_embeds.map(|k| k as u32 - 1);
+    // A stream of its own, so label dropout does not shift the batch draws.
+    let label_dropout = streams.purpose("train-label-dropout");
     let y: Option<Vec<u32>> = recipe.unet.num_class_embeds.map(|_| {
         batch
             .indices
@@ -232,10 +234,7 @@ pub fn step_loss(
             .enumerate()
             .map(|(row, &i)| {
                 let keep = recipe.label_dropout == 0.0 || {
-                    // A stream of its own, so label dropout does not shift the batch draws.
-                    let mut rng = streams
-                        .purpose("train-label-dropout")
-                        .rng_at(row as u64, ctx.step as u32);
+                    let mut rng = label_dropout.rng_at(row as u64, ctx.step as u32);
                     rng.random::<f64>() >= recipe.label_dropout
                 };
                 if keep {
