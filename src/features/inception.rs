@@ -41,6 +41,7 @@ use candle_core::{DType, Device, Tensor};
 pub use crate::checkpoint::read_tensors;
 
 use crate::error::{Error, Result, TensorContext};
+use crate::model::conv::conv2d;
 
 pub use crate::fetch::FID_HELPER_ARCHIVE_SHA256;
 /// Dimension of the pool3 features.
@@ -471,16 +472,16 @@ struct FoldedConv {
 
 impl FoldedConv {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (ph, pw) = self.pad;
-        let y = if ph == pw {
-            x.conv2d(&self.weight, ph, self.stride, 1, 1)?
-        } else {
-            // candle pads both spatial dims alike; 1×7 / 7×1 kernels need (0, 3) / (3, 0).
-            x.pad_with_zeros(2, ph, ph)?
-                .pad_with_zeros(3, pw, pw)?
-                .conv2d(&self.weight, 0, self.stride, 1, 1)?
-        };
-        y.broadcast_add(&self.bias)?.relu()
+        // The fused im2col + gemm convolution of `model::conv` on the CPU (candle's conv2d was
+        // most of an embedding's time), candle's elsewhere; 1×7 / 7×1 kernels pad (0, 3) / (3, 0).
+        conv2d(
+            x,
+            &self.weight,
+            Some(&self.bias),
+            (self.stride, self.stride),
+            self.pad,
+        )?
+        .relu()
     }
 }
 
@@ -601,7 +602,7 @@ impl InceptionV3 {
             let ctx = format!("folding batch norm into `{prefix}{module}`");
             convs.push(FoldedConv {
                 weight: Tensor::from_vec(wf, (c.c_out, c.c_in, c.k.0, c.k.1), device).ctx(&ctx)?,
-                bias: Tensor::from_vec(bf, (1, c.c_out, 1, 1), device).ctx(&ctx)?,
+                bias: Tensor::from_vec(bf, c.c_out, device).ctx(&ctx)?,
                 stride: c.stride,
                 pad: c.pad,
             });
