@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use polars::df;
 use serde::{Deserialize, Serialize};
 
-use super::{Experiment, RunOptions, Verdict};
+use super::{kit, Experiment, RunOptions, Verdict};
 use crate::config::{check, Resolved, Validate, Violation};
 use crate::error::{Error, Result, TensorContext};
 use crate::model::gmm::{Component, GaussianMixture};
@@ -269,14 +269,14 @@ fn run_seed(c: &Config, seed: u64, run: &RunDir) -> Result<f64> {
     let all: Vec<u64> = (0..c.run.samples as u64).collect();
     for idx in all.chunks(c.run.batch_size) {
         let x_t = Tensor::from_vec(
-            streams.purpose("x_T").normals(idx, None, d),
+            streams.purpose(kit::streams::X_T).normals(idx, None, d),
             (idx.len(), d),
             &dev,
         )
         .and_then(|x| x.to_dtype(DType::F64))
         .ctx("x_T")?;
         let noise = StreamNoise {
-            purpose: streams.purpose("sampler-noise"),
+            purpose: streams.purpose(kit::streams::SAMPLER_NOISE),
             indices: idx,
             dim: d,
             device: &dev,
@@ -285,7 +285,7 @@ fn run_seed(c: &Config, seed: u64, run: &RunDir) -> Result<f64> {
             &g,
             &schedule,
             c.au_spec(),
-            streams.purpose("au-renoise"),
+            streams.purpose(kit::streams::AU_RENOISE),
             idx,
             StepWindow::all(steps),
         );
@@ -341,22 +341,14 @@ impl Experiment for AuFig3 {
         cfg: &Resolved<Config>,
         run: &RunDir,
         manifest: &mut Manifest,
-        _opts: &RunOptions,
+        opts: &RunOptions,
     ) -> Result<()> {
         let c = &cfg.config;
-        for &seed in &c.seeds {
-            if run.has(&format!("seeds/seed-{seed}/samples.parquet")) {
-                run.log(&format!("seed {seed}: reusing finished part"))?;
-                continue;
-            }
-            let secs = run_seed(c, seed, run)?;
-            manifest.wall_seconds.insert(format!("seed-{seed}"), secs);
-            run.write_manifest(manifest)?;
-            run.log(&format!("seed {seed}: done in {secs:.1}s"))?;
-        }
-        for part in ["stepwise", "samples"] {
-            super::stack_seed_parts(run, &c.seeds, part)?;
-        }
+        kit::PartRunner::new(run, &c.seeds, &["stepwise", "samples"]).run(
+            manifest,
+            opts.jobs,
+            |seed, _progress| run_seed(c, seed, run).map(|_| vec![]),
+        )?;
         Ok(())
     }
 

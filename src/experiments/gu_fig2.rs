@@ -17,13 +17,13 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::MultiProgress;
 use polars::df;
 use polars::prelude::DataFrame;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{Experiment, RunOptions, Verdict};
+use super::{kit, Experiment, RunOptions, Verdict};
 use crate::config::{check, Resolved, Validate, Violation};
 use crate::data::toy_grid::ToyGrid;
 use crate::error::{Error, Result, TensorContext};
@@ -373,19 +373,6 @@ const SETS: [&str; 6] = [
     "laplace: kept",
 ];
 
-fn bar(progress: &MultiProgress, len: usize, what: &str) -> ProgressBar {
-    let pb = progress.add(ProgressBar::new(len as u64));
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>18} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
-    );
-    pb.set_prefix(what.to_string());
-    pb
-}
-
 /// The `keep` lowest values (ties by index), as a mask.
 fn keep_lowest(h: &[f64], keep: usize) -> Vec<bool> {
     let mut order: Vec<usize> = (0..h.len()).collect();
@@ -486,13 +473,13 @@ fn laplace_variant(
             (start as u64..(start + cfg.sampling.batch_size).min(n) as u64).collect();
         let b = idx.len();
         let x_t = Tensor::from_vec(
-            streams.purpose("x_T").normals(&idx, None, 2),
+            streams.purpose(kit::streams::X_T).normals(&idx, None, 2),
             (b, 2),
             device,
         )
         .ctx("x_T")?;
         let noise = StreamNoise {
-            purpose: streams.purpose("ddpm-noise"),
+            purpose: streams.purpose(kit::streams::SAMPLER_NOISE),
             indices: &idx,
             dim: 2,
             device,
@@ -531,7 +518,7 @@ fn run_seed(
     let mut times = vec![];
     let grid = cfg.grid();
     let streams = SeedStreams::new(seed);
-    let data = grid.sample(cfg.data.n_train, &streams.purpose("train-data"));
+    let data = grid.sample(cfg.data.n_train, &streams.purpose(kit::streams::TRAIN_DATA));
     let schedule = NoiseSchedule::new(
         cfg.diffusion.schedule,
         cfg.diffusion.beta_start,
@@ -551,7 +538,7 @@ fn run_seed(
         .ctx("initialising the ensemble")?;
 
     let t = Instant::now();
-    let pb = bar(progress, cfg.train.steps, &format!("train seed {seed}"));
+    let pb = kit::bar(progress, cfg.train.steps, &format!("train seed {seed}"));
     let tspec = TrainSpec {
         steps: cfg.train.steps,
         batch_size: cfg.train.batch_size,
@@ -589,10 +576,10 @@ fn run_seed(
     let t = Instant::now();
     let (n, m) = (cfg.sampling.samples, spec.members);
     let steps = leading_grid(cfg.diffusion.timesteps, cfg.sampling.steps);
-    let x_t_purpose = streams.purpose("x_T");
-    let noise_purpose = streams.purpose("ddpm-noise");
+    let x_t_purpose = streams.purpose(kit::streams::X_T);
+    let noise_purpose = streams.purpose(kit::streams::SAMPLER_NOISE);
     let mut outputs = vec![0f32; m * n * 2]; // (M, N, 2)
-    let pb = bar(progress, n, &format!("sample seed {seed}"));
+    let pb = kit::bar(progress, n, &format!("sample seed {seed}"));
     let mut nfe = 0;
     for start in (0..n).step_by(cfg.sampling.batch_size) {
         let idx: Vec<u64> =
@@ -641,7 +628,7 @@ fn run_seed(
     let kept_gu = keep_lowest(&h, keep);
     // Random baseline: partial Fisher–Yates from its own stream.
     let mut perm: Vec<usize> = (0..n).collect();
-    let mut rng = streams.purpose("random-keep").rng(0);
+    let mut rng = streams.purpose(kit::streams::RANDOM_KEEP).rng(0);
     for i in 0..keep {
         let j = rng.random_range(i..n);
         perm.swap(i, j);
@@ -746,48 +733,13 @@ impl Experiment for GuFig2 {
         opts: &RunOptions,
     ) -> Result<()> {
         let c = &cfg.config;
-        let done = |seed: u64| run.has(&format!("seeds/seed-{seed}/metrics.parquet"));
-        let pending: Vec<u64> = c.seeds.iter().copied().filter(|&s| !done(s)).collect();
-        for &seed in c.seeds.iter().filter(|&&s| done(s)) {
-            run.log(&format!("seed {seed}: reusing finished part"))?;
-        }
         // Seeds are independent replicates with their own streams: computing them concurrently
-        // changes wall time only. Workers pull seeds from a shared counter.
-        let progress = MultiProgress::new();
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let results: Vec<Result<Vec<(String, f64)>>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..opts.jobs.clamp(1, pending.len().max(1)))
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut out = vec![];
-                        while let Some(&seed) =
-                            pending.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
-                        {
-                            let r = run_seed(c, seed, run, &progress);
-                            let failed = r.is_err();
-                            out.push(r);
-                            if failed {
-                                break;
-                            }
-                        }
-                        out
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().expect("seed worker panicked"))
-                .collect()
-        });
-        for r in results {
-            manifest.wall_seconds.extend(r?);
-        }
-        run.write_manifest(manifest)?;
-
-        // The run's frames are the per-seed parts stacked in seed order.
-        for part in ["samples", "metrics"] {
-            super::stack_seed_parts(run, &c.seeds, part)?;
-        }
+        // changes wall time only.
+        kit::PartRunner::new(run, &c.seeds, &["samples", "metrics"]).run(
+            manifest,
+            opts.jobs,
+            |seed, progress| run_seed(c, seed, run, progress),
+        )?;
         Ok(())
     }
 

@@ -16,7 +16,7 @@ use polars::df;
 use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
 
-use super::{Experiment, RunOptions, Verdict};
+use super::{kit, Experiment, RunOptions, Verdict};
 use crate::config::{check, Resolved, Validate, Violation};
 use crate::data::fashion_mnist::{FashionMnist, Split, CLASS_NAMES};
 use crate::error::{Error, Result, TensorContext};
@@ -183,19 +183,14 @@ fn generate(
     let schedule = c.model.schedule.build();
     let streams = SeedStreams::new(seed);
     let all: Vec<u64> = (0..c.eval.samples as u64).collect();
-    let labels: Vec<u32> = all.iter().map(|&i| (i % 10) as u32).collect();
+    let labels = kit::cycled_labels(&all, 10);
     let mut out = vec![];
     for idx in all.chunks(c.eval.batch_size) {
-        let y: Vec<u32> = idx.iter().map(|&i| (i % 10) as u32).collect();
-        let x_t = Tensor::from_vec(
-            streams.purpose("x_T").normals(idx, None, dim),
-            (idx.len(), 1, s, s),
-            dev,
-        )
-        .ctx("x_T")?;
+        let y = kit::cycled_labels(idx, 10);
+        let x_t = kit::initial_noise(&streams, idx, &[1, s, s], dev)?;
         let noise = ImageNoise {
             inner: StreamNoise {
-                purpose: streams.purpose("sampler-noise"),
+                purpose: streams.purpose(kit::streams::SAMPLER_NOISE),
                 indices: idx,
                 dim,
                 device: dev,

@@ -4,6 +4,7 @@
 
 pub mod au_fig3;
 pub mod gu_fig2;
+pub mod kit;
 pub mod mini_model;
 
 use std::path::{Path, PathBuf};
@@ -237,21 +238,6 @@ pub(crate) fn paper_claim(text: &str, file: &str) -> Result<String> {
         .and_then(|c| c.as_str())
         .map(|c| c.trim().to_string())
         .ok_or_else(|| Error::invalid(file, "missing string key `claim`"))
-}
-
-/// Stack the per-seed parts `seeds/seed-<s>/<part>.parquet` in seed order into `<part>.parquet`.
-pub(crate) fn stack_seed_parts(run: &RunDir, seeds: &[u64], part: &str) -> Result<()> {
-    use crate::error::TensorContext;
-    let mut stacked = polars::prelude::DataFrame::empty();
-    for &seed in seeds {
-        let frame = run.read_parquet(&format!("seeds/seed-{seed}/{part}.parquet"))?;
-        stacked = if stacked.width() == 0 {
-            frame
-        } else {
-            stacked.vstack(&frame).ctx(&format!("stacking {part}"))?
-        };
-    }
-    run.write_parquet(&format!("{part}.parquet"), &mut stacked)
 }
 
 fn report<E: Experiment>(dir: &RunDir) -> Result<Verdict> {

@@ -1,0 +1,266 @@
+//! The artifact kit: what every artifact needs besides its own algorithm, written once.
+//!
+//! - [`streams`]: the one table of seed-stream names. A stream's numbers are a function of the
+//!   run seed, this name and the sample index (see `seed`), so two artifacts that draw the same
+//!   role from the same name see the same numbers, and a sample's numbers do not depend on batch
+//!   size, order or shard.
+//! - [`PartRunner`]: independent parts of a run (seeds: the papers' independent replicates) run
+//!   on `--jobs` workers, each part skipped when its resume marker exists, wall times recorded
+//!   in the manifest, the per-part frames stacked in part order.
+//! - [`initial_noise`] / [`cycled_labels`] / [`stream_labels`]: x_T and class labels of the
+//!   generated samples, per sample index.
+//! - [`bar`]: one progress-bar style; [`column_f64`] / [`column_u64`]: Polars columns as vectors.
+
+use candle_core::{Device, Tensor};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use polars::prelude::{DataFrame, DataType};
+
+use crate::error::{Result, TensorContext};
+use crate::seed::SeedStreams;
+use crate::tracking::{Manifest, RunDir};
+
+/// Seed-stream names by role. Every artifact draws each role from the name listed here.
+pub mod streams {
+    /// Initial noise x_T of generated samples (per sample index).
+    pub const X_T: &str = "x_T";
+    /// Fresh noise a stochastic sampler (DDPM, DDIM with η > 0) adds at each step.
+    pub const SAMPLER_NOISE: &str = "sampler-noise";
+    /// Class labels drawn at random (when they do not simply cycle through the classes).
+    pub const LABELS: &str = "labels";
+    /// AU's M re-noisings of x̂₀ at each observed step (Alg. 1).
+    pub const AU_RENOISE: &str = "au-renoise";
+    /// Random filtering: the score of the random baseline.
+    pub const RANDOM_KEEP: &str = "random-keep";
+    /// Training data drawn from a toy distribution.
+    pub const TRAIN_DATA: &str = "train-data";
+}
+
+/// Seeds as independent parts of one run, each written under `seeds/seed-<s>/`.
+pub struct PartRunner<'a> {
+    run: &'a RunDir,
+    seeds: &'a [u64],
+    /// Frames every part writes (`seeds/seed-<s>/<frame>.parquet`), stacked in seed order into
+    /// `<frame>.parquet` once all parts are done.
+    frames: &'a [&'a str],
+}
+
+/// What a part reports back: named phase wall times in seconds (`"<phase>/seed-<s>"`).
+pub type PartTimes = Vec<(String, f64)>;
+
+impl<'a> PartRunner<'a> {
+    pub fn new(run: &'a RunDir, seeds: &'a [u64], frames: &'a [&'a str]) -> Self {
+        Self { run, seeds, frames }
+    }
+
+    /// The directory of one part, relative to the run.
+    pub fn part_dir(seed: u64) -> String {
+        format!("seeds/seed-{seed}")
+    }
+
+    /// A part is finished when its marker exists; the marker is written (atomically) only after
+    /// the part's function returned, so a part killed half-way is recomputed from the start.
+    fn marker(seed: u64) -> String {
+        format!("{}/done", Self::part_dir(seed))
+    }
+
+    /// Whether a part is finished. Parts from before markers existed count as finished when
+    /// every one of their frames is present (all were written as the part's last act).
+    pub fn is_done(&self, seed: u64) -> bool {
+        self.run.has(&Self::marker(seed))
+            || (!self.frames.is_empty()
+                && self.frames.iter().all(|f| {
+                    self.run
+                        .has(&format!("{}/{f}.parquet", Self::part_dir(seed)))
+                }))
+    }
+
+    /// Run every pending part with `part(seed, progress)` on up to `jobs` workers (parts are
+    /// independent replicates with their own streams, so concurrency changes wall time only),
+    /// record their wall times in `manifest` as each finishes, then stack the frames.
+    pub fn run<F>(&self, manifest: &mut Manifest, jobs: usize, part: F) -> Result<()>
+    where
+        F: Fn(u64, &MultiProgress) -> Result<PartTimes> + Sync,
+    {
+        let pending: Vec<u64> = self
+            .seeds
+            .iter()
+            .copied()
+            .filter(|&s| !self.is_done(s))
+            .collect();
+        for &seed in self.seeds.iter().filter(|&&s| self.is_done(s)) {
+            self.run
+                .log(&format!("seed {seed}: reusing finished part"))?;
+        }
+        let progress = MultiProgress::new();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let manifest_lock = std::sync::Mutex::new(manifest);
+        let results: Vec<Result<()>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..jobs.clamp(1, pending.len().max(1)))
+                .map(|_| {
+                    scope.spawn(|| -> Result<()> {
+                        while let Some(&seed) =
+                            pending.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+                        {
+                            let t0 = std::time::Instant::now();
+                            let times = part(seed, &progress)?;
+                            let secs = t0.elapsed().as_secs_f64();
+                            self.run.write(&Self::marker(seed), b"")?;
+                            let mut m = manifest_lock.lock().unwrap_or_else(|e| e.into_inner());
+                            m.wall_seconds.extend(times);
+                            m.wall_seconds.insert(format!("seed-{seed}"), secs);
+                            self.run.write_manifest(&m)?;
+                            self.run.log(&format!("seed {seed}: done in {secs:.1}s"))?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        Err(crate::error::Error::invalid(
+                            "seed worker",
+                            "panicked (a bug: please report it)",
+                        ))
+                    })
+                })
+                .collect()
+        });
+        for r in results {
+            r?;
+        }
+        for frame in self.frames {
+            stack_parts(self.run, self.seeds, frame)?;
+        }
+        Ok(())
+    }
+}
+
+/// Stack the per-seed parts `seeds/seed-<s>/<frame>.parquet` in seed order into
+/// `<frame>.parquet`.
+pub fn stack_parts(run: &RunDir, seeds: &[u64], frame: &str) -> Result<()> {
+    let mut stacked = DataFrame::empty();
+    for &seed in seeds {
+        let part = run.read_parquet(&format!("{}/{frame}.parquet", PartRunner::part_dir(seed)))?;
+        stacked = if stacked.width() == 0 {
+            part
+        } else {
+            stacked.vstack(&part).ctx(&format!("stacking {frame}"))?
+        };
+    }
+    run.write_parquet(&format!("{frame}.parquet"), &mut stacked)
+}
+
+/// A progress bar in the kit's one style, added to `progress`.
+pub fn bar(progress: &MultiProgress, len: usize, what: &str) -> ProgressBar {
+    let pb = progress.add(ProgressBar::new(len as u64));
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>18} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    pb.set_prefix(what.to_string());
+    pb
+}
+
+/// x_T of the samples `indices`, shape (len, item_shape…), f32, from the [`streams::X_T`]
+/// stream: sample i's noise is the same whatever batch it is drawn in.
+pub fn initial_noise(
+    streams: &SeedStreams,
+    indices: &[u64],
+    item_shape: &[usize],
+    device: &Device,
+) -> Result<Tensor> {
+    let dim: usize = item_shape.iter().product();
+    let mut shape = vec![indices.len()];
+    shape.extend_from_slice(item_shape);
+    Tensor::from_vec(
+        streams.purpose(streams::X_T).normals(indices, None, dim),
+        shape,
+        device,
+    )
+    .ctx("x_T")
+}
+
+/// Labels cycling through the classes by sample index (i mod classes): every class equally
+/// often in any prefix of whole cycles, as the papers' class-balanced sample sets.
+pub fn cycled_labels(indices: &[u64], classes: usize) -> Vec<u32> {
+    indices
+        .iter()
+        .map(|&i| (i % classes.max(1) as u64) as u32)
+        .collect()
+}
+
+/// Labels drawn uniformly per sample index from the [`streams::LABELS`] stream.
+pub fn stream_labels(streams: &SeedStreams, indices: &[u64], classes: usize) -> Vec<u32> {
+    use rand::Rng;
+    let p = streams.purpose(streams::LABELS);
+    indices
+        .iter()
+        .map(|&i| p.rng(i).random_range(0..classes.max(1) as u32))
+        .collect()
+}
+
+/// A column of `frame` as f64 values (any numeric type), with its name in the error.
+pub fn column_f64(frame: &DataFrame, name: &str) -> Result<Vec<f64>> {
+    Ok(frame
+        .column(name)
+        .ctx(name)?
+        .cast(&DataType::Float64)
+        .ctx(name)?
+        .f64()
+        .ctx(name)?
+        .into_no_null_iter()
+        .collect())
+}
+
+/// A column of `frame` as u64 values (any integer type), with its name in the error.
+pub fn column_u64(frame: &DataFrame, name: &str) -> Result<Vec<u64>> {
+    Ok(frame
+        .column(name)
+        .ctx(name)?
+        .cast(&DataType::UInt64)
+        .ctx(name)?
+        .u64()
+        .ctx(name)?
+        .into_no_null_iter()
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noise_and_labels_do_not_depend_on_the_batch() {
+        // Expected values: the same function called on the whole index range; each sample's
+        // draws must equal its draws in any sub-batch (the seed module's per-index streams).
+        let s = SeedStreams::new(7);
+        let all: Vec<u64> = (0..10).collect();
+        let whole = initial_noise(&s, &all, &[1, 2, 2], &Device::Cpu).unwrap();
+        let part = initial_noise(&s, &all[3..6], &[1, 2, 2], &Device::Cpu).unwrap();
+        let a: Vec<f32> = whole
+            .narrow(0, 3, 3)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f32> = part.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            stream_labels(&s, &all, 10)[3..6].to_vec(),
+            stream_labels(&s, &all[3..6], 10)
+        );
+        assert_eq!(cycled_labels(&[0, 9, 10, 23], 10), vec![0, 9, 0, 3]);
+        let l = stream_labels(&s, &(0..1000).collect::<Vec<_>>(), 10);
+        assert!(l.iter().all(|&c| c < 10));
+        assert!(
+            (0..10).all(|c| l.contains(&c)),
+            "every class drawn in 1000 labels"
+        );
+    }
+}
