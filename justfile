@@ -42,4 +42,4 @@ validate artifact scale="mini" *overrides:
 # Criterion benchmarks (speed targets live here, not in timed tests). Built with the dev profile,
 # whose numeric crates are opt-level 3: a release build of the whole stack takes ~23 min here.
 bench:
-    cargo bench --locked --profile dev --bench gu_fig2 --bench au_overhead --bench metrics
+    cargo bench --locked --profile dev --bench gu_fig2 --bench au_overhead --bench metrics --bench images
