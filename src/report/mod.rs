@@ -2,6 +2,7 @@
 //! against `paper/<artifact>.toml`) — rendering only; numbers come from frames.
 
 pub mod band;
+pub mod compare;
 pub mod grid;
 pub mod paper;
 pub mod scatter;
