@@ -2,23 +2,36 @@
 //!
 //! | code | meaning |
 //! |---|---|
-//! | 0 | success; for `run`/`report`, the paper's numbers were reproduced within tolerance |
-//! | 1 | the run finished, but the reproduced numbers are outside the paper's tolerance |
+//! | 0 | success; for `run`/`report`, the claim was reproduced, or the run cannot check it (smoke) and says `outcome: not-checked` |
+//! | 1 | the run finished and checked the claim, but it was not reproduced |
 //! | 2 | error: bad command line, config, input or output (one line on stderr names it) |
+//!
+//! `run` and `report` print the outcome as a last `outcome: <reproduced | not-reproduced |
+//! not-checked>` line after the table (before `run directory:`), the same word as the
+//! manifest's `outcome` field. "Not checked" exits 0 because the run itself succeeded; scripts
+//! that need a reproduction must read that line or the manifest, not only the exit code.
 
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
 use crate::config::SCALES;
-use crate::experiments::{self, Invocation, RunOptions, ARTIFACTS};
+use crate::experiments::{self, Invocation, Outcome, RunOptions, ARTIFACTS};
 use crate::tracking::RunDir;
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_NOT_REPRODUCED: i32 = 1;
 pub const EXIT_ERROR: i32 = 2;
 
-const EXIT_HELP: &str = "Exit codes: 0 success (numbers reproduced), 1 numbers outside the paper's tolerance, 2 error.\n\
+/// The exit code of a finished `run` or `report`: only a checked, failed claim is 1.
+pub fn exit_code(outcome: Outcome) -> i32 {
+    match outcome {
+        Outcome::Reproduced | Outcome::NotChecked => EXIT_OK,
+        Outcome::NotReproduced => EXIT_NOT_REPRODUCED,
+    }
+}
+
+const EXIT_HELP: &str = "Exit codes: 0 success (claim reproduced, or not checked at this setting: the `outcome:` line says which), 1 claim checked and not reproduced, 2 error.\n\
 Overrides: key=value, value parsed as TOML (train.steps=500, uq.gamma2=1e-3, seeds=[0,1,2]).\n\
 Environment: DIFFUQ_<KEY> overrides a key too, `__` for nesting (DIFFUQ_TRAIN__STEPS=500).";
 
@@ -328,12 +341,9 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
                 );
             }
             print!("{}", out.verdict.table);
-            println!("\nrun directory: {}", out.dir.display());
-            Ok(if out.verdict.reproduced {
-                EXIT_OK
-            } else {
-                EXIT_NOT_REPRODUCED
-            })
+            println!("\noutcome: {}", out.verdict.outcome);
+            println!("run directory: {}", out.dir.display());
+            Ok(exit_code(out.verdict.outcome))
         }
         Command::Fetch {
             what,
@@ -414,11 +424,8 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
             let manifest = dir.manifest()?;
             let verdict = experiments::find(&manifest.artifact)?.report(&dir)?;
             print!("{}", verdict.table);
-            Ok(if verdict.reproduced {
-                EXIT_OK
-            } else {
-                EXIT_NOT_REPRODUCED
-            })
+            println!("\noutcome: {}", verdict.outcome);
+            Ok(exit_code(verdict.outcome))
         }
     }
 }

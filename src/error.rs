@@ -80,6 +80,15 @@ pub enum Error {
     #[error("model cache entry {}: {reason}", path.display())]
     ModelCache { path: PathBuf, reason: String },
 
+    /// A `paper/<artifact>.toml` file that is malformed or breaks the schema: `at` names the key
+    /// (`values[2].tolerance`) or, for TOML syntax, the line.
+    #[error("paper file {file}: {at}: {reason}")]
+    Paper {
+        file: String,
+        at: String,
+        reason: String,
+    },
+
     /// A numeric input that violates a documented precondition (non-finite values, bad shapes).
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },

@@ -25,6 +25,68 @@ pub enum Status {
     Finished,
 }
 
+/// What a report concluded about the paper's claim.
+///
+/// Three outcomes, not a bool: a run that cannot test the claim (a smoke profile, pixel features
+/// instead of Inception ones, a zero threshold, no between-mode sample to remove) must neither pass
+/// as a reproduction nor fail as a refutation. The manifest records it as `outcome` (these
+/// lower-kebab names) and as `reproduced: true | false | null`; the CLI exits 0 for reproduced and
+/// not checked, 1 for not reproduced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The claim was tested and holds within the tolerance.
+    Reproduced,
+    /// The claim was tested and does not hold.
+    NotReproduced,
+    /// The run cannot test the claim (says why in the verdict's summary).
+    NotChecked,
+}
+
+impl Outcome {
+    /// `NotChecked` unless `checked`; then whether the claim `holds`.
+    pub fn of_check(checked: bool, holds: bool) -> Self {
+        match (checked, holds) {
+            (false, _) => Self::NotChecked,
+            (true, true) => Self::Reproduced,
+            (true, false) => Self::NotReproduced,
+        }
+    }
+
+    /// The manifest's `reproduced` field: `None` (JSON null) when the claim was not checked.
+    pub fn reproduced(self) -> Option<bool> {
+        match self {
+            Self::Reproduced => Some(true),
+            Self::NotReproduced => Some(false),
+            Self::NotChecked => None,
+        }
+    }
+
+    /// The serialised name: `reproduced`, `not-reproduced`, `not-checked`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reproduced => "reproduced",
+            Self::NotReproduced => "not-reproduced",
+            Self::NotChecked => "not-checked",
+        }
+    }
+
+    /// The word verdict lines use: `REPRODUCED`, `NOT REPRODUCED`, `NOT CHECKED`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Reproduced => "REPRODUCED",
+            Self::NotReproduced => "NOT REPRODUCED",
+            Self::NotChecked => "NOT CHECKED",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `manifest.json`: what ran, from which code, where, and how long it took.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -43,8 +105,12 @@ pub struct Manifest {
     pub finished_unix: Option<u64>,
     /// Wall-clock seconds per phase (e.g. `train/seed-0`, `sample/seed-0`, `report`, `total`).
     pub wall_seconds: BTreeMap<String, f64>,
-    /// Verdict against the paper, once reported.
+    /// Verdict against the paper, once reported: `true` reproduced, `false` not reproduced,
+    /// `null` not checked (or not reported yet; `outcome` tells the two apart).
     pub reproduced: Option<bool>,
+    /// The report's [`Outcome`]; absent in manifests written before it existed.
+    #[serde(default)]
+    pub outcome: Option<Outcome>,
 }
 
 impl Manifest {
@@ -65,7 +131,14 @@ impl Manifest {
             finished_unix: None,
             wall_seconds: BTreeMap::new(),
             reproduced: None,
+            outcome: None,
         }
+    }
+
+    /// Record a report's outcome in both fields.
+    pub fn record(&mut self, outcome: Outcome) {
+        self.outcome = Some(outcome);
+        self.reproduced = outcome.reproduced();
     }
 }
 
@@ -275,6 +348,36 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn manifest_records_three_outcomes() {
+        // Expected values: the manifest contract of `Outcome` (null for not checked) and the
+        // field layout of manifests written before `outcome` existed (a bool `reproduced` only).
+        let mut m = Manifest::new("a", "smoke", "h", "cpu");
+        let json = |m: &Manifest| serde_json::to_value(m).unwrap();
+        assert!(json(&m)["reproduced"].is_null() && json(&m)["outcome"].is_null());
+        for (o, reproduced, name) in [
+            (Outcome::Reproduced, serde_json::json!(true), "reproduced"),
+            (
+                Outcome::NotReproduced,
+                serde_json::json!(false),
+                "not-reproduced",
+            ),
+            (Outcome::NotChecked, serde_json::Value::Null, "not-checked"),
+        ] {
+            m.record(o);
+            assert_eq!(json(&m)["reproduced"], reproduced);
+            assert_eq!(json(&m)["outcome"], name);
+            assert_eq!(o.to_string(), name);
+            let back: Manifest = serde_json::from_value(json(&m)).unwrap();
+            assert_eq!(back.outcome, Some(o));
+        }
+        let mut old = json(&m);
+        old.as_object_mut().unwrap().remove("outcome");
+        old["reproduced"] = serde_json::json!(true);
+        let old: Manifest = serde_json::from_value(old).unwrap();
+        assert_eq!((old.reproduced, old.outcome), (Some(true), None));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Expected numbers: the smoke table is an insta snapshot of diffuq's own deterministic CPU output
 //! (seed streams + the analytic denoiser); an intended change must bump `version` in
 //! experiments/au-fig3/experiment.toml. The per-step mean of U_t at the first step is also checked
-//! against the closed form for the linear regime: U_t ≈ ((1 − ᾱ_t)/v_t)² ≈ 1 at t = 980.
+//! against the closed form for the linear regime: U_t ≈ ((1 − ᾱ_t)/v_t)² ≈ 1 at t = 980. The
+//! smoke profile cannot test the paper's claim (eval.min_ratio = 0): diffuq's contract is that it
+//! says "not checked", exits 0 and records `reproduced: null`.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -72,6 +74,16 @@ fn smoke_run_writes_frames_figure_and_table() {
     let mean: f64 = first.split('|').nth(4).unwrap().trim().parse().unwrap();
     approx::assert_abs_diff_eq!(mean, 1.0, epsilon = 0.03);
     insta::assert_snapshot!("au_fig3_smoke_table", table);
+    assert!(stdout.contains("\noutcome: not-checked\n"), "{stdout}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    assert!(manifest["reproduced"].is_null(), "{manifest}");
+    assert_eq!(manifest["outcome"], "not-checked");
+    let tex = std::fs::read_to_string(dir.join("table.tex")).unwrap();
+    assert!(
+        tex.contains("std of U\\_t across samples") && tex.contains("\\end{tabular}"),
+        "{tex}"
+    );
 }
 
 #[test]

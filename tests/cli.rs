@@ -1,9 +1,12 @@
 //! End-to-end tests of the `diffuq` binary: the smoke-scale gu-fig2 run, run-directory reuse and
-//! resume, `report`, and the one-line errors with exit code 2 for bad input.
+//! resume, `report`, the three outcomes (a smoke run is "not checked" and exits 0 with
+//! `reproduced: null`; a checked claim that fails exits 1), and the one-line errors with exit
+//! code 2 for bad input.
 //!
 //! Expected numbers: the smoke table is an insta snapshot of diffuq's own deterministic CPU output
 //! (seed streams + fixed configuration); it guards against unintended changes, and any intended
-//! change must bump `version` in experiments/gu-fig2/experiment.toml.
+//! change must bump `version` in experiments/gu-fig2/experiment.toml. The outcomes are diffuq's
+//! contract (src/tracking.rs `Outcome`, src/cli.rs exit codes).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -84,8 +87,24 @@ fn smoke_run_writes_every_output_reuses_and_resumes() {
     let table = std::fs::read_to_string(dir.join("table.md")).unwrap();
     insta::assert_snapshot!("gu_fig2_smoke_table", table);
 
+    // The smoke profile (eval.min_removed = 0) cannot test the claim: it says so, exits 0, and
+    // the manifest records null, not true.
+    assert!(
+        stdout.contains("\noutcome: not-checked\nrun directory: "),
+        "{stdout}"
+    );
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    assert!(manifest["reproduced"].is_null(), "{manifest}");
+    assert_eq!(manifest["outcome"], "not-checked");
+    // The paper comparison beside the table, in both formats, saying it compares directions.
+    for f in ["compare.md", "table.tex"] {
+        let text = std::fs::read_to_string(dir.join(f)).unwrap();
+        assert!(
+            text.contains("kept: uncertainty") && text.contains("direction and ordering"),
+            "{f}: {text}"
+        );
+    }
     assert_eq!(manifest["status"], "finished");
     assert_eq!(manifest["scale"], "smoke");
     assert!(manifest["config_hash"]
@@ -125,10 +144,13 @@ fn smoke_run_writes_every_output_reuses_and_resumes() {
     let siblings = std::fs::read_dir(dir.parent().unwrap()).unwrap().count();
     assert_eq!(siblings, 2, "old run not kept aside");
 
-    // `report` re-renders the same table from the frames.
+    // `report` re-renders the same table from the frames, and the same outcome.
     let report = diffuq(&["report", dir.to_str().unwrap()], &[]);
     assert_eq!(report.status.code(), Some(0));
-    assert_eq!(text(&report.stdout), table);
+    assert_eq!(
+        text(&report.stdout),
+        format!("{table}\noutcome: not-checked\n")
+    );
 
     // Resume: an interrupted run (manifest still "running", last seed's part missing) recomputes
     // only that seed and ends with the identical table.
@@ -150,6 +172,39 @@ fn smoke_run_writes_every_output_reuses_and_resumes() {
         "{log}"
     );
     assert!(!log.contains("seed 2: reusing"), "{log}");
+}
+
+#[test]
+fn a_checked_claim_that_fails_exits_1() {
+    // The smoke snapshot (tests/snapshots/cli__gu_fig2_smoke_table.snap) shows that the smoke
+    // ensemble's filtering removes about half of the between-mode samples, like random filtering;
+    // requiring all of them (eval.min_removed = 1) checks the claim and must fail. One seed and no
+    // Laplace variant keep the test short; the outcome does not depend on them.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = smoke(
+        tmp.path(),
+        &["eval.min_removed=1.0", "seeds=[0]", "laplace.enabled=false"],
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("\noutcome: not-reproduced\n"), "{stdout}");
+    assert!(
+        stdout.contains("(≥ 100% removed, and more than random) NOT REPRODUCED"),
+        "{stdout}"
+    );
+    let dir = run_dir_of(&stdout);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["reproduced"], false);
+    assert_eq!(manifest["outcome"], "not-reproduced");
+    let report = diffuq(&["report", dir.to_str().unwrap()], &[]);
+    assert_eq!(report.status.code(), Some(1));
+    assert!(text(&report.stdout).ends_with("\noutcome: not-reproduced\n"));
 }
 
 #[test]

@@ -3,7 +3,9 @@
 //! figures and table and says that its quality bar was not checked at smoke scale.
 //!
 //! Expected values are diffuq's own contract (no reference numbers): cache keys are stable, the
-//! smoke verdict is "NOT CHECKED", the run directory holds the files the README lists.
+//! smoke verdict is "NOT CHECKED" (exit 0, `reproduced: null` and `outcome: not-checked` in the
+//! manifest: pixel features cannot test the FID bar), the run directory holds the files the
+//! README lists.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -117,6 +119,7 @@ fn train_caches_by_recipe_and_run_reports_not_checked() {
     assert_eq!(run.status.code(), Some(0), "stderr: {}", text(&run.stderr));
     let stdout = text(&run.stdout);
     assert!(stdout.contains("NOT CHECKED"), "{stdout}");
+    assert!(stdout.contains("\noutcome: not-checked\n"), "{stdout}");
     let dir = stdout
         .lines()
         .find_map(|l| l.strip_prefix("run directory: "))
@@ -130,10 +133,16 @@ fn train_caches_by_recipe_and_run_reports_not_checked() {
         "metrics.parquet",
         "loss.parquet",
         "table.md",
+        "compare.md",
+        "table.tex",
         "seeds/seed-0/samples.safetensors",
     ] {
         assert!(dir.join(f).is_file(), "{f} missing in {}", dir.display());
     }
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    assert!(manifest["reproduced"].is_null(), "{manifest}");
+    assert_eq!(manifest["outcome"], "not-checked");
     let log = std::fs::read_to_string(dir.join("log.txt")).unwrap();
     assert!(log.contains(&key), "the run names the model it used: {log}");
     let rerun = diffuq(&["run", "mini-model", "--scale", "smoke"], c, w);

@@ -17,13 +17,16 @@ use crate::config::{self, Resolved, Validate};
 use crate::error::{Error, Result};
 use crate::tracking::{unix_now, Manifest, RunDir, Status};
 
+pub use crate::tracking::Outcome;
+
 /// The verdict a report reaches.
 #[derive(Debug, Clone)]
 pub struct Verdict {
     /// Markdown table (also written to `table.md`).
     pub table: String,
-    /// Whether the reproduced numbers are within the paper's tolerance.
-    pub reproduced: bool,
+    /// Reproduced, not reproduced, or not checked: a run that cannot test the claim says so
+    /// instead of passing.
+    pub outcome: Outcome,
     /// One line saying why.
     pub summary: String,
 }
@@ -42,7 +45,9 @@ pub trait Experiment {
         opts: &RunOptions,
     ) -> Result<()>;
 
-    /// Render figures and `table.md` from the frames in `run`; compare with the paper.
+    /// Render figures, `table.md` and the paper comparison (`compare.md`, `table.tex`) from the
+    /// frames in `run`; compare with the paper. Returns [`Outcome::NotChecked`] wherever the run
+    /// cannot test the claim.
     fn report(cfg: &Self::Config, run: &RunDir) -> Result<Verdict>;
 
     /// The image models this artifact trains (or takes from the model cache): what
@@ -191,6 +196,12 @@ fn run<E: Experiment>(inv: &Invocation, runs_root: &Path, opts: &RunOptions) -> 
     if !opts.force && dir.has("manifest.json") && dir.manifest()?.status == Status::Finished {
         dir.log("finished run reused")?;
         let verdict = E::report(&r.config, &dir)?;
+        // A manifest written by an older diffuq (a bool verdict) is brought up to date.
+        let mut manifest = dir.manifest()?;
+        if manifest.outcome != Some(verdict.outcome) {
+            manifest.record(verdict.outcome);
+            dir.write_manifest(&manifest)?;
+        }
         return Ok(RunOutcome {
             dir: dir.path().to_path_buf(),
             reused: true,
@@ -219,9 +230,12 @@ fn run<E: Experiment>(inv: &Invocation, runs_root: &Path, opts: &RunOptions) -> 
         .insert("total".into(), t0.elapsed().as_secs_f64());
     manifest.status = Status::Finished;
     manifest.finished_unix = Some(unix_now());
-    manifest.reproduced = Some(verdict.reproduced);
+    manifest.record(verdict.outcome);
     dir.write_manifest(&manifest)?;
-    dir.log(&format!("finished: {}", verdict.summary))?;
+    dir.log(&format!(
+        "finished ({}): {}",
+        verdict.outcome, verdict.summary
+    ))?;
     Ok(RunOutcome {
         dir: dir.path().to_path_buf(),
         reused: false,
@@ -229,15 +243,19 @@ fn run<E: Experiment>(inv: &Invocation, runs_root: &Path, opts: &RunOptions) -> 
     })
 }
 
-/// The `claim` string of a `paper/<artifact>.toml` file's `text` (compiled in by the caller, so
-/// reports never depend on the working directory).
-pub(crate) fn paper_claim(text: &str, file: &str) -> Result<String> {
-    let t: toml::Table =
-        toml::from_str(text).map_err(|e| Error::invalid(file, e.message().to_string()))?;
-    t.get("claim")
-        .and_then(|c| c.as_str())
-        .map(|c| c.trim().to_string())
-        .ok_or_else(|| Error::invalid(file, "missing string key `claim`"))
+/// The scale a run directory was computed at (its manifest's), which decides whether the paper
+/// comparison is of values (paper scale) or of direction and ordering only.
+pub(crate) fn run_scale(run: &RunDir) -> Result<String> {
+    Ok(run.manifest()?.scale)
+}
+
+/// Write the paper-vs-reproduced comparison beside `table.md`: `compare.md` and `table.tex`.
+pub(crate) fn write_comparison(
+    run: &RunDir,
+    cmp: &crate::report::compare::Comparison,
+) -> Result<()> {
+    run.write("compare.md", cmp.to_markdown().as_bytes())?;
+    run.write("table.tex", cmp.to_latex().as_bytes())
 }
 
 fn report<E: Experiment>(dir: &RunDir) -> Result<Verdict> {

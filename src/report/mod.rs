@@ -1,7 +1,10 @@
-//! Figures (plotters, PNG + SVG) and tables (Markdown) — rendering only; numbers come from frames.
+//! Figures (plotters, PNG + SVG), tables (Markdown) and the paper comparison (Markdown + LaTeX,
+//! against `paper/<artifact>.toml`) — rendering only; numbers come from frames.
 
 pub mod band;
+pub mod compare;
 pub mod grid;
+pub mod paper;
 pub mod scatter;
 pub mod table;
 
