@@ -32,10 +32,7 @@ struct ConvGradOp {
 }
 
 fn contiguous_slice<'a, T>(s: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s[a..b]),
-        None => candle_core::bail!("conv: {what} must be contiguous"),
-    }
+    super::norm::contiguous_slice(s, l, "conv", what)
 }
 
 fn geometry(

@@ -37,12 +37,12 @@ pub struct ConvGeom {
 impl ConvGeom {
     /// Output height.
     pub fn ho(&self) -> usize {
-        (self.h + 2 * self.ph - self.kh) / self.sh + 1
+        conv_out_len(self.h, self.kh, self.sh, self.ph)
     }
 
     /// Output width.
     pub fn wo(&self) -> usize {
-        (self.w + 2 * self.pw - self.kw) / self.sw + 1
+        conv_out_len(self.w, self.kw, self.sw, self.pw)
     }
 
     /// Whether the kernel fits the padded input and the strides are positive (else the caller
