@@ -84,7 +84,9 @@ fn reduced_width_network_matches_torchvision() {
     assert_eq!(net.feature_dim(), FEATURE_DIM);
 
     // Preprocessing alone: F.interpolate + normalize, to f32 rounding.
-    let x = Preprocess::IMAGES.apply(&g["gray.u8"], &Device::Cpu).unwrap();
+    let x = Preprocess::IMAGES
+        .apply(&g["gray.u8"], &Device::Cpu)
+        .unwrap();
     let rows = x.get(1).unwrap().narrow(1, 0, 4).unwrap();
     let d = (rows - &g["gray.pre_rows"])
         .unwrap()
@@ -213,7 +215,9 @@ fn bad_weight_files_are_one_line_errors() {
     );
     let e = one_line(MobileNetV2::from_tensors(&wrong, 0.35, "sd", &Device::Cpu).unwrap_err());
     assert!(
-        e.contains("`features.17.conv.2.weight` has shape [112, 336, 1, 2], expected [112, 336, 1, 1]"),
+        e.contains(
+            "`features.17.conv.2.weight` has shape [112, 336, 1, 2], expected [112, 336, 1, 1]"
+        ),
         "{e}"
     );
     // A wrapper prefix is accepted.
@@ -222,8 +226,12 @@ fn bad_weight_files_are_one_line_errors() {
         .map(|(k, v)| (format!("module.{k}"), v.clone()))
         .collect();
     MobileNetV2::from_tensors(&prefixed, 0.35, "sd", &Device::Cpu).unwrap();
-    let e = one_line(MobileNetV2::from_tensors(&HashMap::new(), 1.0, "sd", &Device::Cpu).unwrap_err());
-    assert!(e.contains("features.0.0.weight") && e.contains("[32, 3, 3, 3]"), "{e}");
+    let e =
+        one_line(MobileNetV2::from_tensors(&HashMap::new(), 1.0, "sd", &Device::Cpu).unwrap_err());
+    assert!(
+        e.contains("features.0.0.weight") && e.contains("[32, 3, 3, 3]"),
+        "{e}"
+    );
     let e = one_line(MobileNetV2::load(&tmp.path().join("absent.pth"), &Device::Cpu).unwrap_err());
     assert!(e.contains("diffuq fetch mobilenet"), "{e}");
 }
@@ -248,6 +256,10 @@ fn real_imagenet_weights_when_cached() {
             .unwrap();
         assert_eq!(f.dims()[1], FEATURE_DIM);
         assert!(vec2(&f).iter().flatten().all(|v| v.is_finite()));
-        compare(&f, &g[&format!("{name}.real")], &format!("{name}, ImageNet weights"));
+        compare(
+            &f,
+            &g[&format!("{name}.real")],
+            &format!("{name}, ImageNet weights"),
+        );
     }
 }

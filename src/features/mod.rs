@@ -113,6 +113,8 @@ mod tests {
         let with: FeaturesConfig =
             toml::from_str("inception_path = \"\"\nmobilenet_path = \"/m.pth\"\ncache_dir = \"\"")
                 .unwrap();
-        assert!(toml::to_string(&with).unwrap().contains("mobilenet_path = \"/m.pth\""));
+        assert!(toml::to_string(&with)
+            .unwrap()
+            .contains("mobilenet_path = \"/m.pth\""));
     }
 }
