@@ -312,8 +312,8 @@ mod tests {
 
     #[test]
     fn mismatched_weight_is_an_error() {
-        // Expected: a (4, 1, 3, 3) weight cannot filter 3 channels (candle's grouped conv2d
-        // rejects it too).
+        // Expected: by definition, a depthwise weight has one (1, kh, kw) filter per channel,
+        // so a (4, 1, 3, 3) weight cannot filter 3 channels.
         let x = randn(&[1, 3, 4, 4], 1);
         let k = randn(&[4, 1, 3, 3], 2);
         let b = randn(&[4], 3);
