@@ -133,22 +133,19 @@ fn rarity_matches_hichoe95_code() {
             let ours = rarity(Rows::new(&real, d), Rows::new(&fake, d), k).unwrap();
             let want = f.vec(&format!("{set}_rarity_k{k}"));
             let out = f.vec(&format!("{set}_rarity_out_k{k}"));
-            let outside = out.iter().filter(|&&o| o == 1.0).count();
+            let n_out = out.iter().filter(|&&o| o == 1.0).count();
             if set == "gauss" {
                 // The wide fake points leave every ball: both branches below are exercised.
-                assert!(
-                    outside > 0 && outside < want.len(),
-                    "{set} k {k}: {outside}"
-                );
+                assert!(n_out > 0 && n_out < want.len(), "{set} k {k}: {n_out}");
             }
-            for i in 0..want.len() {
-                if out[i] == 1.0 {
-                    assert_eq!(want[i], 0.0);
-                    assert_eq!(ours[i], f64::INFINITY, "{set} k {k} sample {i}");
+            for (i, ((&o, &w), &outside)) in ours.iter().zip(&want).zip(&out).enumerate() {
+                if outside == 1.0 {
+                    assert_eq!(w, 0.0);
+                    assert_eq!(o, f64::INFINITY, "{set} k {k} sample {i}");
                 } else if set == "tie" {
-                    assert_eq!(ours[i], want[i], "{set} k {k} sample {i}");
+                    assert_eq!(o, w, "{set} k {k} sample {i}");
                 } else {
-                    assert_relative_eq!(ours[i], want[i], max_relative = 1e-12);
+                    assert_relative_eq!(o, w, max_relative = 1e-12);
                 }
             }
         }
