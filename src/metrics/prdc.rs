@@ -11,7 +11,8 @@
 //!   density   = (1/(kM)) Σⱼ Σᵢ 1[‖xᵢ − yⱼ‖ < r(xᵢ)]
 //!   coverage  = (1/N) Σᵢ 1[minⱼ ‖xᵢ − yⱼ‖ < r(xᵢ)]
 //!
-//! The comparisons are strict, as in prdc. **Identical sets** (prdc's documented edge case,
+//! The comparisons are strict, as in prdc (open balls); in the [`PrdcDistance::Squared`] mode they
+//! are `≤` (closed balls), as in Kynkäänniemi et al.'s release (see below). **Identical sets** (prdc's documented edge case,
 //! `compute_prdc(X, X)`): every point lies at distance 0 inside its own ball, so precision =
 //! recall = coverage = 1, and each ball holds exactly k points strictly inside it (itself and the
 //! k − 1 nearer neighbours; the k-th sits on the boundary), so density = 1 exactly — provided all
@@ -21,9 +22,16 @@
 //! put some exact duplicates at ≈ 1e-7 instead, which changes prdc's answer in that case
 //! (golden fixture: precision 0.643 exact vs 0.679 from prdc). The test shows both.
 //!
-//! **Distances squared or not** ([`PrdcDistance`]): Kynkäänniemi's release compares squared
-//! distances, prdc Euclidean ones. Squaring is monotone, so the two agree except where a distance
-//! and a radius are equal to rounding; the key exists to reproduce either release exactly there.
+//! **The two releases** ([`PrdcDistance`]). prdc 0.2 compares Euclidean distances with a strict
+//! `‖xᵢ − yⱼ‖ < r(xᵢ)`. Kynkäänniemi et al.'s release (`precision_recall.py`,
+//! `ManifoldEstimator.evaluate`, and GU's torch port of it) compares **squared** distances with
+//! `‖xᵢ − yⱼ‖² ≤ r(xᵢ)²` — a closed ball, as the paper's f(φ, Φ) defines it. Squaring is monotone,
+//! so the two differ exactly where a point lies on a radius: on data with ties (integer or
+//! quantised features, duplicated images) `Squared` counts it inside and `Euclidean` outside
+//! (tests/realism_rarity_reference.rs checks both against their releases on such data).
+//! Kynkäänniemi's release computes only precision and recall; under `Squared`, density and
+//! coverage use the same closed ball so that one mode has one notion of "inside" (with it, an
+//! identical set has density (k + 1)/k: the k-th neighbour on the rim counts).
 //!
 //! **Cost.** Three blocked passes of [`fold_distances`](super::realism) (X–X and Y–Y for the radii,
 //! one X–Y pass feeding all four metrics): O((N² + M² + NM)·D) time, O(N + M) memory plus one
@@ -32,13 +40,13 @@
 use crate::error::{Error, Result};
 use crate::metrics::realism::{check_k, fold_distances, knn_sq_radii, Rows};
 
-/// Which distance the strict comparisons use (module doc).
+/// Which release's ball test (module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PrdcDistance {
-    /// ‖·‖₂, as prdc 0.2 (default).
+    /// ‖·‖₂ < r, as prdc 0.2 (default).
     #[default]
     Euclidean,
-    /// ‖·‖₂², as Kynkäänniemi et al.'s release.
+    /// ‖·‖₂² ≤ r², as Kynkäänniemi et al.'s release (and GU's evaluation).
     Squared,
 }
 
@@ -114,8 +122,10 @@ pub fn prdc_named(real: (&str, Rows), fake: (&str, Rows), opts: &PrdcOptions) ->
     let real_r2 = knn_sq_radii(real, k)?;
     let fake_r2 = knn_sq_radii(fake, k)?;
     let squared = opts.distance == PrdcDistance::Squared;
-    // Compare in the chosen metric: squared distances as computed, or their square roots.
+    // Compare in the chosen metric: squared distances as computed, or their square roots; the
+    // ball is closed (≤) for Kynkäänniemi's squared release, open (<) for prdc.
     let metric = |d2: f64| if squared { d2 } else { d2.sqrt() };
+    let inside = |d: f64, r: f64| if squared { d <= r } else { d < r };
     let real_r: Vec<f64> = real_r2.iter().map(|&r| metric(r)).collect();
     let fake_r: Vec<f64> = fake_r2.iter().map(|&r| metric(r)).collect();
 
@@ -130,10 +140,10 @@ pub fn prdc_named(real: (&str, Rows), fake: (&str, Rows), opts: &PrdcOptions) ->
         || 0usize,
         |count, j, i, d2| {
             let d = metric(d2);
-            if d < real_r[i] {
+            if inside(d, real_r[i]) {
                 *count += 1;
             }
-            if d < fake_r[j] {
+            if inside(d, fake_r[j]) {
                 recalled[i] = true;
             }
             if d < nearest[i] {
@@ -146,7 +156,12 @@ pub fn prdc_named(real: (&str, Rows), fake: (&str, Rows), opts: &PrdcOptions) ->
     let precision = counts.iter().filter(|&&c| c > 0.0).count() as f64 / m;
     let density = counts.iter().sum::<f64>() / (k as f64 * m);
     let recall = recalled.iter().filter(|&&r| r).count() as f64 / n as f64;
-    let coverage = nearest.iter().zip(&real_r).filter(|(d, r)| d < r).count() as f64 / n as f64;
+    let coverage = nearest
+        .iter()
+        .zip(&real_r)
+        .filter(|(&d, &r)| inside(d, r))
+        .count() as f64
+        / n as f64;
     Ok(Prdc {
         precision,
         recall,
@@ -190,6 +205,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(sq, p);
+    }
+
+    /// Ties, k = 1. Real {0, 1, 3}: radii 1, 1, 2. Fake {2, 5}: radii 3, 3. The fake point 2 lies
+    /// exactly on the balls of 1 (|2 − 1| = 1) and 3 (|2 − 3| = 1 < 2, inside anyway).
+    /// prdc (open balls): precision: 2 ∈ ball(3) → yes; 5: |5 − 3| = 2 = r(3) → on the rim, no
+    /// ⇒ 1/2; density: 2 is strictly inside ball(3) only → 1 / (1·2) = 1/2; recall: reals within 3
+    /// of fake 2 (0: 2 < 3, 1, 3 yes) ⇒ 1; coverage: nearest fake of 0 is 2 (2 ≮ 1), of 1 is 2
+    /// (1 ≮ 1, on the rim), of 3 is 2 (1 < 2) ⇒ 1/3.
+    /// Kynkäänniemi (closed balls, squared): precision 2/2 (5 is on ball(3)'s rim: 4 ≤ 4);
+    /// density: 2 in balls of 1 and 3, 5 in ball of 3 → 3/2; recall 1; coverage: 1 (1 ≤ 1) and
+    /// 3 ⇒ 2/3.
+    #[test]
+    fn points_on_a_radius_follow_each_release() {
+        let real = [0.0, 1.0, 3.0];
+        let fake = [2.0, 5.0];
+        let run = |distance| {
+            prdc(
+                Rows::new(&real, 1),
+                Rows::new(&fake, 1),
+                &PrdcOptions { k: 1, distance },
+            )
+            .unwrap()
+        };
+        let open = run(PrdcDistance::Euclidean);
+        assert_eq!(
+            (open.precision, open.recall, open.density, open.coverage),
+            (0.5, 1.0, 0.5, 1.0 / 3.0)
+        );
+        let closed = run(PrdcDistance::Squared);
+        assert_eq!(
+            (
+                closed.precision,
+                closed.recall,
+                closed.density,
+                closed.coverage
+            ),
+            (1.0, 1.0, 1.5, 2.0 / 3.0)
+        );
     }
 
     #[test]

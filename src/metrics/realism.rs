@@ -25,10 +25,18 @@
 //! **Presets** — the printed formula and the two released variants that matter for GU:
 //! - [`RealismOptions::paper`] (default): Euclidean distances, 50 % pruning, eps = 0.
 //! - [`RealismOptions::kynkaat_release`]: `kynkaat/improved-precision-and-recall-metric` computes
-//!   the ratio of **squared** distances with eps = 1e-5 and prunes at the 50th percentile.
+//!   the ratio of **squared** distances with eps = 1e-5 (`ManifoldEstimator.evaluate`), and its
+//!   realism experiment (`experiments.py`) builds the real manifold with
+//!   `clamp_to_percentile=50`.
 //! - [`RealismOptions::gu_release`]: GU's `eval/precision_recall_torch.py`
-//!   (docs/released-code.md §2.6): squared distances, eps = 1e-5, **no** pruning
-//!   (`clamp_to_percentile=None`).
+//!   (docs/released-code.md §2.6), a torch port of the same class whose realism is computed on the
+//!   precision manifold, built without `clamp_to_percentile`: squared distances, eps = 1e-5,
+//!   **no** pruning.
+//!
+//! [`RealismVariant`] names the three presets for configuration files (`paper`,
+//! `kynkaat-release`, `gu-release`); the filtering artifacts select one with it. Both releases are
+//! checked against the authors' code itself in tests/realism_rarity_reference.rs
+//! (golden/realism_rarity_reference.py). The releases compute in float32; diffuq in f64.
 //!
 //! Squaring is monotone, so with eps = 0 the squared and Euclidean scores rank samples identically
 //! (the squared score is the square of the Euclidean one); eps only matters for near-coincident
@@ -46,6 +54,7 @@
 //! set, as GU uses, needs ≈ 10¹³ flops for its radii.
 
 use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, TensorContext};
 
@@ -302,6 +311,41 @@ impl RealismOptions {
     }
 }
 
+/// The realism presets by name, for configuration (module doc). `paper` is the default, as for
+/// every printed-versus-released choice in diffuq; GU's filtering numbers need `gu-release`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RealismVariant {
+    /// [`RealismOptions::paper`].
+    #[default]
+    Paper,
+    /// [`RealismOptions::kynkaat_release`].
+    KynkaatRelease,
+    /// [`RealismOptions::gu_release`].
+    GuRelease,
+}
+
+impl RealismVariant {
+    /// The preset's options with neighbourhood size `k` (all three releases use k = 3).
+    pub fn options(self, k: usize) -> RealismOptions {
+        let preset = match self {
+            RealismVariant::Paper => RealismOptions::paper(),
+            RealismVariant::KynkaatRelease => RealismOptions::kynkaat_release(),
+            RealismVariant::GuRelease => RealismOptions::gu_release(),
+        };
+        RealismOptions { k, ..preset }
+    }
+
+    /// The configuration name (`paper`, `kynkaat-release`, `gu-release`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RealismVariant::Paper => "paper",
+            RealismVariant::KynkaatRelease => "kynkaat-release",
+            RealismVariant::GuRelease => "gu-release",
+        }
+    }
+}
+
 impl Default for RealismOptions {
     fn default() -> Self {
         Self::paper()
@@ -442,6 +486,32 @@ mod tests {
         o.distance = RealismDistance::Squared;
         o.eps = 1e-5;
         approx::assert_relative_eq!(r(&o)[0], 4.0 / (1.0 + 1e-5), max_relative = 1e-15);
+    }
+
+    #[test]
+    fn variants_name_the_presets() {
+        // The configuration names round-trip through serde and select the documented presets.
+        for (v, name, opts) in [
+            (RealismVariant::Paper, "paper", RealismOptions::paper()),
+            (
+                RealismVariant::KynkaatRelease,
+                "kynkaat-release",
+                RealismOptions::kynkaat_release(),
+            ),
+            (
+                RealismVariant::GuRelease,
+                "gu-release",
+                RealismOptions::gu_release(),
+            ),
+        ] {
+            assert_eq!(v.name(), name);
+            assert_eq!(v.options(3), opts);
+            let parsed: RealismVariant = serde_json::from_str(&format!("\"{name}\"")).unwrap();
+            assert_eq!(parsed, v);
+        }
+        assert_eq!(RealismVariant::default(), RealismVariant::Paper);
+        assert_eq!(RealismVariant::GuRelease.options(5).k, 5);
+        assert!(serde_json::from_str::<RealismVariant>("\"gu\"").is_err());
     }
 
     #[test]

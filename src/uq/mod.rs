@@ -6,3 +6,4 @@ pub mod gu;
 pub mod guidance;
 pub mod laplace;
 pub mod mc_dropout;
+pub mod scores;
