@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 use crate::config::SCALES;
-use crate::experiments::{self, Invocation, Outcome, RunOptions, ARTIFACTS};
+use crate::experiments::{self, Invocation, Outcome, RunOptions};
 use crate::tracking::RunDir;
 
 pub const EXIT_OK: i32 = 0;
@@ -224,6 +224,12 @@ pub fn default_experiments_dir() -> PathBuf {
     }
 }
 
+fn experiments_dir(cli: &Cli) -> PathBuf {
+    cli.experiments
+        .clone()
+        .unwrap_or_else(default_experiments_dir)
+}
+
 fn invocation(cli: &Cli, t: &Target) -> Invocation {
     Invocation {
         artifact: t.artifact.clone(),
@@ -253,8 +259,9 @@ pub fn run(cli: Cli) -> i32 {
 fn dispatch(cli: &Cli) -> crate::Result<i32> {
     match &cli.command {
         Command::Ls => {
-            let width = ARTIFACTS.iter().map(|a| a.name.len()).max().unwrap_or(0);
-            for a in ARTIFACTS {
+            let all = experiments::all(&experiments_dir(cli));
+            let width = all.iter().map(|a| a.name.len()).max().unwrap_or(0);
+            for a in &all {
                 println!("{:<width$}  {}", a.name, a.description);
             }
             println!("\nscales: {} (default mini)", SCALES.join(", "));
@@ -262,7 +269,8 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
         }
         Command::Validate(t) => {
             let inv = invocation(cli, t);
-            let v = experiments::find(&t.artifact)?.validate(&inv, &cli.runs_dir)?;
+            let v = experiments::find_in(&inv.experiments_dir, &t.artifact)?
+                .validate(&inv, &cli.runs_dir)?;
             println!(
                 "# {} at scale {} from {}",
                 t.artifact,
@@ -301,7 +309,8 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
             model_cache,
         } => {
             let inv = invocation(cli, target);
-            let recipes = experiments::find(&target.artifact)?.recipes(&inv)?;
+            let recipes =
+                experiments::find_in(&inv.experiments_dir, &target.artifact)?.recipes(&inv)?;
             if recipes.is_empty() {
                 println!("{} trains no image model", target.artifact);
                 return Ok(EXIT_OK);
@@ -336,7 +345,11 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
                 jobs: usize::from(*jobs),
                 device: *device,
             };
-            let out = experiments::find(&target.artifact)?.run(&inv, &cli.runs_dir, &opts)?;
+            let out = experiments::find_in(&inv.experiments_dir, &target.artifact)?.run(
+                &inv,
+                &cli.runs_dir,
+                &opts,
+            )?;
             if out.reused {
                 println!(
                     "reusing finished run {} (pass --force to recompute)\n",
@@ -428,7 +441,8 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
         Command::Report { run_dir } => {
             let dir = RunDir::open(run_dir)?;
             let manifest = dir.manifest()?;
-            let verdict = experiments::find(&manifest.artifact)?.report(&dir)?;
+            let verdict =
+                experiments::find_in(&experiments_dir(cli), &manifest.artifact)?.report(&dir)?;
             print!("{}", verdict.table);
             println!("\noutcome: {}", verdict.outcome);
             Ok(exit_code(verdict.outcome))

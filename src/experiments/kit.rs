@@ -33,6 +33,8 @@ pub mod streams {
     pub const RANDOM_KEEP: &str = "random-keep";
     /// Training data drawn from a toy distribution.
     pub const TRAIN_DATA: &str = "train-data";
+    /// Noise and timesteps of the training images a last-layer Laplace is fitted on.
+    pub const LAPLACE_FIT: &str = "laplace-fit";
 }
 
 /// Seeds as independent parts of one run, each written under `seeds/seed-<s>/`.
@@ -129,6 +131,36 @@ impl<'a> PartRunner<'a> {
         });
         for r in results {
             r?;
+        }
+        for frame in self.frames {
+            stack_parts(self.run, self.seeds, frame)?;
+        }
+        Ok(())
+    }
+}
+
+impl PartRunner<'_> {
+    /// [`PartRunner::run`] one part after another on this thread, for parts that hold state a
+    /// thread cannot share (a lazily loaded feature network) and already use every core.
+    pub fn run_each<F>(&self, manifest: &mut Manifest, mut part: F) -> Result<()>
+    where
+        F: FnMut(u64, &MultiProgress) -> Result<PartTimes>,
+    {
+        let progress = MultiProgress::new();
+        for &seed in self.seeds {
+            if self.is_done(seed) {
+                self.run
+                    .log(&format!("seed {seed}: reusing finished part"))?;
+                continue;
+            }
+            let t0 = std::time::Instant::now();
+            let times = part(seed, &progress)?;
+            let secs = t0.elapsed().as_secs_f64();
+            self.run.write(&Self::marker(seed), b"")?;
+            manifest.wall_seconds.extend(times);
+            manifest.wall_seconds.insert(format!("seed-{seed}"), secs);
+            self.run.write_manifest(manifest)?;
+            self.run.log(&format!("seed {seed}: done in {secs:.1}s"))?;
         }
         for frame in self.frames {
             stack_parts(self.run, self.seeds, frame)?;

@@ -3,6 +3,7 @@
 //! that turns those frames into figures, a table and a verdict against the paper.
 
 pub mod au_fig3;
+pub mod filtering;
 pub mod gu_fig2;
 pub mod kit;
 pub mod mini_model;
@@ -55,6 +56,27 @@ pub trait Experiment {
     fn recipes(_cfg: &Self::Config) -> Vec<crate::model::recipe::ImageModelRecipe> {
         vec![]
     }
+
+    /// The image models, when finding them needs the experiments directory and scale (a kind
+    /// whose `[model]` names another artifact's recipe). Defaults to [`Experiment::recipes`].
+    fn recipes_at(
+        cfg: &Self::Config,
+        _experiments_dir: &Path,
+        _scale: &str,
+    ) -> Result<Vec<crate::model::recipe::ImageModelRecipe>> {
+        Ok(Self::recipes(cfg))
+    }
+
+    /// What else the run's numbers depend on beyond its own resolved file (e.g. the model-cache
+    /// key of a recipe another experiment file holds): mixed into the configuration hash, so a
+    /// changed recipe never reuses a finished run.
+    fn linked_hash(
+        _cfg: &Self::Config,
+        _experiments_dir: &Path,
+        _scale: &str,
+    ) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// Where experiment files are read from, and where runs go.
@@ -97,6 +119,7 @@ pub struct Validated {
 }
 
 /// Type-erased registry entry.
+#[derive(Clone, Copy)]
 pub struct Artifact {
     pub name: &'static str,
     pub description: &'static str,
@@ -114,7 +137,19 @@ impl Artifact {
             validate: validate::<E>,
             run: run::<E>,
             report: report::<E>,
-            recipes: |inv| Ok(E::recipes(&resolve::<E>(inv)?.config)),
+            recipes: |inv| {
+                let r = resolve::<E>(inv)?;
+                E::recipes_at(&r.config, &inv.experiments_dir, &inv.scale)
+            },
+        }
+    }
+
+    /// An artifact run by a shared driver (an experiment *kind*), named by its directory.
+    const fn kind<E: Experiment>(name: &'static str, description: &'static str) -> Self {
+        Self {
+            name,
+            description,
+            ..Self::of::<E>()
         }
     }
 
@@ -143,6 +178,81 @@ pub const ARTIFACTS: &[Artifact] = &[
     Artifact::of::<mini_model::MiniModel>(),
 ];
 
+/// Experiment kinds: drivers an experiment file selects with `kind = "…"` in `[default]`.
+pub const KINDS: &[(&str, fn(&'static str, &'static str) -> Artifact)] =
+    &[(filtering::KIND, |n, d| {
+        Artifact::kind::<filtering::Filtering>(n, d)
+    })];
+
+/// The `kind` and `title` an experiment file declares in `[default]`, if any.
+fn declared_kind(experiments_dir: &Path, name: &str) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(config::experiment_file(experiments_dir, name)).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    let default = table.get("default")?.as_table()?;
+    let kind = default.get("kind")?.as_str()?.to_string();
+    let title = default
+        .get("title")
+        .and_then(|t| t.as_str())
+        .unwrap_or("")
+        .to_string();
+    Some((kind, title))
+}
+
+/// Every artifact: the built-in ones, then every experiment directory whose file selects a kind
+/// (in name order).
+pub fn all(experiments_dir: &Path) -> Vec<Artifact> {
+    let mut out: Vec<Artifact> = ARTIFACTS.to_vec();
+    let mut names: Vec<String> = std::fs::read_dir(experiments_dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    for n in names {
+        if out.iter().any(|a| a.name == n) {
+            continue;
+        }
+        if let Ok(a) = find_in(experiments_dir, &n) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// The artifact `name`: built in, or an experiment file under `experiments_dir` that selects a
+/// kind.
+pub fn find_in(experiments_dir: &Path, name: &str) -> Result<Artifact> {
+    if let Some(a) = ARTIFACTS.iter().find(|a| a.name == name) {
+        return Ok(*a);
+    }
+    if let Some((kind, title)) = declared_kind(experiments_dir, name) {
+        let Some((_, make)) = KINDS.iter().find(|(k, _)| *k == kind) else {
+            return Err(Error::ExperimentFile {
+                path: config::experiment_file(experiments_dir, name),
+                reason: format!(
+                    "[default] kind = \"{kind}\" is not a kind diffuq knows (known: {})",
+                    KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+                ),
+            });
+        };
+        // Names and titles live as long as the process (a handful of short strings).
+        let name: &'static str = Box::leak(name.to_string().into_boxed_str());
+        let title: &'static str = Box::leak(title.into_boxed_str());
+        return Ok(make(name, title));
+    }
+    Err(Error::UnknownArtifact {
+        name: name.to_string(),
+        known: all(experiments_dir)
+            .iter()
+            .map(|a| a.name)
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// A built-in artifact by name (kinds need [`find_in`]).
 pub fn find(name: &str) -> Result<&'static Artifact> {
     ARTIFACTS
         .iter()
@@ -158,13 +268,22 @@ pub fn find(name: &str) -> Result<&'static Artifact> {
 }
 
 fn resolve<E: Experiment>(inv: &Invocation) -> Result<Resolved<E::Config>> {
-    config::resolve::<E::Config>(
+    let mut r = config::resolve::<E::Config>(
         &inv.experiments_dir,
-        E::NAME,
+        &inv.artifact,
         &inv.scale,
         &inv.env,
         &inv.overrides,
-    )
+    )?;
+    if let Some(linked) = E::linked_hash(&r.config, &inv.experiments_dir, &inv.scale)? {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(r.hash.as_bytes());
+        h.update(b"\nlinked ");
+        h.update(linked.as_bytes());
+        r.hash = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    }
+    Ok(r)
 }
 
 fn run_path(root: &Path, r: &Resolved<impl Sized>) -> PathBuf {

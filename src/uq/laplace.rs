@@ -186,6 +186,34 @@ pub struct LastLayerDraw {
 }
 
 impl DiagPosterior {
+    /// The posterior of the union of two fits of the same last layer: the empirical Fisher is a
+    /// sum over items, so the H of disjoint item sets add (used when every batch binds its own
+    /// class labels to the network and so needs its own accumulator).
+    pub fn merged(&self, other: &DiagPosterior) -> Result<DiagPosterior> {
+        if self.h_w.dims() != other.h_w.dims() || self.spec != other.spec {
+            return Err(Error::invalid(
+                "Laplace fit",
+                format!(
+                    "cannot merge fits of different layers or settings ({:?} vs {:?})",
+                    self.h_w.dims(),
+                    other.h_w.dims()
+                ),
+            ));
+        }
+        let h_b = match (&self.h_b, &other.h_b) {
+            (Some(a), Some(b)) => Some((a + b).ctx("H")?),
+            _ => None,
+        };
+        Ok(DiagPosterior {
+            w_map: self.w_map.clone(),
+            b_map: self.b_map.clone(),
+            h_w: (&self.h_w + &other.h_w).ctx("H")?,
+            h_b,
+            spec: self.spec,
+            n_items: self.n_items + other.n_items,
+        })
+    }
+
     /// Posterior precision H/σ² + λ of W and b.
     pub fn precision(&self) -> Result<(Tensor, Option<Tensor>)> {
         let s2 = self.spec.sigma * self.spec.sigma;

@@ -1,0 +1,1913 @@
+//! The **filtering** experiment kind: the headline protocol of both papers, shared by every
+//! artifact whose experiment file says `kind = "filtering"` (au-table1, gu-fig3, gu-fig4,
+//! gu-fig16, gu-table1).
+//!
+//! Per seed (an independent x_T draw): N samples from fixed x_T and labels (labels cycle through
+//! the classes) → every configured score ([`crate::uq::scores`]) → keep the K lowest (or, with
+//! `filter.keep_highest`, the K highest: AU's Sec. 4.1 text says the kept set has "the highest
+//! uncertainty", its released code keeps the lowest) → FID, precision, recall, density and coverage
+//! of the kept set against the reference set, and the kept set's class composition — at every
+//! fraction of `filter.keep` (the x-axis of GU Figs. 3/7; AU Table 1 keeps 50,000 of 60,000 = 5/6).
+//!
+//! With `filter.class_balanced`, each class keeps the same fraction of its own samples (ranked
+//! by the score within the class), so a reader can tell a filter that removes bad samples from
+//! one that reshapes the class balance (issue 11 §5: at small scale AU rejects some classes far
+//! more than others).
+//!
+//! Scores that leave the sampling trajectory alone (random, AU, MC-Dropout, GU's MAP sample,
+//! realism, rarity) produce the same images from one x_T up to float rounding; the driver embeds
+//! the plain sampler's images once and reuses those features for every score whose samples lie
+//! within [`SAME_SAMPLES_TOL`] of them (the deviation is recorded per score). A score with its own
+//! trajectory (BayesDiff draws ε at its uncertainty steps) has its own samples embedded.
+//!
+//! Post-hoc scores (realism, rarity) are evaluated on the plain samples without sampling again.
+//! A rank combination (GU Table 1) ranks its two parts over the whole seed's set.
+//!
+//! Claims (`[[claims]]`) state what the paper says in numbers this driver measures — "score a's
+//! kept set has a lower FID than score b's at keep fraction f", "|Spearman(a, b)| is below
+//! |Spearman(c, d)|" — and the verdict is reproduced only when each holds **beyond the seed noise**
+//! (the mean paired difference over seeds exceeds twice its standard error); a difference within
+//! the noise is *not reproduced*, and a run in raw-pixel features (smoke) is *not checked*.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use polars::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::kit::{self, PartRunner};
+use super::{mini_model, Experiment, Outcome, RunOptions, Verdict};
+use crate::config::{check, Resolved, Validate, Violation};
+use crate::data::fashion_mnist::{FashionMnist, Split, CLASS_NAMES};
+use crate::error::{Error, Result, TensorContext};
+use crate::features::{FeatureExtractor, FeaturesConfig, Identity};
+use crate::metrics::fid::{frechet_distance, GaussianStats};
+use crate::metrics::inputs::{Embedder, MetricInput};
+use crate::metrics::prdc::{prdc, PrdcDistance, PrdcOptions};
+use crate::metrics::rank::spearman;
+use crate::metrics::realism::{RealManifold, RealismVariant, Rows};
+use crate::model::recipe::{self, ImageModelRecipe};
+use crate::model::Bound;
+use crate::report::compare::{Comparison, Reproduced};
+use crate::report::table::{pm, Table};
+use crate::sampler::spec::SamplerSpec;
+use crate::sampler::NoObserver;
+use crate::seed::SeedStreams;
+use crate::tracking::{Manifest, RunDir};
+use crate::uq::au::{AuCompat, AuSpec, StepWindow};
+use crate::uq::bayesdiff::{BayesDiffSpec, VarianceRule};
+use crate::uq::gu::{GuCompat, GuSpec};
+use crate::uq::laplace::{DiagPosterior, FisherAccumulator, LaplaceSpec};
+use crate::uq::scores::{
+    AuScore, BayesDiffScore, GuScore, McDropoutScore, RandomScore, RankCombination, RarityScore,
+    RealismScore, SampleScore, ScoreBatch,
+};
+
+/// Largest |Δ| (pixels in [−1, 1]) between a score's samples and the plain sampler's for which
+/// the plain samples' features stand for the score's (GU's MAP sample is computed through the
+/// last layer as a matrix product: ≈ 1e-6 apart).
+pub const SAME_SAMPLES_TOL: f64 = 1e-3;
+
+/// The kind's name in experiment files.
+pub const KIND: &str = "filtering";
+
+/// Frames each seed writes (stacked into the run's root when every seed is done).
+const FRAMES: &[&str] = &["scores", "metrics", "score_info"];
+
+/// The filtering driver (module doc); one Rust type for every artifact of this kind.
+pub struct Filtering;
+
+/// An experiment file of kind `filtering`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub version: u32,
+    /// Always `filtering`.
+    pub kind: String,
+    /// The paper element, for tables and figure titles.
+    pub title: String,
+    pub seeds: Vec<u64>,
+    pub model: ModelRef,
+    pub sampler: SamplerSpec,
+    /// Generated samples N per seed.
+    pub samples: usize,
+    pub batch_size: usize,
+    /// Score names (see [`Config::build_scores`]): random, au, au-release, mc-dropout, bayesdiff,
+    /// bayesdiff-release, gu-pixel, gu-semantic, realism, rarity, and `a+b` rank combinations.
+    pub scores: Vec<String>,
+    pub au: AuConfig,
+    pub mc_dropout: McDropoutConfig,
+    pub bayesdiff: BayesDiffConfig,
+    pub gu: GuConfig,
+    pub laplace: LaplaceConfig,
+    pub realism: RealismConfig,
+    pub filter: FilterConfig,
+    pub eval: EvalConfig,
+    pub report: ReportConfig,
+    #[serde(default)]
+    pub claims: Vec<Claim>,
+    pub features: FeaturesConfig,
+}
+
+/// `[model]`: which trained model the samples come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRef {
+    /// An artifact whose `[model]` table is the recipe, resolved at this run's scale (`mini-model`):
+    /// the model cache trains it once or finds it committed.
+    pub from: String,
+    /// Sample with the EMA weights.
+    pub use_ema: bool,
+}
+
+impl ModelRef {
+    /// The paper checkpoint `checkpoint:<name>` names, if any.
+    pub fn checkpoint(&self) -> Option<&str> {
+        self.from.strip_prefix("checkpoint:")
+    }
+}
+
+/// `[au]` (AU Alg. 1 summed over a window of sampler steps).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuConfig {
+    pub m: usize,
+    pub ddof: usize,
+    pub window_start: usize,
+    pub window_len: usize,
+}
+
+/// `[mc_dropout]`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McDropoutConfig {
+    pub m: usize,
+    pub ddof: usize,
+    pub window_start: usize,
+    pub window_len: usize,
+}
+
+/// `[bayesdiff]`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BayesDiffConfig {
+    pub mc: usize,
+    pub every: usize,
+}
+
+/// `[gu]` (GU Alg. 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuConfig {
+    pub m: usize,
+    pub include_map: bool,
+    /// γ² of the pixel likelihood (Eq. 6).
+    pub gamma2_pixel: f64,
+    /// γ of the semantic likelihood (Eq. 7; GU: 1e-3).
+    pub gamma_semantic: f64,
+    pub compat: GuCompat,
+    /// Sampler of the M extra samples (GU Fig. 6 shortens it).
+    pub sampler: SamplerSpec,
+}
+
+/// `[laplace]`: the last-layer diagonal empirical-Fisher Laplace GU and BayesDiff share, fitted on
+/// noised training images (t uniform over the schedule, ε from the `laplace-fit` stream).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaplaceConfig {
+    pub fit_images: usize,
+    pub batch_size: usize,
+    pub sigma: f64,
+    pub prior_precision: f64,
+    pub ef_scale: f64,
+}
+
+/// `[realism]`: the reference manifold realism and rarity are measured against.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RealismConfig {
+    pub k: usize,
+    pub variant: RealismVariant,
+    /// Training images whose semantic features form the manifold.
+    pub reference_images: usize,
+}
+
+/// `[filter]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Fractions of N kept (the curves' x-axis).
+    pub keep: Vec<f64>,
+    /// The fraction the table is printed at (must be one of `keep`).
+    pub table_keep: f64,
+    pub keep_highest: bool,
+    pub class_balanced: bool,
+}
+
+/// What samples are embedded with for the kept-set metrics, and for GU's semantic likelihood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Space {
+    /// The FID Inception-v3 (pool3), as pytorch-fid.
+    Inception,
+    /// torchvision's MobileNetV2 (ImageNet), 1280-d pooled: a semantic space that is not the
+    /// FID's own.
+    Mobilenet,
+    /// Raw pixels: smoke plumbing only.
+    Pixels,
+}
+
+/// `[eval]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Feature space of FID and precision/recall (`inception`; `pixels` for smoke).
+    pub metric_features: Space,
+    /// φ of GU's semantic likelihood and the space of realism/rarity (`mobilenet`; `pixels`).
+    pub semantic_features: Space,
+    /// Fashion-MNIST test images the kept sets are compared with (0 = all 10,000).
+    pub reference_subset: usize,
+    pub inception_batch: usize,
+    pub semantic_batch: usize,
+    pub prdc_k: usize,
+    /// `euclidean` (prdc 0.2, `<`) or `squared` (Kynkäänniemi's release, `≤`).
+    pub prdc_distance: String,
+}
+
+/// `[report]`: which figures the artifact draws.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// Curves of FID/precision/recall over the kept fraction (GU Figs. 3/7).
+    pub curves: bool,
+    /// The n most and least uncertain samples of the first seed per score (GU Fig. 4); 0 = none.
+    pub grid: usize,
+    /// Class-averaged score per class (GU Fig. 16).
+    pub class_bars: bool,
+    /// Spearman correlations between pairs of scores (GU Fig. 15), `"a,b"`.
+    pub spearman: Vec<String>,
+}
+
+/// One checkable statement of the paper.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claim {
+    /// The paper's words.
+    pub text: String,
+    /// `lower` / `higher`: `metric` of score `a`'s kept set at `keep` is below / above score
+    /// `b`'s. `weaker-correlation`: |Spearman(a)| < |Spearman(b)|, `a`, `b` pairs `"x,y"`.
+    /// `negative-correlation`: Spearman(a) < 0.
+    pub test: String,
+    #[serde(default)]
+    pub metric: String,
+    pub a: String,
+    #[serde(default)]
+    pub b: String,
+    #[serde(default)]
+    pub keep: f64,
+}
+
+const METRICS: &[&str] = &[
+    "fid",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "class_tv",
+];
+
+fn is_known_score(name: &str) -> bool {
+    matches!(
+        name,
+        "random"
+            | "au"
+            | "au-release"
+            | "mc-dropout"
+            | "bayesdiff"
+            | "bayesdiff-release"
+            | "gu-pixel"
+            | "gu-semantic"
+            | "realism"
+            | "rarity"
+    )
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Vec<Violation> {
+        let mut v = vec![];
+        check(
+            &mut v,
+            self.kind == KIND,
+            "kind",
+            "must be \"filtering\" for this driver",
+        );
+        check(
+            &mut v,
+            !self.seeds.is_empty(),
+            "seeds",
+            "must list at least one seed",
+        );
+        check(
+            &mut v,
+            self.model.from == mini_model::MiniModel::NAME
+                || self.model.checkpoint().is_some_and(|n| !n.is_empty()),
+            "model.from",
+            "must be \"mini-model\" (the recipe diffuq trains) or \"checkpoint:<name>\" (a paper checkpoint)",
+        );
+        check(&mut v, self.samples >= 4, "samples", "must be ≥ 4");
+        check(&mut v, self.batch_size >= 1, "batch_size", "must be ≥ 1");
+        check(
+            &mut v,
+            !self.scores.is_empty(),
+            "scores",
+            "must name at least one score",
+        );
+        for s in &self.scores {
+            let parts: Vec<&str> = s.split('+').collect();
+            let ok = match parts.as_slice() {
+                [one] => is_known_score(one),
+                [a, b] => is_known_score(a) && matches!(*b, "realism" | "rarity"),
+                _ => false,
+            };
+            check(
+                &mut v,
+                ok,
+                "scores",
+                &format!(
+                    "unknown score `{s}` (expected random, au, au-release, mc-dropout, bayesdiff, bayesdiff-release, gu-pixel, gu-semantic, realism, rarity, or `a+realism` / `a+rarity`)"
+                ),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.scores {
+            check(
+                &mut v,
+                seen.insert(s),
+                "scores",
+                &format!("`{s}` is listed twice"),
+            );
+        }
+        v.extend(self.sampler.violations(1000));
+        v.extend(self.gu.sampler.violations(1000).into_iter().map(|mut x| {
+            x.key = format!("gu.{}", x.key);
+            x
+        }));
+        let f = &self.filter;
+        check(
+            &mut v,
+            !f.keep.is_empty() && f.keep.iter().all(|&k| k > 0.0 && k <= 1.0),
+            "filter.keep",
+            "must list fractions in (0, 1]",
+        );
+        check(
+            &mut v,
+            f.keep.iter().any(|&k| close(k, f.table_keep)),
+            "filter.table_keep",
+            "must be one of filter.keep",
+        );
+        check(&mut v, self.au.m >= 2, "au.m", "must be ≥ 2");
+        check(
+            &mut v,
+            self.au.ddof < self.au.m,
+            "au.ddof",
+            "must be < au.m",
+        );
+        check(
+            &mut v,
+            self.mc_dropout.m >= 2,
+            "mc_dropout.m",
+            "must be ≥ 2",
+        );
+        check(
+            &mut v,
+            self.mc_dropout.ddof < self.mc_dropout.m,
+            "mc_dropout.ddof",
+            "must be < mc_dropout.m",
+        );
+        check(&mut v, self.gu.m >= 1, "gu.m", "must be ≥ 1");
+        check(
+            &mut v,
+            self.gu.gamma2_pixel > 0.0 && self.gu.gamma_semantic > 0.0,
+            "gu.gamma2_pixel",
+            "γ must be > 0 (both likelihoods)",
+        );
+        check(
+            &mut v,
+            self.laplace.fit_images >= 1,
+            "laplace.fit_images",
+            "must be ≥ 1",
+        );
+        check(
+            &mut v,
+            self.laplace.batch_size >= 1,
+            "laplace.batch_size",
+            "must be ≥ 1",
+        );
+        check(&mut v, self.realism.k >= 1, "realism.k", "must be ≥ 1");
+        check(
+            &mut v,
+            self.realism.reference_images > self.realism.k,
+            "realism.reference_images",
+            "must exceed realism.k",
+        );
+        check(
+            &mut v,
+            self.eval.metric_features != Space::Mobilenet,
+            "eval.metric_features",
+            "must be \"inception\" (the FID's space) or \"pixels\" (smoke)",
+        );
+        check(
+            &mut v,
+            self.eval.semantic_features != Space::Inception,
+            "eval.semantic_features",
+            "must be \"mobilenet\" or \"pixels\": filtering in the FID's own feature space would tune the filter to the metric",
+        );
+        check(
+            &mut v,
+            matches!(self.eval.prdc_distance.as_str(), "euclidean" | "squared"),
+            "eval.prdc_distance",
+            "must be \"euclidean\" or \"squared\"",
+        );
+        check(&mut v, self.eval.prdc_k >= 1, "eval.prdc_k", "must be ≥ 1");
+        check(
+            &mut v,
+            self.eval.inception_batch >= 1,
+            "eval.inception_batch",
+            "must be ≥ 1",
+        );
+        check(
+            &mut v,
+            self.eval.semantic_batch >= 1,
+            "eval.semantic_batch",
+            "must be ≥ 1",
+        );
+        for (i, pair) in self.report.spearman.iter().enumerate() {
+            let ok = pair.split_once(',').is_some_and(|(a, b)| {
+                self.scores.iter().any(|s| s == a) && self.scores.iter().any(|s| s == b)
+            });
+            check(
+                &mut v,
+                ok,
+                &format!("report.spearman[{i}]"),
+                "must be \"a,b\" with a and b in `scores`",
+            );
+        }
+        for (i, c) in self.claims.iter().enumerate() {
+            let key = format!("claims[{i}]");
+            let has = |s: &str| self.scores.iter().any(|x| x == s);
+            let pair_ok = |p: &str| p.split_once(',').is_some_and(|(a, b)| has(a) && has(b));
+            let ok = match c.test.as_str() {
+                "lower" | "higher" => {
+                    has(&c.a)
+                        && has(&c.b)
+                        && METRICS.contains(&c.metric.as_str())
+                        && f.keep.iter().any(|&k| close(k, c.keep))
+                }
+                "weaker-correlation" => pair_ok(&c.a) && pair_ok(&c.b),
+                "negative-correlation" => pair_ok(&c.a),
+                _ => false,
+            };
+            check(
+                &mut v,
+                ok,
+                &key,
+                "test must be lower/higher (a, b in scores, metric one of fid, precision, recall, density, coverage, class_tv, keep one of filter.keep) or weaker-correlation/negative-correlation (pairs \"x,y\" of scores)",
+            );
+        }
+        v
+    }
+}
+
+impl Config {
+    fn au_window(&self) -> StepWindow {
+        StepWindow {
+            start: self.au.window_start,
+            len: self.au.window_len,
+        }
+    }
+
+    fn needs_posterior(&self) -> bool {
+        self.scores
+            .iter()
+            .any(|s| s.contains("gu-") || s.starts_with("bayesdiff"))
+    }
+
+    fn needs_semantic(&self) -> bool {
+        self.scores
+            .iter()
+            .any(|s| s.contains("gu-semantic") || s.contains("realism") || s.contains("rarity"))
+    }
+
+    fn needs_manifold(&self) -> bool {
+        self.scores
+            .iter()
+            .any(|s| s.contains("realism") || s.contains("rarity"))
+    }
+
+    fn gu_spec(&self, gamma2: f64) -> GuSpec {
+        GuSpec {
+            m: self.gu.m,
+            include_map: self.gu.include_map,
+            gamma2,
+            compat: self.gu.compat,
+            sampler: self.gu.sampler.clone(),
+        }
+    }
+
+    /// One score by name, over the run's posterior, semantic φ and reference manifold.
+    fn build_score<'a>(
+        &self,
+        name: &str,
+        ctx: &'a ScoreContext<'a>,
+    ) -> Result<Box<dyn SampleScore + 'a>> {
+        let post = || {
+            ctx.posterior.ok_or_else(|| {
+                Error::invalid("scores", format!("`{name}` needs the Laplace posterior"))
+            })
+        };
+        let manifold = || {
+            ctx.manifold.ok_or_else(|| {
+                Error::invalid("scores", format!("`{name}` needs the realism manifold"))
+            })
+        };
+        Ok(match name {
+            "random" => Box::new(RandomScore),
+            "au" | "au-release" => {
+                let compat = if name == "au" {
+                    AuCompat::Paper
+                } else {
+                    AuCompat::AuRelease
+                };
+                let clip = (compat == AuCompat::AuRelease && self.sampler.clip_sample)
+                    .then_some(self.sampler.clip_range);
+                Box::new(AuScore::new(
+                    AuSpec {
+                        m: self.au.m,
+                        ddof: self.au.ddof,
+                        compat,
+                        clip_sample: clip,
+                    },
+                    self.au_window(),
+                )?)
+            }
+            "mc-dropout" => Box::new(McDropoutScore::new(
+                self.mc_dropout.m,
+                self.mc_dropout.ddof,
+                StepWindow {
+                    start: self.mc_dropout.window_start,
+                    len: self.mc_dropout.window_len,
+                },
+            )?),
+            "bayesdiff" | "bayesdiff-release" => Box::new(BayesDiffScore::new(
+                post()?,
+                BayesDiffSpec {
+                    mc: self.bayesdiff.mc,
+                    every: self.bayesdiff.every,
+                    variance: if name == "bayesdiff" {
+                        VarianceRule::Total
+                    } else {
+                        VarianceRule::Release
+                    },
+                },
+            )?),
+            "gu-pixel" => Box::new(GuScore::pixel(post()?, self.gu_spec(self.gu.gamma2_pixel))?),
+            "gu-semantic" => Box::new(GuScore::semantic(
+                post()?,
+                self.gu_spec(self.gu.gamma_semantic),
+                ctx.semantic,
+            )?),
+            "realism" => Box::new(RealismScore::new(
+                manifold()?,
+                ctx.semantic,
+                self.realism.variant.options(self.realism.k),
+            )?),
+            "rarity" => Box::new(RarityScore::new(manifold()?, ctx.semantic)),
+            combo => match combo.split_once('+') {
+                Some((a, b)) => Box::new(RankCombination::new(
+                    self.build_score(a, ctx)?,
+                    self.build_score(b, ctx)?,
+                )?),
+                None => return Err(Error::invalid("scores", format!("unknown score `{combo}`"))),
+            },
+        })
+    }
+
+    fn prdc_options(&self) -> PrdcOptions {
+        PrdcOptions {
+            k: self.eval.prdc_k,
+            distance: if self.eval.prdc_distance == "squared" {
+                PrdcDistance::Squared
+            } else {
+                PrdcDistance::Euclidean
+            },
+        }
+    }
+
+    /// Whether the run's numbers can test a claim (not in raw-pixel smoke features).
+    fn checks_claims(&self) -> bool {
+        self.eval.metric_features == Space::Inception
+    }
+
+    fn experiments_dir(file: &Path) -> PathBuf {
+        file.parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("experiments"))
+    }
+
+    /// The recipe of `model.from` at `scale`.
+    pub fn recipe(&self, experiments_dir: &Path, scale: &str) -> Result<ImageModelRecipe> {
+        if self.model.from != mini_model::MiniModel::NAME {
+            return Err(Error::invalid(
+                "model.from",
+                format!(
+                    "`{}`: only `mini-model` holds a trainable recipe (paper-scale checkpoints come with the loaders)",
+                    self.model.from
+                ),
+            ));
+        }
+        let r = crate::config::resolve::<mini_model::Config>(
+            experiments_dir,
+            &self.model.from,
+            scale,
+            &[],
+            &[],
+        )?;
+        Ok(r.config.model)
+    }
+}
+
+/// What scores are built over.
+struct ScoreContext<'a> {
+    posterior: Option<&'a DiagPosterior>,
+    semantic: &'a dyn FeatureExtractor,
+    manifold: Option<&'a RealManifold<'a>>,
+}
+
+impl Experiment for Filtering {
+    const NAME: &'static str = KIND;
+    const DESCRIPTION: &'static str =
+        "filtering: score N samples, keep the K lowest, FID/precision/recall of the kept set";
+    type Config = Config;
+
+    fn run(
+        cfg: &Resolved<Config>,
+        run: &RunDir,
+        manifest: &mut Manifest,
+        opts: &RunOptions,
+    ) -> Result<()> {
+        run_impl(cfg, run, manifest, opts)
+    }
+
+    fn report(cfg: &Config, run: &RunDir) -> Result<Verdict> {
+        report_impl(cfg, run)
+    }
+
+    fn recipes_at(
+        cfg: &Config,
+        experiments_dir: &Path,
+        scale: &str,
+    ) -> Result<Vec<ImageModelRecipe>> {
+        if cfg.model.checkpoint().is_some() {
+            return Ok(vec![]);
+        }
+        Ok(vec![cfg.recipe(experiments_dir, scale)?])
+    }
+
+    fn linked_hash(cfg: &Config, experiments_dir: &Path, scale: &str) -> Result<Option<String>> {
+        if cfg.model.checkpoint().is_some() {
+            return Ok(None);
+        }
+        let r = cfg.recipe(experiments_dir, scale)?;
+        Ok(Some(crate::model::cache::recipe_key(&r.cache_identity())?))
+    }
+}
+
+/// uint8 images from samples in [−1, 1] (as image writers quantise).
+fn to_u8(x: &Tensor) -> candle_core::Result<Tensor> {
+    ((x.clamp(-1f32, 1f32)? + 1.0)? * 127.5)?
+        .round()?
+        .to_dtype(DType::U8)
+}
+
+/// uint8 → [−1, 1] f32 (what the semantic extractor sees for real images, as for samples).
+fn from_u8(x: &Tensor) -> candle_core::Result<Tensor> {
+    (x.to_dtype(DType::F32)? / 127.5)? - 1.0
+}
+
+/// Features of uint8 images (N, 1, S, S) in the metric space, row-major.
+fn metric_features(
+    c: &Config,
+    embedder: &Embedder,
+    images: &Tensor,
+    what: &str,
+) -> Result<(Vec<f64>, usize)> {
+    match c.eval.metric_features {
+        Space::Pixels | Space::Mobilenet => {
+            let d = images.elem_count() / images.dim(0).ctx(what)?.max(1);
+            let v: Vec<f64> = images
+                .to_dtype(DType::F64)
+                .and_then(|t| t / 255.0)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1())
+                .ctx(what)?;
+            Ok((v, d))
+        }
+        Space::Inception => {
+            let rgb = images
+                .to_device(&Device::Cpu)
+                .and_then(|t| t.repeat((1, 3, 1, 1)))
+                .ctx(what)?;
+            embedder.features_of(MetricInput::Images(rgb), Path::new(what))
+        }
+    }
+}
+
+/// The semantic φ of the run.
+fn semantic_extractor(c: &Config, dev: &Device) -> Result<Box<dyn FeatureExtractor>> {
+    Ok(match c.eval.semantic_features {
+        Space::Mobilenet => {
+            let path = if c.features.mobilenet_path.is_empty() {
+                match c.features.mobilenet() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        crate::fetch::fetch_mobilenet(&crate::fetch::default_cache_dir())?;
+                        c.features.mobilenet()?
+                    }
+                }
+            } else {
+                c.features.mobilenet()?
+            };
+            let net = crate::features::mobilenet::MobileNetV2::load(&path, dev)?;
+            Box::new(crate::features::mobilenet::MobileNetFeatures::new(
+                net,
+                crate::features::mobilenet::Preprocess::SAMPLES,
+                c.eval.semantic_batch,
+            ))
+        }
+        _ => Box::new(Identity),
+    })
+}
+
+/// Rows of φ(images) for images in [−1, 1], in batches.
+fn semantic_rows(
+    phi: &dyn FeatureExtractor,
+    x: &Tensor,
+    batch: usize,
+    what: &str,
+) -> Result<(Vec<f64>, usize)> {
+    let n = x.dim(0).ctx(what)?;
+    let mut out = vec![];
+    let mut d = 0;
+    let mut i = 0;
+    while i < n {
+        let b = batch.min(n - i);
+        let f = phi
+            .features(&x.narrow(0, i, b).ctx(what)?)
+            .and_then(|t| t.to_dtype(DType::F64))
+            .ctx(what)?;
+        d = f.dim(1).ctx(what)?;
+        out.extend(f.flatten_all().and_then(|t| t.to_vec1::<f64>()).ctx(what)?);
+        i += b;
+    }
+    Ok((out, d))
+}
+
+/// The last-layer Laplace posterior fitted on `laplace.fit_images` noised training images.
+fn fit_posterior(
+    c: &Config,
+    recipe: &ImageModelRecipe,
+    net: &crate::model::unet2d::UNet2D,
+    train: &(Tensor, Vec<u32>),
+    dev: &Device,
+) -> Result<DiagPosterior> {
+    let schedule = recipe.schedule.build();
+    let spec = LaplaceSpec {
+        sigma: c.laplace.sigma,
+        prior_precision: c.laplace.prior_precision,
+        ef_scale: c.laplace.ef_scale,
+        channels: None,
+    };
+    let purpose = SeedStreams::new(recipe.seed).purpose(kit::streams::LAPLACE_FIT);
+    let n = c
+        .laplace
+        .fit_images
+        .min(train.0.dim(0).ctx("training images")?);
+    let (s, h, w) = {
+        let d = train.0.dims();
+        (d[1], d[2], d[3])
+    };
+    let f = s * h * w;
+    let mut post: Option<DiagPosterior> = None;
+    let mut acc_holder = None;
+    let idx_all: Vec<u64> = (0..n as u64).collect();
+    for idx in idx_all.chunks(c.laplace.batch_size) {
+        let b = idx.len();
+        let x0 = train
+            .0
+            .narrow(0, idx[0] as usize, b)
+            .ctx("Laplace fit images")?;
+        let y: Vec<u32> = idx.iter().map(|&i| train.1[i as usize]).collect();
+        let ts: Vec<usize> = idx
+            .iter()
+            .map(|&i| {
+                use rand::Rng;
+                purpose.rng(i).random_range(0..schedule.len())
+            })
+            .collect();
+        let eps = Tensor::from_vec(purpose.normals(idx, Some(1), f), (b, s, h, w), dev)
+            .ctx("Laplace fit noise")?;
+        let a: Vec<f32> = ts
+            .iter()
+            .map(|&t| schedule.alpha_bar(Some(t)).sqrt() as f32)
+            .collect();
+        let sg: Vec<f32> = ts
+            .iter()
+            .map(|&t| (1.0 - schedule.alpha_bar(Some(t))).sqrt() as f32)
+            .collect();
+        let a = Tensor::from_vec(a, (b, 1, 1, 1), dev).ctx("√ᾱ")?;
+        let sg = Tensor::from_vec(sg, (b, 1, 1, 1), dev).ctx("√(1−ᾱ)")?;
+        let x_t =
+            (x0.broadcast_mul(&a).ctx("x_t")? + eps.broadcast_mul(&sg).ctx("x_t")?).ctx("x_t")?;
+        let bound = Bound::new(net)
+            .with_labels(Tensor::from_vec(y, b, dev).ctx("labels")?)
+            .with_schedule(&schedule);
+        let t_model: Vec<f64> = ts.iter().map(|&t| t as f64).collect();
+        let acc = acc_holder.get_or_insert_with(Vec::new);
+        // One accumulator over all batches: the bound labels change per batch, so accumulate the
+        // batch's Fisher into a fresh accumulator and add the sums.
+        let mut one = FisherAccumulator::new(&bound, spec)?;
+        one.add(&x_t, &t_model, &eps)?;
+        acc.push(one.finish());
+    }
+    for p in acc_holder.unwrap_or_default() {
+        post = Some(match post {
+            None => p,
+            Some(q) => q.merged(&p)?,
+        });
+    }
+    post.ok_or_else(|| Error::invalid("laplace.fit_images", "no images to fit on"))
+}
+
+/// Per-seed outputs of one score.
+struct ScoreResult {
+    name: String,
+    values: Vec<f64>,
+    nfe: usize,
+    max_dev: f64,
+    own_samples: Option<Tensor>,
+    wall: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_seed(
+    c: &Config,
+    recipe: &ImageModelRecipe,
+    net: &crate::model::unet2d::UNet2D,
+    ctx: &ScoreContext<'_>,
+    seed: u64,
+    dev: &Device,
+    run: &RunDir,
+    embedder: &Embedder,
+    reference: &(Vec<f64>, usize, GaussianStats),
+    progress: &indicatif::MultiProgress,
+) -> Result<kit::PartTimes> {
+    let s = recipe.data.image_size;
+    let schedule = recipe.schedule.build();
+    let streams = SeedStreams::new(seed);
+    let all: Vec<u64> = (0..c.samples as u64).collect();
+    let labels = kit::cycled_labels(&all, 10);
+    let mut times = vec![];
+    let scores: Vec<Box<dyn SampleScore + '_>> = c
+        .scores
+        .iter()
+        .map(|n| c.build_score(n, ctx))
+        .collect::<Result<_>>()?;
+
+    // 1. The plain sampler's images (the shared sample set).
+    let t0 = Instant::now();
+    let pb = kit::bar(progress, c.samples, &format!("seed {seed}: plain samples"));
+    let mut plain = vec![];
+    for idx in all.chunks(c.batch_size) {
+        let x_t = kit::initial_noise(&streams, idx, &[1, s, s], dev)?;
+        let y = kit::cycled_labels(idx, 10);
+        let bound = Bound::new(net)
+            .with_labels(Tensor::from_vec(y, idx.len(), dev).ctx("labels")?)
+            .with_schedule(&schedule);
+        let batch = ScoreBatch {
+            net: &bound,
+            schedule: &schedule,
+            sampler: &c.sampler,
+            x_t: &x_t,
+            indices: idx,
+            streams: streams.clone(),
+        };
+        let out = batch.sample(&mut NoObserver, "plain samples")?;
+        plain.push(out.x0);
+        pb.inc(idx.len() as u64);
+    }
+    pb.finish_and_clear();
+    let plain = Tensor::cat(&plain, 0).ctx("plain samples")?;
+    times.push((format!("sample/seed-{seed}"), t0.elapsed().as_secs_f64()));
+
+    // 2. Every score: raw values batch by batch, then the set's final values.
+    let mut results: Vec<ScoreResult> = vec![];
+    for score in &scores {
+        let t0 = Instant::now();
+        let pb = kit::bar(
+            progress,
+            c.samples,
+            &format!("seed {seed}: {}", score.name()),
+        );
+        let mut raw = crate::uq::scores::RawScores::default();
+        let mut own = vec![];
+        let mut max_dev = 0f64;
+        let mut nfe = 0;
+        for (bi, idx) in all.chunks(c.batch_size).enumerate() {
+            let start = bi * c.batch_size;
+            let plain_b = plain.narrow(0, start, idx.len()).ctx("plain samples")?;
+            if let Some(ph) = score.post_hoc() {
+                let v = ph.score_samples(&plain_b)?;
+                raw.push(&crate::uq::scores::Scored::single(plain_b.clone(), v, 0))?;
+                nfe = crate::uq::scores::sampler_nfe(&c.sampler);
+                own.push(plain_b);
+                pb.inc(idx.len() as u64);
+                continue;
+            }
+            let x_t = kit::initial_noise(&streams, idx, &[1, s, s], dev)?;
+            let y = kit::cycled_labels(idx, 10);
+            let bound = Bound::new(net)
+                .with_labels(Tensor::from_vec(y, idx.len(), dev).ctx("labels")?)
+                .with_schedule(&schedule);
+            let batch = ScoreBatch {
+                net: &bound,
+                schedule: &schedule,
+                sampler: &c.sampler,
+                x_t: &x_t,
+                indices: idx,
+                streams: streams.clone(),
+            };
+            let out = score.score(&batch)?;
+            let dev_b = (&out.samples - &plain_b)
+                .and_then(|d| d.abs())
+                .and_then(|d| d.flatten_all())
+                .and_then(|d| d.max(0))
+                .and_then(|d| d.to_dtype(DType::F64))
+                .and_then(|d| d.to_scalar::<f64>())
+                .ctx("sample deviation")?;
+            max_dev = max_dev.max(dev_b);
+            nfe = out.nfe;
+            raw.push(&out)?;
+            own.push(out.samples);
+            pb.inc(idx.len() as u64);
+        }
+        pb.finish_and_clear();
+        let values = score.finish(&raw.0)?;
+        let own_samples = if max_dev > SAME_SAMPLES_TOL {
+            Some(Tensor::cat(&own, 0).ctx("score samples")?)
+        } else {
+            None
+        };
+        let wall = t0.elapsed().as_secs_f64();
+        times.push((format!("score/{}/seed-{seed}", score.name()), wall));
+        results.push(ScoreResult {
+            name: score.name().to_string(),
+            values,
+            nfe,
+            max_dev,
+            own_samples,
+            wall,
+        });
+    }
+    // Names in the frames are the configured ones (stable keys), not the scores' display names.
+    for (r, n) in results.iter_mut().zip(&c.scores) {
+        r.name = n.clone();
+    }
+
+    // 3. Features of every distinct sample set; kept-set metrics at every fraction.
+    let t0 = Instant::now();
+    let plain_u8 = to_u8(&plain).ctx("quantising samples")?;
+    let (pf, d) = metric_features(c, embedder, &plain_u8, &format!("samples of seed {seed}"))?;
+    let mut tensors = std::collections::HashMap::from([
+        ("plain".to_string(), plain_u8.clone()),
+        (
+            "labels".to_string(),
+            Tensor::from_vec(labels.clone(), c.samples, dev).ctx("labels")?,
+        ),
+    ]);
+    let mut own_features: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for r in &results {
+        if let Some(x) = &r.own_samples {
+            let u8s = to_u8(x).ctx("quantising samples")?;
+            let (f, _) = metric_features(
+                c,
+                embedder,
+                &u8s,
+                &format!("{} samples of seed {seed}", r.name),
+            )?;
+            own_features.insert(r.name.clone(), f);
+            tensors.insert(r.name.clone(), u8s);
+        }
+    }
+    times.push((format!("embed/seed-{seed}"), t0.elapsed().as_secs_f64()));
+
+    let t0 = Instant::now();
+    let opts = c.prdc_options();
+    let mut m_score = vec![];
+    let mut m_keep = vec![];
+    let mut m_k = vec![];
+    let mut m_vals: BTreeMap<&str, Vec<f64>> = METRICS.iter().map(|&m| (m, vec![])).collect();
+    let mut m_class: Vec<Vec<u64>> = vec![vec![]; 10];
+    let all_counts = class_counts(&labels, &(0..c.samples).collect::<Vec<_>>());
+    for r in &results {
+        let feats = own_features.get(&r.name).unwrap_or(&pf);
+        for &frac in &c.filter.keep {
+            let kept = keep_indices(
+                &r.values,
+                &labels,
+                frac,
+                c.filter.keep_highest,
+                c.filter.class_balanced,
+            );
+            let mut rows = Vec::with_capacity(kept.len() * d);
+            for &i in &kept {
+                rows.extend_from_slice(&feats[i * d..(i + 1) * d]);
+            }
+            let what = format!("kept set of {} at {frac} (seed {seed})", r.name);
+            let stats = GaussianStats::from_features(Rows::new(&rows, d), &what)?;
+            let fid = frechet_distance(&stats, &reference.2)?;
+            let p = prdc(
+                Rows::new(&reference.0, reference.1),
+                Rows::new(&rows, d),
+                &opts,
+            )?;
+            let counts = class_counts(&labels, &kept);
+            m_score.push(r.name.clone());
+            m_keep.push(frac);
+            m_k.push(kept.len() as u64);
+            m_vals.get_mut("fid").unwrap().push(fid);
+            m_vals.get_mut("precision").unwrap().push(p.precision);
+            m_vals.get_mut("recall").unwrap().push(p.recall);
+            m_vals.get_mut("density").unwrap().push(p.density);
+            m_vals.get_mut("coverage").unwrap().push(p.coverage);
+            m_vals
+                .get_mut("class_tv")
+                .unwrap()
+                .push(total_variation(&counts, &all_counts));
+            for (k, col) in m_class.iter_mut().enumerate() {
+                col.push(counts[k]);
+            }
+        }
+    }
+    times.push((format!("metrics/seed-{seed}"), t0.elapsed().as_secs_f64()));
+
+    // 4. Frames.
+    let dir = PartRunner::part_dir(seed);
+    std::fs::create_dir_all(run.file(&dir)).map_err(|e| Error::io(run.path(), e))?;
+    let n = c.samples;
+    let mut cols = vec![
+        Column::new("seed".into(), vec![seed; n]),
+        Column::new("index".into(), all.clone()),
+        Column::new("label".into(), labels.clone()),
+    ];
+    for r in &results {
+        cols.push(Column::new(r.name.as_str().into(), r.values.clone()));
+    }
+    let mut scores_df = DataFrame::new(n, cols).ctx("scores frame")?;
+    run.write_parquet(&format!("{dir}/scores.parquet"), &mut scores_df)?;
+
+    let rows = m_score.len();
+    let mut cols = vec![
+        Column::new("seed".into(), vec![seed; rows]),
+        Column::new("score".into(), m_score),
+        Column::new("keep".into(), m_keep),
+        Column::new("k".into(), m_k),
+    ];
+    for m in METRICS {
+        cols.push(Column::new(
+            (*m).into(),
+            m_vals.remove(m).unwrap_or_default(),
+        ));
+    }
+    for (k, col) in m_class.into_iter().enumerate() {
+        cols.push(Column::new(format!("class_{k}").into(), col));
+    }
+    let mut metrics_df = DataFrame::new(rows, cols).ctx("metrics frame")?;
+    run.write_parquet(&format!("{dir}/metrics.parquet"), &mut metrics_df)?;
+
+    let mut info = df!(
+        "seed" => vec![seed; results.len()],
+        "score" => results.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+        "display" => scores.iter().map(|s| s.name().to_string()).collect::<Vec<_>>(),
+        "nfe" => results.iter().map(|r| r.nfe as u64).collect::<Vec<_>>(),
+        "max_dev_from_plain" => results.iter().map(|r| r.max_dev).collect::<Vec<_>>(),
+        "own_samples" => results.iter().map(|r| r.own_samples.is_some()).collect::<Vec<_>>(),
+        "wall_s" => results.iter().map(|r| r.wall).collect::<Vec<_>>(),
+    )
+    .ctx("score info frame")?;
+    run.write_parquet(&format!("{dir}/score_info.parquet"), &mut info)?;
+
+    let path = run.file(&format!("{dir}/samples.safetensors"));
+    crate::tracking::write_atomically(&path, |tmp| {
+        candle_core::safetensors::save(&tensors, tmp).ctx("samples.safetensors")
+    })?;
+    Ok(times)
+}
+
+/// Per-class counts (10 classes) of `kept`.
+fn class_counts(labels: &[u32], kept: &[usize]) -> Vec<u64> {
+    let mut c = vec![0u64; 10];
+    for &i in kept {
+        c[labels[i] as usize % 10] += 1;
+    }
+    c
+}
+
+/// Total-variation distance between two class distributions (given as counts): ½ Σ |p − q|.
+pub fn total_variation(a: &[u64], b: &[u64]) -> f64 {
+    let (sa, sb) = (
+        a.iter().sum::<u64>().max(1) as f64,
+        b.iter().sum::<u64>().max(1) as f64,
+    );
+    0.5 * a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 / sa - y as f64 / sb).abs())
+        .sum::<f64>()
+}
+
+/// Indices kept at fraction `frac`: the ⌈frac·N⌉ lowest scores (or highest), ties broken by
+/// index; with `balanced`, each class keeps ⌈frac·N_c⌉ of its own samples (round to nearest,
+/// at least one).
+pub fn keep_indices(
+    scores: &[f64],
+    labels: &[u32],
+    frac: f64,
+    highest: bool,
+    balanced: bool,
+) -> Vec<usize> {
+    let order = |idx: &mut Vec<usize>| {
+        idx.sort_by(|&i, &j| {
+            let (a, b) = (scores[i], scores[j]);
+            let o = if highest {
+                b.total_cmp(&a)
+            } else {
+                a.total_cmp(&b)
+            };
+            o.then(i.cmp(&j))
+        })
+    };
+    let count = |n: usize| ((frac * n as f64).round() as usize).clamp(1, n.max(1));
+    let mut kept = if balanced {
+        let mut out = vec![];
+        for class in 0..10u32 {
+            let mut idx: Vec<usize> = (0..scores.len()).filter(|&i| labels[i] == class).collect();
+            if idx.is_empty() {
+                continue;
+            }
+            order(&mut idx);
+            let k = count(idx.len());
+            out.extend_from_slice(&idx[..k]);
+        }
+        out
+    } else {
+        let mut idx: Vec<usize> = (0..scores.len()).collect();
+        order(&mut idx);
+        let k = count(idx.len());
+        idx.truncate(k);
+        idx
+    };
+    kept.sort_unstable();
+    kept
+}
+
+fn run_impl(
+    cfg: &Resolved<Config>,
+    run: &RunDir,
+    manifest: &mut Manifest,
+    opts: &RunOptions,
+) -> Result<()> {
+    let c = &cfg.config;
+    if let Some(name) = c.model.checkpoint() {
+        return Err(Error::invalid(
+            "model.from",
+            format!(
+                "`checkpoint:{name}`: the paper's weights are missing — this diffuq has no loader for the papers' checkpoints yet (paper-scale loaders), so the paper profile validates but cannot run"
+            ),
+        ));
+    }
+    let dev = opts.device.open()?;
+    let exp_dir = Config::experiments_dir(&cfg.file);
+    let recipe = c.recipe(&exp_dir, &cfg.scale)?;
+
+    let t = Instant::now();
+    let cache = recipe::model_cache(None);
+    let model = recipe::train_with_progress(&recipe, &cache, &dev, false)?;
+    let net = recipe::load_network(&recipe, &model, c.model.use_ema, &dev)?;
+    manifest
+        .wall_seconds
+        .insert("train-or-load".into(), t.elapsed().as_secs_f64());
+    run.log(&format!("model {} from {}", model.key, model.dir.display()))?;
+    run.write_manifest(manifest)?;
+
+    let data_dir = recipe::fashion_mnist_or_fetch(None)?;
+    if c.eval.metric_features == Space::Inception && c.features.inception_path.is_empty() {
+        crate::fetch::fetch_inception(&crate::fetch::default_cache_dir())?;
+    }
+    let embedder = Embedder::new(c.features.clone(), c.eval.inception_batch);
+
+    // Reference set: test images in the metric space (features and Gaussian statistics).
+    let t = Instant::now();
+    let test = FashionMnist::load(&data_dir, Split::Test)?;
+    let n_ref = if c.eval.reference_subset == 0 {
+        test.len()
+    } else {
+        c.eval.reference_subset.min(test.len())
+    };
+    let ref_imgs = test
+        .to_tensor(recipe.data.image_size, "model.data.image_size", &dev)?
+        .narrow(0, 0, n_ref)
+        .and_then(|t| to_u8(&t))
+        .ctx("reference images")?;
+    let (rf, rd) = metric_features(c, &embedder, &ref_imgs, "Fashion-MNIST test set")?;
+    let rstats = GaussianStats::from_features(Rows::new(&rf, rd), "Fashion-MNIST test set")?;
+    let reference = (rf, rd, rstats);
+    manifest
+        .wall_seconds
+        .insert("reference".into(), t.elapsed().as_secs_f64());
+
+    // Laplace posterior, semantic φ, realism manifold: only what the scores need.
+    let t = Instant::now();
+    let needs_train = c.needs_posterior() || c.needs_manifold();
+    let train = if needs_train {
+        Some(recipe::training_data(&recipe.data, &data_dir, &dev)?)
+    } else {
+        None
+    };
+    let posterior = match (&train, c.needs_posterior()) {
+        (Some(tr), true) => Some(fit_posterior(c, &recipe, &net, tr, &dev)?),
+        _ => None,
+    };
+    manifest
+        .wall_seconds
+        .insert("laplace-fit".into(), t.elapsed().as_secs_f64());
+    let semantic: Box<dyn FeatureExtractor> = if c.needs_semantic() {
+        semantic_extractor(c, &dev)?
+    } else {
+        Box::new(Identity)
+    };
+    let t = Instant::now();
+    let manifold_rows = match (&train, c.needs_manifold()) {
+        (Some(tr), true) => {
+            let n = c
+                .realism
+                .reference_images
+                .min(tr.0.dim(0).ctx("training images")?);
+            // Quantised like the samples' images, then back to [−1, 1].
+            let x =
+                tr.0.narrow(0, 0, n)
+                    .and_then(|t| to_u8(&t))
+                    .and_then(|t| from_u8(&t))
+                    .ctx("realism reference images")?;
+            Some(semantic_rows(
+                semantic.as_ref(),
+                &x,
+                c.eval.semantic_batch,
+                "realism reference images",
+            )?)
+        }
+        _ => None,
+    };
+    let manifold = match &manifold_rows {
+        Some((v, d)) => Some(RealManifold::new(Rows::new(v, *d), c.realism.k)?),
+        None => None,
+    };
+    manifest
+        .wall_seconds
+        .insert("realism-manifold".into(), t.elapsed().as_secs_f64());
+    run.write_manifest(manifest)?;
+
+    let ctx = ScoreContext {
+        posterior: posterior.as_ref(),
+        semantic: semantic.as_ref(),
+        manifold: manifold.as_ref(),
+    };
+    // Validate every score against the sampler before any sampling.
+    for n in &c.scores {
+        c.build_score(n, &ctx)?.nfe(&c.sampler)?;
+    }
+    let parts = PartRunner::new(run, &c.seeds, FRAMES);
+    // Seeds run one after another: each already uses every core (batched convolutions), and the
+    // feature networks load lazily into state a thread cannot share.
+    parts.run_each(manifest, |seed, progress| {
+        run_seed(
+            c, &recipe, &net, &ctx, seed, &dev, run, &embedder, &reference, progress,
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report.
+
+struct MetricRow {
+    score: String,
+    keep: f64,
+    k: u64,
+    vals: BTreeMap<String, f64>,
+    classes: Vec<u64>,
+}
+
+fn read_metrics(run: &RunDir) -> Result<Vec<(u64, MetricRow)>> {
+    let f = run.read_parquet("metrics.parquet")?;
+    let seed = kit::column_u64(&f, "seed")?;
+    let keep = kit::column_f64(&f, "keep")?;
+    let k = kit::column_u64(&f, "k")?;
+    let score: Vec<String> = f
+        .column("score")
+        .ctx("metrics.parquet: score")?
+        .str()
+        .ctx("metrics.parquet: score")?
+        .iter()
+        .map(|s| s.unwrap_or_default().to_string())
+        .collect();
+    let mut vals: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for m in METRICS {
+        vals.insert((*m).to_string(), kit::column_f64(&f, m)?);
+    }
+    let classes: Vec<Vec<u64>> = (0..10)
+        .map(|c| kit::column_u64(&f, &format!("class_{c}")))
+        .collect::<Result<_>>()?;
+    Ok((0..seed.len())
+        .map(|i| {
+            (
+                seed[i],
+                MetricRow {
+                    score: score[i].clone(),
+                    keep: keep[i],
+                    k: k[i],
+                    vals: vals.iter().map(|(m, v)| (m.clone(), v[i])).collect(),
+                    classes: classes.iter().map(|c| c[i]).collect(),
+                },
+            )
+        })
+        .collect())
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let m = v.iter().sum::<f64>() / n;
+    let s = if v.len() > 1 {
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    (m, s)
+}
+
+/// Values of `metric` for `score` at `keep`, one per seed in seed order.
+fn per_seed(
+    rows: &[(u64, MetricRow)],
+    seeds: &[u64],
+    score: &str,
+    keep: f64,
+    metric: &str,
+) -> Vec<f64> {
+    seeds
+        .iter()
+        .filter_map(|&s| {
+            rows.iter()
+                .find(|(rs, r)| *rs == s && r.score == score && close(r.keep, keep))
+                .and_then(|(_, r)| r.vals.get(metric).copied())
+        })
+        .collect()
+}
+
+/// Spearman correlations per seed for pair `"a,b"`.
+fn spearman_per_seed(run: &RunDir, seeds: &[u64], pair: &str) -> Result<Vec<f64>> {
+    let (a, b) = pair
+        .split_once(',')
+        .ok_or_else(|| Error::invalid("report.spearman", format!("`{pair}` is not \"a,b\"")))?;
+    let f = run.read_parquet("scores.parquet")?;
+    let seed = kit::column_u64(&f, "seed")?;
+    let va = kit::column_f64(&f, a)?;
+    let vb = kit::column_f64(&f, b)?;
+    let mut out = vec![];
+    for &s in seeds {
+        let (xa, xb): (Vec<f64>, Vec<f64>) = seed
+            .iter()
+            .zip(va.iter().zip(&vb))
+            .filter(|(ss, _)| **ss == s)
+            .map(|(_, (x, y))| (*x, *y))
+            .unzip();
+        // Scores are "lower = keep": realism is stored negated, so its correlation is reported
+        // for realism itself (the paper's sign).
+        let sign = |n: &str| if n == "realism" { -1.0 } else { 1.0 };
+        let xa: Vec<f64> = xa.iter().map(|x| x * sign(a)).collect();
+        let xb: Vec<f64> = xb.iter().map(|x| x * sign(b)).collect();
+        out.push(spearman((a, &xa), (b, &xb))?);
+    }
+    Ok(out)
+}
+
+/// Outcome of one claim: (holds beyond noise, contradicted beyond noise, text of the numbers).
+fn judge(diff: &[f64]) -> (f64, f64) {
+    let (m, s) = mean_std(diff);
+    let se = if diff.len() > 1 {
+        s / (diff.len() as f64).sqrt()
+    } else {
+        f64::INFINITY
+    };
+    (m, se)
+}
+
+fn report_impl(c: &Config, run: &RunDir) -> Result<Verdict> {
+    let rows = read_metrics(run)?;
+    let seeds = &c.seeds;
+    let info = run.read_parquet("score_info.parquet")?;
+    let info_score: Vec<String> = info
+        .column("score")
+        .ctx("score_info.parquet")?
+        .str()
+        .ctx("score_info.parquet")?
+        .iter()
+        .map(|s| s.unwrap_or_default().to_string())
+        .collect();
+    let info_nfe = kit::column_u64(&info, "nfe")?;
+    let nfe_of = |s: &str| {
+        info_score
+            .iter()
+            .position(|x| x == s)
+            .map(|i| info_nfe[i])
+            .unwrap_or(0)
+    };
+    let space = match c.eval.metric_features {
+        Space::Inception => "Inception-v3 pool3",
+        _ => "raw pixels (smoke plumbing check, not an FID)",
+    };
+    let tk = c.filter.table_keep;
+    let mut table = Table::new([
+        "score",
+        "NFE / sample",
+        "FID ↓",
+        "precision ↑",
+        "recall ↑",
+        "density",
+        "coverage",
+        "class TV vs all",
+    ]);
+    let mut reproduced = vec![];
+    for s in &c.scores {
+        let cell = |m: &str, d: usize| {
+            let (mean, std) = mean_std(&per_seed(&rows, seeds, s, tk, m));
+            pm(mean, std, d)
+        };
+        table.row([
+            s.clone(),
+            nfe_of(s).to_string(),
+            cell("fid", 2),
+            cell("precision", 3),
+            cell("recall", 3),
+            cell("density", 3),
+            cell("coverage", 3),
+            cell("class_tv", 3),
+        ]);
+        for m in ["fid", "precision", "recall"] {
+            let (mean, std) = mean_std(&per_seed(&rows, seeds, s, tk, m));
+            reproduced.push(Reproduced::new(paper_row(s), paper_column(m), mean).with_std(std));
+        }
+    }
+    let all = per_seed(&rows, seeds, &c.scores[0], 1.0, "fid");
+    let full_line = if all.is_empty() {
+        String::new()
+    } else {
+        let (m, s) = mean_std(&all);
+        format!(
+            "\nAll {} samples (nothing removed): FID {}\n",
+            c.samples,
+            pm(m, s, 2)
+        )
+    };
+
+    // Class composition of the kept sets at the table's fraction (mean over seeds).
+    let mut comp = Table::new(
+        std::iter::once("score (kept at table fraction)".to_string())
+            .chain(CLASS_NAMES.iter().map(|s| s.to_string())),
+    );
+    for s in &c.scores {
+        let mut tot = vec![0f64; 10];
+        let mut n = 0f64;
+        for (_, r) in rows
+            .iter()
+            .filter(|(_, r)| &r.score == s && close(r.keep, tk))
+        {
+            for (k, &v) in r.classes.iter().enumerate() {
+                tot[k] += v as f64;
+            }
+            n += r.k as f64;
+        }
+        comp.row(
+            std::iter::once(s.clone()).chain(
+                tot.iter()
+                    .map(|v| format!("{:.1}%", 100.0 * v / n.max(1.0))),
+            ),
+        );
+    }
+
+    // Spearman correlations.
+    let mut sp_text = String::new();
+    let mut sp: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut pairs: Vec<String> = c.report.spearman.clone();
+    for cl in &c.claims {
+        if cl.test.ends_with("correlation") {
+            pairs.push(cl.a.clone());
+            if !cl.b.is_empty() {
+                pairs.push(cl.b.clone());
+            }
+        }
+    }
+    pairs.dedup();
+    if !pairs.is_empty() {
+        let mut t = Table::new(["pair", "Spearman ρ (mean ± std over seeds)"]);
+        for p in &pairs {
+            if sp.contains_key(p) {
+                continue;
+            }
+            let v = spearman_per_seed(run, seeds, p)?;
+            let (m, s) = mean_std(&v);
+            t.row([p.replace(',', " vs "), pm(m, s, 3)]);
+            reproduced.push(
+                Reproduced::new("Spearman correlation (Fig. 15)", spearman_column(p), m)
+                    .with_std(s),
+            );
+            sp.insert(p.clone(), v);
+        }
+        sp_text = format!(
+            "\nSpearman correlations of the scores (realism with its own sign):\n\n{}",
+            t.to_markdown()
+        );
+    }
+
+    // Claims.
+    let mut claim_lines = vec![];
+    let mut all_hold = true;
+    for cl in &c.claims {
+        let (diff, what): (Vec<f64>, String) = match cl.test.as_str() {
+            "lower" | "higher" => {
+                let a = per_seed(&rows, seeds, &cl.a, cl.keep, &cl.metric);
+                let b = per_seed(&rows, seeds, &cl.b, cl.keep, &cl.metric);
+                let sign = if cl.test == "lower" { 1.0 } else { -1.0 };
+                (
+                    a.iter().zip(&b).map(|(x, y)| sign * (y - x)).collect(),
+                    format!(
+                        "{} {} {} than {} at keep {:.3}",
+                        cl.a, cl.metric, cl.test, cl.b, cl.keep
+                    ),
+                )
+            }
+            "weaker-correlation" => {
+                let a = sp.get(&cl.a).cloned().unwrap_or_default();
+                let b = sp.get(&cl.b).cloned().unwrap_or_default();
+                (
+                    a.iter().zip(&b).map(|(x, y)| y.abs() - x.abs()).collect(),
+                    format!("|ρ({})| < |ρ({})|", cl.a, cl.b),
+                )
+            }
+            _ => {
+                let a = sp.get(&cl.a).cloned().unwrap_or_default();
+                (a.iter().map(|x| -x).collect(), format!("ρ({}) < 0", cl.a))
+            }
+        };
+        let (m, se) = judge(&diff);
+        let holds = m > 2.0 * se;
+        all_hold &= holds;
+        claim_lines.push(format!(
+            "- {} — {what}: margin {m:.4} (2·SE {:.4}, {} seeds) → {}",
+            cl.text,
+            2.0 * se,
+            diff.len(),
+            if !c.checks_claims() {
+                "not checked (pixel features)"
+            } else if holds {
+                "holds"
+            } else if m < -2.0 * se {
+                "contradicted"
+            } else {
+                "within seed noise"
+            }
+        ));
+    }
+    let outcome = if c.claims.is_empty() {
+        Outcome::NotChecked
+    } else {
+        Outcome::of_check(c.checks_claims(), all_hold)
+    };
+    let summary = if c.claims.is_empty() {
+        "no numeric claim (qualitative figure): not checked".to_string()
+    } else if !c.checks_claims() {
+        format!(
+            "{} claim(s) not checked: the kept sets were measured in raw pixels (smoke)",
+            c.claims.len()
+        )
+    } else if all_hold {
+        format!("all {} claim(s) hold beyond the seed noise", c.claims.len())
+    } else {
+        format!(
+            "{} of {} claim(s) do not hold beyond the seed noise",
+            claim_lines.iter().filter(|l| !l.ends_with("holds")).count(),
+            c.claims.len()
+        )
+    };
+
+    // Figures.
+    let figures = run.file("figures");
+    std::fs::create_dir_all(&figures).map_err(|e| Error::io(&figures, e))?;
+    if c.report.curves {
+        write_curves(c, &rows, &figures)?;
+    }
+    if c.report.grid > 0 {
+        write_grids(c, run, &figures)?;
+    }
+    if c.report.class_bars {
+        write_class_bars(c, run, &figures)?;
+    }
+
+    let text = format!(
+        "{title}\n\nKept {pct:.1}% of N = {n} samples per seed ({seeds} seeds, mean ± std), {which} scores{bal}; metrics in {space} against {nref} Fashion-MNIST test images.\n\n{table}{full}\nClass composition of the kept sets:\n\n{comp}{sp}\nClaims:\n{claims}\n\n{summary}\n",
+        title = c.title,
+        pct = 100.0 * tk,
+        n = c.samples,
+        seeds = seeds.len(),
+        which = if c.filter.keep_highest { "highest" } else { "lowest" },
+        bal = if c.filter.class_balanced { ", the same fraction per class" } else { "" },
+        nref = if c.eval.reference_subset == 0 { 10_000 } else { c.eval.reference_subset },
+        table = table.to_markdown(),
+        full = full_line,
+        comp = comp.to_markdown(),
+        sp = sp_text,
+        claims = if claim_lines.is_empty() { "- none (qualitative)".to_string() } else { claim_lines.join("\n") },
+    );
+    run.write("table.md", text.as_bytes())?;
+    let scale = super::run_scale(run)?;
+    let artifact = run.manifest()?.artifact;
+    let paper = paper_file(&artifact)?;
+    super::write_comparison(
+        run,
+        &Comparison::new(&artifact, paper.as_ref(), &reproduced, &scale),
+    )?;
+    Ok(Verdict {
+        table: text,
+        outcome,
+        summary,
+    })
+}
+
+/// The published numbers of the filtering artifacts (`paper/<artifact>.toml`, compiled in so
+/// reports never depend on the working directory); `None` for an artifact no paper has.
+fn paper_file(artifact: &str) -> Result<Option<crate::report::paper::PaperFile>> {
+    let text = match artifact {
+        "au-table1" => include_str!("../../paper/au-table1.toml"),
+        "gu-fig3" => include_str!("../../paper/gu-fig3.toml"),
+        "gu-fig4" => include_str!("../../paper/gu-fig4.toml"),
+        "gu-fig16" => include_str!("../../paper/gu-fig16.toml"),
+        "gu-table1" => include_str!("../../paper/gu-table1.toml"),
+        _ => return Ok(None),
+    };
+    crate::report::paper::parse(text, &format!("paper/{artifact}.toml")).map(Some)
+}
+
+/// The paper's row name for a score (AU Table 1 / GU figure legends).
+fn paper_row(score: &str) -> String {
+    score.to_string()
+}
+
+fn paper_column(metric: &str) -> String {
+    match metric {
+        "fid" => "FID".into(),
+        "precision" => "Precision".into(),
+        "recall" => "Recall".into(),
+        m => m.into(),
+    }
+}
+
+fn spearman_column(pair: &str) -> String {
+    let name = |s: &str| match s {
+        "gu-semantic" | "gu-pixel" => "GU".to_string(),
+        s => s.to_string(),
+    };
+    match pair.split_once(',') {
+        Some((a, b)) => format!("{} vs {}", name(a), name(b)),
+        None => pair.into(),
+    }
+}
+
+const COLORS: &[(u8, u8, u8)] = &[
+    (127, 127, 127),
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (188, 189, 34),
+    (23, 190, 207),
+];
+
+fn write_curves(c: &Config, rows: &[(u64, MetricRow)], figures: &Path) -> Result<()> {
+    let mut keeps = c.filter.keep.clone();
+    keeps.sort_by(f64::total_cmp);
+    let x: Vec<f64> = keeps.iter().map(|k| k * c.samples as f64).collect();
+    for (metric, label) in [
+        ("fid", "FID ↓"),
+        ("precision", "precision ↑"),
+        ("recall", "recall ↑"),
+    ] {
+        let stats: Vec<(String, Vec<f64>, Vec<f64>)> = c
+            .scores
+            .iter()
+            .map(|s| {
+                let (m, sd): (Vec<f64>, Vec<f64>) = keeps
+                    .iter()
+                    .map(|&k| mean_std(&per_seed(rows, &c.seeds, s, k, metric)))
+                    .unzip();
+                (s.clone(), m, sd)
+            })
+            .collect();
+        let series: Vec<crate::report::band::BandSeries> = stats
+            .iter()
+            .enumerate()
+            .map(|(i, (s, m, sd))| {
+                let (r, g, b) = COLORS[i % COLORS.len()];
+                crate::report::band::BandSeries {
+                    label: s.clone(),
+                    x: &x,
+                    mean: m,
+                    std: sd,
+                    color: plotters::style::RGBColor(r, g, b),
+                }
+            })
+            .collect();
+        crate::report::band::write_band(
+            figures,
+            metric,
+            &series,
+            &crate::report::band::BandSpec {
+                title: format!("{}: {label} of the kept set", c.title),
+                x_label: format!("samples kept (of {})", c.samples),
+                y_label: label.into(),
+                highlight: None,
+                caption: "mean ± std over x_T seeds",
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// GU Fig. 4: the n most and least uncertain samples of the first seed per score.
+fn write_grids(c: &Config, run: &RunDir, figures: &Path) -> Result<()> {
+    let seed = c.seeds[0];
+    let part = format!("{}/samples.safetensors", PartRunner::part_dir(seed));
+    let m = candle_core::safetensors::load(run.file(&part), &Device::Cpu).ctx(&part)?;
+    let scores = run.read_parquet("scores.parquet")?;
+    let seed_col = kit::column_u64(&scores, "seed")?;
+    for s in &c.scores {
+        let images = m
+            .get(s)
+            .or_else(|| m.get("plain"))
+            .ok_or_else(|| Error::invalid(part.clone(), "no `plain` images"))?;
+        let (_, _, side, _) = images.dims4().ctx(&part)?;
+        let pix: Vec<u8> = images.flatten_all().and_then(|t| t.to_vec1()).ctx(&part)?;
+        let v: Vec<f64> = kit::column_f64(&scores, s)?
+            .into_iter()
+            .zip(&seed_col)
+            .filter(|(_, &sd)| sd == seed)
+            .map(|(x, _)| x)
+            .collect();
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&i, &j| v[i].total_cmp(&v[j]).then(i.cmp(&j)));
+        let n = c.report.grid.min(idx.len());
+        let per_row = (n as f64).sqrt().ceil() as usize;
+        let img = |i: usize| &pix[i * side * side..(i + 1) * side * side];
+        for (stem, pick) in [
+            ("least", idx[..n].to_vec()),
+            (
+                "most",
+                idx[idx.len() - n..]
+                    .iter()
+                    .rev()
+                    .copied()
+                    .collect::<Vec<_>>(),
+            ),
+        ] {
+            let rows: Vec<Vec<&[u8]>> = pick
+                .chunks(per_row)
+                .map(|ch| ch.iter().map(|&i| img(i)).collect())
+                .collect();
+            let labels: Vec<String> = (0..rows.len()).map(|r| format!("{}", r + 1)).collect();
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            crate::report::grid::write_grid(
+                figures,
+                &format!("grid-{s}-{stem}"),
+                &rows,
+                side,
+                &labels,
+                &format!(
+                    "{}: the {n} {stem} uncertain samples by {s} (seed {seed})",
+                    c.title
+                ),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// GU Fig. 16: each score's mean per class, relative to its overall mean (seed-pooled).
+fn write_class_bars(c: &Config, run: &RunDir, figures: &Path) -> Result<()> {
+    let scores = run.read_parquet("scores.parquet")?;
+    let labels = kit::column_u64(&scores, "label")?;
+    let x: Vec<f64> = (0..10).map(|k| k as f64).collect();
+    let mut stats = vec![];
+    let mut text = Table::new(
+        std::iter::once("score (class mean / overall mean)".to_string())
+            .chain(CLASS_NAMES.iter().map(|s| s.to_string())),
+    );
+    for s in &c.scores {
+        let v = kit::column_f64(&scores, s)?;
+        let finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+        let overall = finite.iter().sum::<f64>() / finite.len().max(1) as f64;
+        let mut means = vec![];
+        let mut stds = vec![];
+        for k in 0..10u64 {
+            let cls: Vec<f64> = v
+                .iter()
+                .zip(&labels)
+                .filter(|(x, &l)| l == k && x.is_finite())
+                .map(|(x, _)| *x)
+                .collect();
+            let (m, sd) = mean_std(&cls);
+            let se = sd / (cls.len().max(1) as f64).sqrt();
+            means.push(m / overall);
+            stds.push(se / overall.abs());
+        }
+        text.row(std::iter::once(s.clone()).chain(means.iter().map(|m| format!("{m:.3}"))));
+        stats.push((s.clone(), means, stds));
+    }
+    let series: Vec<crate::report::band::BandSeries> = stats
+        .iter()
+        .enumerate()
+        .map(|(i, (s, m, sd))| {
+            let (r, g, b) = COLORS[i % COLORS.len()];
+            crate::report::band::BandSeries {
+                label: s.clone(),
+                x: &x,
+                mean: m,
+                std: sd,
+                color: plotters::style::RGBColor(r, g, b),
+            }
+        })
+        .collect();
+    crate::report::band::write_band(
+        figures,
+        "class-mean",
+        &series,
+        &crate::report::band::BandSpec {
+            title: format!("{}: class-averaged score / overall mean", c.title),
+            x_label: "class (0 T-shirt … 9 ankle boot)".into(),
+            y_label: "class mean / overall mean".into(),
+            highlight: None,
+            caption: "± standard error of the class mean; all seeds pooled",
+        },
+    )?;
+    run.write("class_means.md", text.to_markdown().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Definitions: keeping the lowest K by index-broken ties; the balanced rule keeps the same
+    /// fraction of every class; TV is ½ Σ|p − q|.
+    #[test]
+    fn keep_rules() {
+        let s = [5.0, 1.0, 3.0, 1.0, 9.0, 0.0];
+        let l = [0, 0, 0, 1, 1, 1];
+        assert_eq!(keep_indices(&s, &l, 0.5, false, false), vec![1, 3, 5]);
+        assert_eq!(keep_indices(&s, &l, 0.5, true, false), vec![0, 2, 4]);
+        // Balanced at 2/3: two of each class, the lowest within it.
+        assert_eq!(
+            keep_indices(&s, &l, 2.0 / 3.0, false, true),
+            vec![1, 2, 3, 5]
+        );
+        assert_eq!(total_variation(&[1, 1], &[1, 1]), 0.0);
+        assert!((total_variation(&[2, 0], &[1, 1]) - 0.5).abs() < 1e-12);
+    }
+}
