@@ -890,11 +890,40 @@ fn run_seed(
         .map(|n| c.build_score(n, ctx))
         .collect::<Result<_>>()?;
 
-    // 1. The plain sampler's images (the shared sample set).
+    // 1. The plain sampler's images (the shared sample set). AU and MC-Dropout observe the plain
+    // trajectory (their extra network calls are separate), so the first of them, scored first,
+    // yields these images bit for bit and no separate sampling run is needed.
+    let observer_first = c
+        .scores
+        .iter()
+        .position(|s| matches!(s.as_str(), "au" | "au-release" | "mc-dropout"));
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    if let Some(i) = observer_first {
+        order.retain(|&j| j != i);
+        order.insert(0, i);
+    }
     let t0 = Instant::now();
-    let pb = kit::bar(progress, c.samples, &format!("seed {seed}: plain samples"));
+    let mut early: Option<ScoreResult> = None;
     let mut plain = vec![];
-    for idx in all.chunks(c.batch_size) {
+    if let Some(i) = observer_first {
+        let (r, samples) = generate_score(
+            c,
+            recipe,
+            net,
+            scores[i].as_ref(),
+            &streams,
+            &all,
+            None,
+            dev,
+            run,
+            seed,
+            progress,
+        )?;
+        plain = vec![samples];
+        early = Some(r);
+    }
+    let pb = kit::bar(progress, c.samples, &format!("seed {seed}: plain samples"));
+    for idx in all.chunks(c.batch_size).filter(|_| early.is_none()) {
         let x_t = kit::initial_noise(&streams, idx, &[1, s, s], dev)?;
         let y = kit::cycled_labels(idx, 10);
         let bound = Bound::new(net)
@@ -915,76 +944,103 @@ fn run_seed(
     pb.finish_and_clear();
     let plain = Tensor::cat(&plain, 0).ctx("plain samples")?;
     times.push((format!("sample/seed-{seed}"), t0.elapsed().as_secs_f64()));
+    run.log(&format!(
+        "seed {seed}: {} plain samples in {:.1}s",
+        c.samples,
+        t0.elapsed().as_secs_f64()
+    ))?;
 
     // 2. Every score: raw values batch by batch, then the set's final values.
-    let mut results: Vec<ScoreResult> = vec![];
-    for score in &scores {
+    let mut slots: Vec<Option<ScoreResult>> = (0..scores.len()).map(|_| None).collect();
+    if let (Some(i), Some(r)) = (observer_first, early.take()) {
+        slots[i] = Some(r);
+    }
+    for &si in &order {
+        if slots[si].is_some() {
+            continue;
+        }
+        let score = &scores[si];
         let t0 = Instant::now();
-        let pb = kit::bar(
-            progress,
-            c.samples,
-            &format!("seed {seed}: {}", score.name()),
-        );
-        let mut raw = crate::uq::scores::RawScores::default();
-        let mut own = vec![];
-        let mut max_dev = 0f64;
-        let mut nfe = 0;
-        for (bi, idx) in all.chunks(c.batch_size).enumerate() {
-            let start = bi * c.batch_size;
-            let plain_b = plain.narrow(0, start, idx.len()).ctx("plain samples")?;
-            if let Some(ph) = score.post_hoc() {
-                let v = ph.score_samples(&plain_b)?;
-                raw.push(&crate::uq::scores::Scored::single(plain_b.clone(), v, 0))?;
-                nfe = crate::uq::scores::sampler_nfe(&c.sampler);
-                own.push(plain_b);
-                pb.inc(idx.len() as u64);
+        if c.scores[si] == "random" {
+            slots[si] = Some(ScoreResult {
+                name: score.name().to_string(),
+                values: RandomScore::draws(&streams, &all),
+                nfe: crate::uq::scores::sampler_nfe(&c.sampler),
+                max_dev: 0.0,
+                own_samples: None,
+                wall: t0.elapsed().as_secs_f64(),
+            });
+            continue;
+        }
+        // A rank combination of two scores this run already computed is their combined ranks
+        // (GU Table 1): no second generation.
+        if let Some((a, b)) = c.scores[si].split_once('+') {
+            let find = |n: &str| {
+                c.scores
+                    .iter()
+                    .position(|x| x == n)
+                    .and_then(|i| slots[i].as_ref())
+            };
+            if let (Some(ra), Some(rb)) = (find(a), find(b)) {
+                let raw = [ra.values.clone(), rb.values.clone()];
+                let values = score.finish(&raw)?;
+                let r = ScoreResult {
+                    name: score.name().to_string(),
+                    values,
+                    nfe: ra.nfe,
+                    max_dev: ra.max_dev,
+                    own_samples: ra.own_samples.clone(),
+                    wall: t0.elapsed().as_secs_f64(),
+                };
+                slots[si] = Some(r);
+                run.log(&format!(
+                    "seed {seed}: {} from its parts' scores",
+                    score.name()
+                ))?;
                 continue;
             }
-            let x_t = kit::initial_noise(&streams, idx, &[1, s, s], dev)?;
-            let y = kit::cycled_labels(idx, 10);
-            let bound = Bound::new(net)
-                .with_labels(Tensor::from_vec(y, idx.len(), dev).ctx("labels")?)
-                .with_schedule(&schedule);
-            let batch = ScoreBatch {
-                net: &bound,
-                schedule: &schedule,
-                sampler: &c.sampler,
-                x_t: &x_t,
-                indices: idx,
-                streams: streams.clone(),
-            };
-            let out = score.score(&batch)?;
-            let dev_b = (&out.samples - &plain_b)
-                .and_then(|d| d.abs())
-                .and_then(|d| d.flatten_all())
-                .and_then(|d| d.max(0))
-                .and_then(|d| d.to_dtype(DType::F64))
-                .and_then(|d| d.to_scalar::<f64>())
-                .ctx("sample deviation")?;
-            max_dev = max_dev.max(dev_b);
-            nfe = out.nfe;
-            raw.push(&out)?;
-            own.push(out.samples);
-            pb.inc(idx.len() as u64);
         }
-        pb.finish_and_clear();
-        let values = score.finish(&raw.0)?;
-        let own_samples = if max_dev > SAME_SAMPLES_TOL {
-            Some(Tensor::cat(&own, 0).ctx("score samples")?)
-        } else {
-            None
-        };
-        let wall = t0.elapsed().as_secs_f64();
-        times.push((format!("score/{}/seed-{seed}", score.name()), wall));
-        results.push(ScoreResult {
-            name: score.name().to_string(),
-            values,
-            nfe,
-            max_dev,
-            own_samples,
-            wall,
-        });
+        if let Some(ph) = score.post_hoc() {
+            let mut values = vec![];
+            for (bi, idx) in all.chunks(c.batch_size).enumerate() {
+                let plain_b = plain
+                    .narrow(0, bi * c.batch_size, idx.len())
+                    .ctx("plain samples")?;
+                values.extend(ph.score_samples(&plain_b)?);
+            }
+            let values = score.finish(&[values])?;
+            let wall = t0.elapsed().as_secs_f64();
+            times.push((format!("score/{}/seed-{seed}", score.name()), wall));
+            slots[si] = Some(ScoreResult {
+                name: score.name().to_string(),
+                values,
+                nfe: crate::uq::scores::sampler_nfe(&c.sampler),
+                max_dev: 0.0,
+                own_samples: None,
+                wall,
+            });
+            continue;
+        }
+        let (r, _) = generate_score(
+            c,
+            recipe,
+            net,
+            score.as_ref(),
+            &streams,
+            &all,
+            Some(&plain),
+            dev,
+            run,
+            seed,
+            progress,
+        )?;
+        times.push((format!("score/{}/seed-{seed}", score.name()), r.wall));
+        slots[si] = Some(r);
     }
+    let mut results: Vec<ScoreResult> = slots
+        .into_iter()
+        .map(|r| r.ok_or_else(|| Error::invalid("scores", "a score was not computed (a bug)")))
+        .collect::<Result<_>>()?;
     // Names in the frames are the configured ones (stable keys), not the scores' display names.
     for (r, n) in results.iter_mut().zip(&c.scores) {
         r.name = n.clone();
@@ -1118,6 +1174,90 @@ fn run_seed(
         candle_core::safetensors::save(&tensors, tmp).ctx("samples.safetensors")
     })?;
     Ok(times)
+}
+
+/// Generate and score every batch of one seed with `score`; `plain` (the plain sampler's images)
+/// is compared with the score's own samples, whose features replace the plain ones when they
+/// differ by more than [`SAME_SAMPLES_TOL`]. Returns the result and the score's samples.
+#[allow(clippy::too_many_arguments)]
+fn generate_score(
+    c: &Config,
+    recipe: &ImageModelRecipe,
+    net: &crate::model::unet2d::UNet2D,
+    score: &dyn SampleScore,
+    streams: &SeedStreams,
+    all: &[u64],
+    plain: Option<&Tensor>,
+    dev: &Device,
+    run: &RunDir,
+    seed: u64,
+    progress: &indicatif::MultiProgress,
+) -> Result<(ScoreResult, Tensor)> {
+    let t0 = Instant::now();
+    let s = recipe.data.image_size;
+    let schedule = recipe.schedule.build();
+    let pb = kit::bar(
+        progress,
+        all.len(),
+        &format!("seed {seed}: {}", score.name()),
+    );
+    let mut raw = crate::uq::scores::RawScores::default();
+    let mut own = vec![];
+    let mut max_dev = 0f64;
+    let mut nfe = 0;
+    for (bi, idx) in all.chunks(c.batch_size).enumerate() {
+        let x_t = kit::initial_noise(streams, idx, &[1, s, s], dev)?;
+        let y = kit::cycled_labels(idx, 10);
+        let bound = Bound::new(net)
+            .with_labels(Tensor::from_vec(y, idx.len(), dev).ctx("labels")?)
+            .with_schedule(&schedule);
+        let batch = ScoreBatch {
+            net: &bound,
+            schedule: &schedule,
+            sampler: &c.sampler,
+            x_t: &x_t,
+            indices: idx,
+            streams: streams.clone(),
+        };
+        let out = score.score(&batch)?;
+        if let Some(plain) = plain {
+            let plain_b = plain
+                .narrow(0, bi * c.batch_size, idx.len())
+                .ctx("plain samples")?;
+            let dev_b = (&out.samples - &plain_b)
+                .and_then(|d| d.abs())
+                .and_then(|d| d.flatten_all())
+                .and_then(|d| d.max(0))
+                .and_then(|d| d.to_dtype(DType::F64))
+                .and_then(|d| d.to_scalar::<f64>())
+                .ctx("sample deviation")?;
+            max_dev = max_dev.max(dev_b);
+        }
+        nfe = out.nfe;
+        raw.push(&out)?;
+        own.push(out.samples);
+        pb.inc(idx.len() as u64);
+    }
+    pb.finish_and_clear();
+    let values = score.finish(&raw.0)?;
+    let samples = Tensor::cat(&own, 0).ctx("score samples")?;
+    let own_samples = (max_dev > SAME_SAMPLES_TOL).then(|| samples.clone());
+    let wall = t0.elapsed().as_secs_f64();
+    run.log(&format!(
+        "seed {seed}: {} scored in {wall:.1}s ({nfe} NFE/sample, max |Δ| from the plain samples {max_dev:.2e})",
+        score.name()
+    ))?;
+    Ok((
+        ScoreResult {
+            name: score.name().to_string(),
+            values,
+            nfe,
+            max_dev,
+            own_samples,
+            wall,
+        },
+        samples,
+    ))
 }
 
 /// Per-class counts (10 classes) of `kept`.

@@ -27,12 +27,19 @@ impl SampleScore for RandomScore {
     fn score(&self, batch: &ScoreBatch<'_>) -> Result<Scored> {
         batch.validate()?;
         let out = batch.sample(&mut NoObserver, "random score: sampling")?;
-        let purpose = batch.purpose(RANDOM);
-        let u = batch
-            .indices
+        let u = Self::draws(&batch.streams, batch.indices);
+        Ok(Scored::single(out.x0, u, out.nfe))
+    }
+}
+
+impl RandomScore {
+    /// The scores of samples `indices` without generating them (they do not depend on the
+    /// images): what [`SampleScore::score`] returns beside the plain sampler's images.
+    pub fn draws(streams: &crate::seed::SeedStreams, indices: &[u64]) -> Vec<f64> {
+        let purpose = streams.purpose(RANDOM);
+        indices
             .iter()
             .map(|&i| purpose.rng(i).random::<f64>())
-            .collect();
-        Ok(Scored::single(out.x0, u, out.nfe))
+            .collect()
     }
 }
