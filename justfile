@@ -31,6 +31,24 @@ au-fig3 scale="mini" *overrides:
 mini-model scale="mini" *overrides:
     cargo run --quiet --locked -- run mini-model --scale {{scale}} {{overrides}}
 
+# The filtering family (experiment kind "filtering", docs/filtering.md): score N samples of the mini
+# model, keep the lowest K, FID/precision/recall of the kept set. `just au-table1 smoke`,
+# `just gu-fig3 mini filter.class_balanced=true`.
+au-table1 scale="mini" *overrides:
+    cargo run --quiet --locked -- run au-table1 --scale {{scale}} {{overrides}}
+
+gu-fig3 scale="mini" *overrides:
+    cargo run --quiet --locked -- run gu-fig3 --scale {{scale}} {{overrides}}
+
+gu-fig4 scale="mini" *overrides:
+    cargo run --quiet --locked -- run gu-fig4 --scale {{scale}} {{overrides}}
+
+gu-fig16 scale="mini" *overrides:
+    cargo run --quiet --locked -- run gu-fig16 --scale {{scale}} {{overrides}}
+
+gu-table1 scale="mini" *overrides:
+    cargo run --quiet --locked -- run gu-table1 --scale {{scale}} {{overrides}}
+
 # Train (or find) the image models an artifact uses, ahead of its run: `just train mini-model`.
 train artifact scale="mini" *overrides:
     cargo run --quiet --locked -- train {{artifact}} --scale {{scale}} {{overrides}}

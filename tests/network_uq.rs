@@ -176,6 +176,7 @@ clip_range = 1.0"#,
         gamma2: 1e-3,
         compat: diffuq::uq::gu::GuCompat::Paper,
         sampler: sampler.clone(),
+        rerun_map: false,
     };
     let streams = SeedStreams::new(5);
     let idx = [0u64, 1, 2];

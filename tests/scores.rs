@@ -375,13 +375,15 @@ fn gu_spec(m: usize, sampler: SamplerSpec) -> GuSpec {
         gamma2: 1e-3,
         compat: GuCompat::Paper,
         sampler,
+        rerun_map: true,
     }
 }
 
 /// GU pixel (Alg. 1, Eq. 6): entropy of the moment-matched Gaussian over 256 pixels. A collapsed
 /// posterior gives the floor ½·256·ln(2πeγ²) (all members equal the MAP sample); every sample's
 /// entropy increases with the posterior variance (h = 1e6, 1e4, 1e2: weight std 1e-3, 1e-2, 0.1).
-/// NFE: MAP 4 + M = 2 draws × 4, or with a 2-step extra sampler 4 + (2 + 1 MAP re-run) × 2.
+/// NFE: MAP 4 + M = 2 draws × 4, or with a 2-step extra sampler 4 + (2 + 1 MAP re-run) × 2
+/// (`rerun_map`), or 4 + 2 × 2 with the MAP sample reused (the paper's count).
 #[test]
 fn gu_pixel_entropy_increases_with_posterior_variance() {
     let net = unet();
@@ -429,6 +431,18 @@ fn gu_pixel_entropy_increases_with_posterior_variance() {
     let short = GuScore::pixel(&post, gu_spec(2, ddim(2, FinalStep::AlphaOne))).unwrap();
     assert_eq!(short.nfe(&sampler).unwrap(), 4 + 3 * 2);
     assert_eq!(run(&short, &net, &sampler, &[5]).nfe, 4 + 3 * 2);
+    // The paper's count (GU Sec. 4.3: the MAP sample reused, M·T′ extra NFE), and the MAP member
+    // is then the full-T sample: a different mixture, hence a different entropy.
+    let mut reuse_spec = gu_spec(2, ddim(2, FinalStep::AlphaOne));
+    reuse_spec.rerun_map = false;
+    let reuse = GuScore::pixel(&post, reuse_spec).unwrap();
+    assert_eq!(reuse.nfe(&sampler).unwrap(), 4 + 2 * 2);
+    let (a, b) = (
+        run(&reuse, &net, &sampler, &[5]),
+        run(&short, &net, &sampler, &[5]),
+    );
+    assert_eq!(a.nfe, 4 + 2 * 2);
+    assert_ne!(a.raw[0][0], b.raw[0][0]);
 }
 
 /// A feature extractor defined here: 2×2 average pooling of a 1×16×16 image to 64 features, or

@@ -70,6 +70,9 @@ use crate::uq::scores::{
 /// last layer as a matrix product: ≈ 1e-6 apart).
 pub const SAME_SAMPLES_TOL: f64 = 1e-3;
 
+/// Suffix of the rows that keep the other end of a score (`filter.also_highest`).
+pub const OTHER_END: &str = "@other-end";
+
 /// The kind's name in experiment files.
 pub const KIND: &str = "filtering";
 
@@ -94,6 +97,12 @@ pub struct Config {
     /// Generated samples N per seed.
     pub samples: usize,
     pub batch_size: usize,
+    /// How class labels are drawn: `cycle` (0, 1, …, 9, 0, …: every class equally often, as
+    /// diffuq's mini-model evaluation) or `random` (uniform per sample from the `labels` stream, as
+    /// GU and BayesDiff draw "a class for each of the 12K"). Left out of the resolved
+    /// configuration when `cycle`, so runs from before the key existed keep their hash.
+    #[serde(default = "cycle", skip_serializing_if = "is_cycle")]
+    pub labels: String,
     /// Score names (see [`Config::build_scores`]): random, au, au-release, mc-dropout, bayesdiff,
     /// bayesdiff-release, gu-pixel, gu-semantic, realism, rarity, and `a+b` rank combinations.
     pub scores: Vec<String>,
@@ -170,6 +179,10 @@ pub struct GuConfig {
     pub compat: GuCompat,
     /// Sampler of the M extra samples (GU Fig. 6 shortens it).
     pub sampler: SamplerSpec,
+    /// Re-run the MAP member with a shorter `gu.sampler` (`false`: the paper reuses the MAP
+    /// sample, M·T′ extra NFE). Left out of the resolved configuration when `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rerun_map: bool,
 }
 
 /// `[laplace]`: the last-layer diagonal empirical-Fisher Laplace GU and BayesDiff share, fitted on
@@ -204,6 +217,11 @@ pub struct FilterConfig {
     pub table_keep: f64,
     pub keep_highest: bool,
     pub class_balanced: bool,
+    /// Also measure the sets that keep the other end of every score (rows `<score>@other-end`):
+    /// one run answers which reading of "keep" reproduces a table (AU's text keeps the highest,
+    /// its code the lowest). Left out of the resolved configuration when `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub also_highest: bool,
 }
 
 /// What samples are embedded with for the kept-set metrics, and for GU's semantic likelihood.
@@ -278,6 +296,15 @@ const METRICS: &[&str] = &[
     "class_tv",
 ];
 
+fn cycle() -> String {
+    "cycle".into()
+}
+
+#[allow(clippy::ptr_arg)] // serde passes the field by reference
+fn is_cycle(s: &String) -> bool {
+    s == "cycle"
+}
+
 fn is_known_score(name: &str) -> bool {
     matches!(
         name,
@@ -322,6 +349,12 @@ impl Validate for Config {
         );
         check(&mut v, self.samples >= 4, "samples", "must be ≥ 4");
         check(&mut v, self.batch_size >= 1, "batch_size", "must be ≥ 1");
+        check(
+            &mut v,
+            matches!(self.labels.as_str(), "cycle" | "random"),
+            "labels",
+            "must be \"cycle\" or \"random\"",
+        );
         check(
             &mut v,
             !self.scores.is_empty(),
@@ -460,7 +493,13 @@ impl Validate for Config {
         }
         for (i, c) in self.claims.iter().enumerate() {
             let key = format!("claims[{i}]");
-            let has = |s: &str| self.scores.iter().any(|x| x == s);
+            let has = |s: &str| {
+                let base = match s.strip_suffix(OTHER_END) {
+                    Some(b) if self.filter.also_highest => b,
+                    _ => s,
+                };
+                self.scores.iter().any(|x| x == base)
+            };
             let pair_ok = |p: &str| p.split_once(',').is_some_and(|(a, b)| has(a) && has(b));
             let ok = match c.test.as_str() {
                 "lower" | "higher" => {
@@ -485,6 +524,15 @@ impl Validate for Config {
 }
 
 impl Config {
+    /// The class labels of samples `indices` (`labels`).
+    fn labels_of(&self, streams: &SeedStreams, indices: &[u64]) -> Vec<u32> {
+        if self.labels == "random" {
+            kit::stream_labels(streams, indices, 10)
+        } else {
+            kit::cycled_labels(indices, 10)
+        }
+    }
+
     fn au_window(&self) -> StepWindow {
         StepWindow {
             start: self.au.window_start,
@@ -517,6 +565,7 @@ impl Config {
             gamma2,
             compat: self.gu.compat,
             sampler: self.gu.sampler.clone(),
+            rerun_map: self.gu.rerun_map,
         }
     }
 
@@ -729,8 +778,15 @@ fn metric_features(
     }
 }
 
-/// The semantic φ of the run.
-fn semantic_extractor(c: &Config, dev: &Device) -> Result<Box<dyn FeatureExtractor>> {
+/// The semantic φ of the run: MobileNetV2 (also returned concretely, for its feature cache) or
+/// raw pixels.
+fn semantic_extractor(
+    c: &Config,
+    dev: &Device,
+) -> Result<(
+    Box<dyn FeatureExtractor>,
+    Option<crate::features::mobilenet::MobileNetFeatures>,
+)> {
     Ok(match c.eval.semantic_features {
         Space::Mobilenet => {
             let path = if c.features.mobilenet_path.is_empty() {
@@ -745,13 +801,14 @@ fn semantic_extractor(c: &Config, dev: &Device) -> Result<Box<dyn FeatureExtract
                 c.features.mobilenet()?
             };
             let net = crate::features::mobilenet::MobileNetV2::load(&path, dev)?;
-            Box::new(crate::features::mobilenet::MobileNetFeatures::new(
+            let mf = crate::features::mobilenet::MobileNetFeatures::new(
                 net,
                 crate::features::mobilenet::Preprocess::SAMPLES,
                 c.eval.semantic_batch,
-            ))
+            );
+            (Box::new(mf.clone()), Some(mf))
         }
-        _ => Box::new(Identity),
+        _ => (Box::new(Identity), None),
     })
 }
 
@@ -805,7 +862,6 @@ fn fit_posterior(
     };
     let f = s * h * w;
     let mut post: Option<DiagPosterior> = None;
-    let mut acc_holder = None;
     let idx_all: Vec<u64> = (0..n as u64).collect();
     for idx in idx_all.chunks(c.laplace.batch_size) {
         let b = idx.len();
@@ -839,14 +895,11 @@ fn fit_posterior(
             .with_labels(Tensor::from_vec(y, b, dev).ctx("labels")?)
             .with_schedule(&schedule);
         let t_model: Vec<f64> = ts.iter().map(|&t| t as f64).collect();
-        let acc = acc_holder.get_or_insert_with(Vec::new);
-        // One accumulator over all batches: the bound labels change per batch, so accumulate the
-        // batch's Fisher into a fresh accumulator and add the sums.
+        // The network is bound to each batch's labels, so each batch has its own accumulator;
+        // the empirical Fisher is a sum over items, so the fits merge.
         let mut one = FisherAccumulator::new(&bound, spec)?;
         one.add(&x_t, &t_model, &eps)?;
-        acc.push(one.finish());
-    }
-    for p in acc_holder.unwrap_or_default() {
+        let p = one.finish();
         post = Some(match post {
             None => p,
             Some(q) => q.merged(&p)?,
@@ -862,7 +915,162 @@ struct ScoreResult {
     nfe: usize,
     max_dev: f64,
     own_samples: Option<Tensor>,
+    /// Seconds it took to compute (when it was computed, for a cached result).
     wall: f64,
+    /// Taken from the [`ScoreStore`].
+    cached: bool,
+}
+
+/// Bump when a score's numbers can change for the same configuration (a fix in `uq::scores`), so
+/// that cached scores computed before are not reused.
+pub const SCORE_CACHE_VERSION: u32 = 1;
+
+/// Scores and samples cached across runs and artifacts (`<cache root>/diffuq/scores/`).
+///
+/// Sampling and scoring are the expensive part of a filtering run; the kept-set metrics are cheap.
+/// The paper draws all its filtering figures from one sample set (GU: the same 12K for Figs. 3, 4,
+/// 15, 16 and Table 1), and so does diffuq: a score's per-sample values (and its own images, when
+/// it has them) are stored under a key of everything they depend on — the model's cache key,
+/// `model.use_ema`, the sampler, `labels`, `samples`, `batch_size` (the network's rows per call move
+/// results at float rounding), the seed, the score's name and every score setting (`[au]`,
+/// `[mc_dropout]`, `[bayesdiff]`, `[gu]`, `[laplace]`, `[realism]`, the semantic φ), the crate
+/// version and [`SCORE_CACHE_VERSION`] — so another artifact, or the same one with other
+/// `[filter]` settings, reuses them and only embeds and measures.
+struct ScoreStore {
+    dir: PathBuf,
+    base: String,
+    settings: String,
+}
+
+fn sha256_hex(parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ScoreStore {
+    fn new(c: &Config, model_key: &str, seed: u64) -> Result<Self> {
+        let weights = crate::fetch::default_cache_dir();
+        let root = weights.parent().map(Path::to_path_buf).unwrap_or(weights);
+        let json = |v: serde_json::Value| v.to_string();
+        let base = json(serde_json::json!({
+            "cache": SCORE_CACHE_VERSION,
+            "diffuq": env!("CARGO_PKG_VERSION"),
+            "model": model_key,
+            "use_ema": c.model.use_ema,
+            "sampler": &c.sampler,
+            "labels": &c.labels,
+            "samples": c.samples,
+            "batch_size": c.batch_size,
+            "seed": seed,
+        }));
+        let settings = json(serde_json::json!({
+            "au": &c.au,
+            "mc_dropout": &c.mc_dropout,
+            "bayesdiff": &c.bayesdiff,
+            "gu": &c.gu,
+            "laplace": &c.laplace,
+            "realism": &c.realism,
+            "semantic": &c.eval.semantic_features,
+            "semantic_batch": c.eval.semantic_batch,
+            "mobilenet_path": &c.features.mobilenet_path,
+        }));
+        Ok(Self {
+            dir: root.join("scores"),
+            base,
+            settings,
+        })
+    }
+
+    fn path(&self, what: &str) -> PathBuf {
+        let key = if what == "plain" {
+            sha256_hex(&[&self.base, "plain"])
+        } else {
+            sha256_hex(&[&self.base, what, &self.settings])
+        };
+        self.dir.join(format!("{what}-{}.safetensors", &key[..24]))
+    }
+
+    fn load_plain(&self, dev: &Device) -> Result<Option<Tensor>> {
+        let path = self.path("plain");
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let m = candle_core::safetensors::load(&path, dev).ctx(&path.display().to_string())?;
+        Ok(m.get("samples").cloned())
+    }
+
+    fn save_plain(&self, x: &Tensor) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let path = self.path("plain");
+        crate::tracking::write_atomically(&path, |tmp| {
+            candle_core::safetensors::save(
+                &std::collections::HashMap::from([("samples".to_string(), x.clone())]),
+                tmp,
+            )
+            .ctx("cached plain samples")
+        })
+    }
+
+    fn load(&self, name: &str, n: usize, dev: &Device) -> Result<Option<ScoreResult>> {
+        let path = self.path(name);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let what = path.display().to_string();
+        let m = candle_core::safetensors::load(&path, dev).ctx(&what)?;
+        let (Some(values), Some(info)) = (m.get("values"), m.get("info")) else {
+            return Err(Error::invalid(what, "expected `values` and `info` tensors"));
+        };
+        let values: Vec<f64> = values.to_vec1().ctx(&what)?;
+        let info: Vec<f64> = info.to_vec1().ctx(&what)?;
+        if values.len() != n || info.len() != 3 {
+            return Err(Error::invalid(
+                what,
+                format!(
+                    "{} values and {} info entries; expected {n} and 3 (delete the file to recompute)",
+                    values.len(),
+                    info.len()
+                ),
+            ));
+        }
+        Ok(Some(ScoreResult {
+            name: name.to_string(),
+            values,
+            nfe: info[0] as usize,
+            max_dev: info[1],
+            own_samples: m.get("samples").cloned(),
+            wall: info[2],
+            cached: true,
+        }))
+    }
+
+    fn save(&self, name: &str, r: &ScoreResult) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let path = self.path(name);
+        let dev = Device::Cpu;
+        let mut m = std::collections::HashMap::from([
+            (
+                "values".to_string(),
+                Tensor::from_vec(r.values.clone(), r.values.len(), &dev).ctx("cached values")?,
+            ),
+            (
+                "info".to_string(),
+                Tensor::from_vec(vec![r.nfe as f64, r.max_dev, r.wall], 3, &dev)
+                    .ctx("cached values")?,
+            ),
+        ]);
+        if let Some(x) = &r.own_samples {
+            m.insert("samples".to_string(), x.clone());
+        }
+        crate::tracking::write_atomically(&path, |tmp| {
+            candle_core::safetensors::save(&m, tmp).ctx("cached score")
+        })
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -876,13 +1084,15 @@ fn run_seed(
     run: &RunDir,
     embedder: &Embedder,
     reference: &(Vec<f64>, usize, GaussianStats),
+    model_key: &str,
     progress: &indicatif::MultiProgress,
 ) -> Result<kit::PartTimes> {
+    let store = ScoreStore::new(c, model_key, seed)?;
     let s = recipe.data.image_size;
     let schedule = recipe.schedule.build();
     let streams = SeedStreams::new(seed);
     let all: Vec<u64> = (0..c.samples as u64).collect();
-    let labels = kit::cycled_labels(&all, 10);
+    let labels = c.labels_of(&streams, &all);
     let mut times = vec![];
     let scores: Vec<Box<dyn SampleScore + '_>> = c
         .scores
@@ -905,7 +1115,22 @@ fn run_seed(
     let t0 = Instant::now();
     let mut early: Option<ScoreResult> = None;
     let mut plain = vec![];
-    if let Some(i) = observer_first {
+    let cached_plain = store.load_plain(dev)?;
+    if let (Some(i), Some(p)) = (observer_first, &cached_plain) {
+        if let Some(r) = store.load(&c.scores[i], c.samples, dev)? {
+            run.log(&format!(
+                "seed {seed}: {} and the plain samples from the score cache",
+                c.scores[i]
+            ))?;
+            plain = vec![p.clone()];
+            early = Some(r);
+        }
+    }
+    if let (None, Some(p)) = (observer_first, &cached_plain) {
+        run.log(&format!("seed {seed}: plain samples from the score cache"))?;
+        plain = vec![p.clone()];
+    }
+    if let (Some(i), true) = (observer_first, early.is_none()) {
         let (r, samples) = generate_score(
             c,
             recipe,
@@ -919,13 +1144,16 @@ fn run_seed(
             seed,
             progress,
         )?;
+        store.save(&c.scores[i], &r)?;
+        store.save_plain(&samples)?;
         plain = vec![samples];
         early = Some(r);
     }
     let pb = kit::bar(progress, c.samples, &format!("seed {seed}: plain samples"));
-    for idx in all.chunks(c.batch_size).filter(|_| early.is_none()) {
+    let sample_now = plain.is_empty();
+    for idx in all.chunks(c.batch_size).filter(|_| sample_now) {
         let x_t = kit::initial_noise(&streams, idx, &[1, s, s], dev)?;
-        let y = kit::cycled_labels(idx, 10);
+        let y = c.labels_of(&streams, idx);
         let bound = Bound::new(net)
             .with_labels(Tensor::from_vec(y, idx.len(), dev).ctx("labels")?)
             .with_schedule(&schedule);
@@ -943,6 +1171,9 @@ fn run_seed(
     }
     pb.finish_and_clear();
     let plain = Tensor::cat(&plain, 0).ctx("plain samples")?;
+    if sample_now {
+        store.save_plain(&plain)?;
+    }
     times.push((format!("sample/seed-{seed}"), t0.elapsed().as_secs_f64()));
     run.log(&format!(
         "seed {seed}: {} plain samples in {:.1}s",
@@ -969,6 +1200,7 @@ fn run_seed(
                 max_dev: 0.0,
                 own_samples: None,
                 wall: t0.elapsed().as_secs_f64(),
+                cached: false,
             });
             continue;
         }
@@ -991,6 +1223,7 @@ fn run_seed(
                     max_dev: ra.max_dev,
                     own_samples: ra.own_samples.clone(),
                     wall: t0.elapsed().as_secs_f64(),
+                    cached: ra.cached && rb.cached,
                 };
                 slots[si] = Some(r);
                 run.log(&format!(
@@ -999,6 +1232,14 @@ fn run_seed(
                 ))?;
                 continue;
             }
+        }
+        if let Some(r) = store.load(&c.scores[si], c.samples, dev)? {
+            run.log(&format!(
+                "seed {seed}: {} from the score cache (computed in {:.1}s)",
+                c.scores[si], r.wall
+            ))?;
+            slots[si] = Some(r);
+            continue;
         }
         if let Some(ph) = score.post_hoc() {
             let mut values = vec![];
@@ -1011,14 +1252,17 @@ fn run_seed(
             let values = score.finish(&[values])?;
             let wall = t0.elapsed().as_secs_f64();
             times.push((format!("score/{}/seed-{seed}", score.name()), wall));
-            slots[si] = Some(ScoreResult {
+            let r = ScoreResult {
                 name: score.name().to_string(),
                 values,
                 nfe: crate::uq::scores::sampler_nfe(&c.sampler),
                 max_dev: 0.0,
                 own_samples: None,
                 wall,
-            });
+                cached: false,
+            };
+            store.save(&c.scores[si], &r)?;
+            slots[si] = Some(r);
             continue;
         }
         let (r, _) = generate_score(
@@ -1035,6 +1279,7 @@ fn run_seed(
             progress,
         )?;
         times.push((format!("score/{}/seed-{seed}", score.name()), r.wall));
+        store.save(&c.scores[si], &r)?;
         slots[si] = Some(r);
     }
     let mut results: Vec<ScoreResult> = slots
@@ -1081,14 +1326,24 @@ fn run_seed(
     let mut m_vals: BTreeMap<&str, Vec<f64>> = METRICS.iter().map(|&m| (m, vec![])).collect();
     let mut m_class: Vec<Vec<u64>> = vec![vec![]; 10];
     let all_counts = class_counts(&labels, &(0..c.samples).collect::<Vec<_>>());
+    let ends: &[bool] = if c.filter.also_highest {
+        &[false, true]
+    } else {
+        &[false]
+    };
     for r in &results {
         let feats = own_features.get(&r.name).unwrap_or(&pf);
-        for &frac in &c.filter.keep {
+        for (&frac, &other_end) in c
+            .filter
+            .keep
+            .iter()
+            .flat_map(|f| ends.iter().map(move |e| (f, e)))
+        {
             let kept = keep_indices(
                 &r.values,
                 &labels,
                 frac,
-                c.filter.keep_highest,
+                c.filter.keep_highest != other_end,
                 c.filter.class_balanced,
             );
             let mut rows = Vec::with_capacity(kept.len() * d);
@@ -1104,7 +1359,11 @@ fn run_seed(
                 &opts,
             )?;
             let counts = class_counts(&labels, &kept);
-            m_score.push(r.name.clone());
+            m_score.push(if other_end {
+                format!("{}{OTHER_END}", r.name)
+            } else {
+                r.name.clone()
+            });
             m_keep.push(frac);
             m_k.push(kept.len() as u64);
             m_vals.get_mut("fid").unwrap().push(fid);
@@ -1165,6 +1424,7 @@ fn run_seed(
         "max_dev_from_plain" => results.iter().map(|r| r.max_dev).collect::<Vec<_>>(),
         "own_samples" => results.iter().map(|r| r.own_samples.is_some()).collect::<Vec<_>>(),
         "wall_s" => results.iter().map(|r| r.wall).collect::<Vec<_>>(),
+        "from_cache" => results.iter().map(|r| r.cached).collect::<Vec<_>>(),
     )
     .ctx("score info frame")?;
     run.write_parquet(&format!("{dir}/score_info.parquet"), &mut info)?;
@@ -1207,7 +1467,7 @@ fn generate_score(
     let mut nfe = 0;
     for (bi, idx) in all.chunks(c.batch_size).enumerate() {
         let x_t = kit::initial_noise(streams, idx, &[1, s, s], dev)?;
-        let y = kit::cycled_labels(idx, 10);
+        let y = c.labels_of(streams, idx);
         let bound = Bound::new(net)
             .with_labels(Tensor::from_vec(y, idx.len(), dev).ctx("labels")?)
             .with_schedule(&schedule);
@@ -1255,6 +1515,7 @@ fn generate_score(
             max_dev,
             own_samples,
             wall,
+            cached: false,
         },
         samples,
     ))
@@ -1397,10 +1658,10 @@ fn run_impl(
     manifest
         .wall_seconds
         .insert("laplace-fit".into(), t.elapsed().as_secs_f64());
-    let semantic: Box<dyn FeatureExtractor> = if c.needs_semantic() {
+    let (semantic, mobilenet): (Box<dyn FeatureExtractor>, _) = if c.needs_semantic() {
         semantic_extractor(c, &dev)?
     } else {
-        Box::new(Identity)
+        (Box::new(Identity), None)
     };
     let t = Instant::now();
     let manifold_rows = match (&train, c.needs_manifold()) {
@@ -1415,12 +1676,22 @@ fn run_impl(
                     .and_then(|t| to_u8(&t))
                     .and_then(|t| from_u8(&t))
                     .ctx("realism reference images")?;
-            Some(semantic_rows(
-                semantic.as_ref(),
-                &x,
-                c.eval.semantic_batch,
-                "realism reference images",
-            )?)
+            let what = "realism reference images";
+            Some(match &mobilenet {
+                // The reference manifold is the same every run: from the feature cache.
+                Some(mf) => {
+                    let f = mf
+                        .cached(&x, &c.features.cache())?
+                        .to_dtype(DType::F64)
+                        .ctx(what)?;
+                    let d = f.dim(1).ctx(what)?;
+                    (
+                        f.flatten_all().and_then(|t| t.to_vec1::<f64>()).ctx(what)?,
+                        d,
+                    )
+                }
+                None => semantic_rows(semantic.as_ref(), &x, c.eval.semantic_batch, what)?,
+            })
         }
         _ => None,
     };
@@ -1447,7 +1718,7 @@ fn run_impl(
     // feature networks load lazily into state a thread cannot share.
     parts.run_each(manifest, |seed, progress| {
         run_seed(
-            c, &recipe, &net, &ctx, seed, &dev, run, &embedder, &reference, progress,
+            c, &recipe, &net, &ctx, seed, &dev, run, &embedder, &reference, &model.key, progress,
         )
     })
 }
@@ -1553,7 +1824,10 @@ fn spearman_per_seed(run: &RunDir, seeds: &[u64], pair: &str) -> Result<Vec<f64>
         let sign = |n: &str| if n == "realism" { -1.0 } else { 1.0 };
         let xa: Vec<f64> = xa.iter().map(|x| x * sign(a)).collect();
         let xb: Vec<f64> = xb.iter().map(|x| x * sign(b)).collect();
-        out.push(spearman((a, &xa), (b, &xb))?);
+        // ρ is undefined when one score is constant over the seed's set (e.g. rarity when every
+        // sample lies outside every reference ball): recorded as NaN, shown as such, and a claim
+        // on it does not hold.
+        out.push(spearman((a, &xa), (b, &xb)).unwrap_or(f64::NAN));
     }
     Ok(out)
 }
@@ -1605,14 +1879,30 @@ fn report_impl(c: &Config, run: &RunDir) -> Result<Verdict> {
         "class TV vs all",
     ]);
     let mut reproduced = vec![];
-    for s in &c.scores {
+    let model_row = match c.model.checkpoint() {
+        Some(name) => name.to_string(),
+        None => format!("diffuq {} model, Fashion-MNIST", c.model.from),
+    };
+    let shown: Vec<String> = c
+        .scores
+        .iter()
+        .cloned()
+        .chain(
+            c.scores
+                .iter()
+                .filter(|_| c.filter.also_highest)
+                .map(|s| format!("{s}{OTHER_END}")),
+        )
+        .collect();
+    for s in &shown {
+        let base = s.strip_suffix(OTHER_END).unwrap_or(s);
         let cell = |m: &str, d: usize| {
             let (mean, std) = mean_std(&per_seed(&rows, seeds, s, tk, m));
             pm(mean, std, d)
         };
         table.row([
             s.clone(),
-            nfe_of(s).to_string(),
+            nfe_of(base).to_string(),
             cell("fid", 2),
             cell("precision", 3),
             cell("recall", 3),
@@ -1622,7 +1912,8 @@ fn report_impl(c: &Config, run: &RunDir) -> Result<Verdict> {
         ]);
         for m in ["fid", "precision", "recall"] {
             let (mean, std) = mean_std(&per_seed(&rows, seeds, s, tk, m));
-            reproduced.push(Reproduced::new(paper_row(s), paper_column(m), mean).with_std(std));
+            let (row, column) = paper_cell(&model_row, s, m);
+            reproduced.push(Reproduced::new(row, column, mean).with_std(std));
         }
     }
     let all = per_seed(&rows, seeds, &c.scores[0], 1.0, "fid");
@@ -1642,7 +1933,7 @@ fn report_impl(c: &Config, run: &RunDir) -> Result<Verdict> {
         std::iter::once("score (kept at table fraction)".to_string())
             .chain(CLASS_NAMES.iter().map(|s| s.to_string())),
     );
-    for s in &c.scores {
+    for s in &shown {
         let mut tot = vec![0f64; 10];
         let mut n = 0f64;
         for (_, r) in rows
@@ -1824,18 +2115,31 @@ fn paper_file(artifact: &str) -> Result<Option<crate::report::paper::PaperFile>>
     crate::report::paper::parse(text, &format!("paper/{artifact}.toml")).map(Some)
 }
 
-/// The paper's row name for a score (AU Table 1 / GU figure legends).
-fn paper_row(score: &str) -> String {
-    score.to_string()
-}
-
-fn paper_column(metric: &str) -> String {
-    match metric {
-        "fid" => "FID".into(),
-        "precision" => "Precision".into(),
-        "recall" => "Recall".into(),
-        m => m.into(),
-    }
+/// Where a reproduced number sits in the paper's tables: one row for diffuq's model, the score's
+/// column under the paper's name (AU Table 1: Random, Ours (AU), BayesDiff, MC-Dropout), the metric
+/// appended for all but FID.
+fn paper_cell(row: &str, score: &str, metric: &str) -> (String, String) {
+    let (base, end) = match score.strip_suffix(OTHER_END) {
+        Some(b) => (b, " (other end)"),
+        None => (score, ""),
+    };
+    let name = match base {
+        "random" => "Random",
+        "au" | "au-release" => "Ours (AU)",
+        "bayesdiff" | "bayesdiff-release" => "BayesDiff",
+        "mc-dropout" => "MC-Dropout",
+        other => other,
+    };
+    let label = if base == name || name == "Ours (AU)" && base == "au" {
+        name.to_string()
+    } else {
+        format!("{name} [{base}]")
+    };
+    let column = match metric {
+        "fid" => format!("{label}{end}"),
+        m => format!("{label}{end} {m}"),
+    };
+    (row.to_string(), column)
 }
 
 fn spearman_column(pair: &str) -> String {
@@ -1970,20 +2274,23 @@ fn write_grids(c: &Config, run: &RunDir, figures: &Path) -> Result<()> {
     Ok(())
 }
 
-/// GU Fig. 16: each score's mean per class, relative to its overall mean (seed-pooled).
+/// GU Fig. 16: each score's mean per class, as (class mean − overall mean) / overall std, seeds
+/// pooled (a standardised difference: GU's entropies can be negative, so a ratio to the mean would
+/// not read as a size).
 fn write_class_bars(c: &Config, run: &RunDir, figures: &Path) -> Result<()> {
     let scores = run.read_parquet("scores.parquet")?;
     let labels = kit::column_u64(&scores, "label")?;
     let x: Vec<f64> = (0..10).map(|k| k as f64).collect();
     let mut stats = vec![];
     let mut text = Table::new(
-        std::iter::once("score (class mean / overall mean)".to_string())
+        std::iter::once("score: (class mean − mean) / std".to_string())
             .chain(CLASS_NAMES.iter().map(|s| s.to_string())),
     );
     for s in &c.scores {
         let v = kit::column_f64(&scores, s)?;
         let finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-        let overall = finite.iter().sum::<f64>() / finite.len().max(1) as f64;
+        let (overall, spread) = mean_std(&finite);
+        let spread = if spread > 0.0 { spread } else { 1.0 };
         let mut means = vec![];
         let mut stds = vec![];
         for k in 0..10u64 {
@@ -1995,8 +2302,8 @@ fn write_class_bars(c: &Config, run: &RunDir, figures: &Path) -> Result<()> {
                 .collect();
             let (m, sd) = mean_std(&cls);
             let se = sd / (cls.len().max(1) as f64).sqrt();
-            means.push(m / overall);
-            stds.push(se / overall.abs());
+            means.push((m - overall) / spread);
+            stds.push(se / spread);
         }
         text.row(std::iter::once(s.clone()).chain(means.iter().map(|m| format!("{m:.3}"))));
         stats.push((s.clone(), means, stds));
@@ -2020,9 +2327,9 @@ fn write_class_bars(c: &Config, run: &RunDir, figures: &Path) -> Result<()> {
         "class-mean",
         &series,
         &crate::report::band::BandSpec {
-            title: format!("{}: class-averaged score / overall mean", c.title),
+            title: format!("{}: class-averaged score", c.title),
             x_label: "class (0 T-shirt … 9 ankle boot)".into(),
-            y_label: "class mean / overall mean".into(),
+            y_label: "(class mean − overall mean) / overall std".into(),
             highlight: None,
             caption: "± standard error of the class mean; all seeds pooled",
         },

@@ -467,6 +467,7 @@ fn laplace_variant(
         gamma2: cfg.uq.gamma2,
         compat: GuCompat::Paper,
         sampler: sampler.clone(),
+        rerun_map: false,
     };
     let mut samples = Vec::with_capacity(n);
     let mut entropy = Vec::with_capacity(n);

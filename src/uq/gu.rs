@@ -128,6 +128,11 @@ pub struct GuSpec {
     pub compat: GuCompat,
     /// Sampler for the posterior draws' extra samples (GU Fig. 6 reduces its steps).
     pub sampler: crate::sampler::spec::SamplerSpec,
+    /// With `include_map` and a shorter extra-sample sampler: re-run the MAP member with that
+    /// sampler, so that all members share one discretisation (`true`), or reuse the MAP sample
+    /// itself (`false`, the paper: GU Sec. 4.3 lowers T′ "only for the additional samples …
+    /// keeping the default T for the original sample" and counts M·T′ extra NFE).
+    pub rerun_map: bool,
 }
 
 impl GuSpec {
@@ -201,9 +206,10 @@ pub fn generate(
     let mut nfe = main_out.nfe;
     let mut feats = vec![];
     if spec.include_map {
-        // With a different extra-sample sampler the MAP member is re-run with it, so that all
-        // members of the mixture share one discretisation.
-        let x = if &spec.sampler == main {
+        // With a different extra-sample sampler and `rerun_map`, the MAP member is re-run with it,
+        // so that all members of the mixture share one discretisation; otherwise (the paper) the
+        // MAP sample itself is the member.
+        let x = if &spec.sampler == main || !spec.rerun_map {
             main_out.x0.clone()
         } else {
             let o = spec
@@ -474,6 +480,7 @@ mod tests {
                 gamma2: 1e-3,
                 compat: GuCompat::Paper,
                 sampler: ddim(extra_steps),
+                rerun_map: true,
             };
             generate(
                 &toy,

@@ -425,6 +425,61 @@ mod tests {
         )
     }
 
+    /// The empirical Fisher is a sum over items: fitting two halves separately and merging gives
+    /// the fit on all items (up to summation order), and the item counts add.
+    #[test]
+    fn merged_halves_equal_the_whole_fit() {
+        let dev = Device::Cpu;
+        let net = Linear {
+            w: Tensor::new(&[[0.5f64, -1.0, 0.2], [1.5, 0.0, -0.3]], &dev).unwrap(),
+            b: Tensor::new(&[0.1f64, -0.2], &dev).unwrap(),
+        };
+        let s = SeedStreams::new(9);
+        let idx: Vec<u64> = (0..20).collect();
+        let f = |p: &str, d| {
+            let v: Vec<f64> = s
+                .purpose(p)
+                .normals(&idx, None, d)
+                .into_iter()
+                .map(f64::from)
+                .collect();
+            Tensor::from_vec(v, (20, d), &dev).unwrap()
+        };
+        let (x, y) = (f("x", 3), f("y", 2));
+        let fit = |a: usize, n: usize| {
+            let mut acc = FisherAccumulator::new(&net, LaplaceSpec::GU).unwrap();
+            acc.add(
+                &x.narrow(0, a, n).unwrap(),
+                &vec![0.0; n],
+                &y.narrow(0, a, n).unwrap(),
+            )
+            .unwrap();
+            acc.finish()
+        };
+        let whole = fit(0, 20);
+        let merged = fit(0, 7).merged(&fit(7, 13)).unwrap();
+        assert_eq!(merged.n_items, 20);
+        let d = (&merged.h_w - &whole.h_w)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(d < 1e-12, "{d}");
+        let other = FisherAccumulator::new(
+            &net,
+            LaplaceSpec {
+                prior_precision: 2.0,
+                ..LaplaceSpec::GU
+            },
+        )
+        .unwrap()
+        .finish();
+        assert!(whole.merged(&other).is_err());
+    }
+
     #[test]
     fn monte_carlo_predictive_converges_to_the_closed_form() {
         // The closed form is exact for a linear last layer; BayesDiff's MC estimate must approach

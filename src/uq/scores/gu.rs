@@ -15,7 +15,8 @@
 //! [`GU_DRAWS`](super::GU_DRAWS). With `gu.include_map` the MAP sample is one of the mixture's
 //! members (the release's 1 + M). NFE per sample: the sampler's for the MAP sample, plus M times
 //! the extra-sample sampler's (`gu.sampler`, which GU Fig. 6 shortens), plus one more run of it
-//! when the MAP member must be re-sampled with a different `gu.sampler`. Feature extraction is not
+//! when `gu.rerun_map` re-samples the MAP member with a different `gu.sampler` (the paper reuses
+//! the MAP sample: M·T′ extra NFE). Feature extraction is not
 //! counted.
 //!
 //! The returned samples are the MAP model's, computed (as in [`crate::uq::gu::generate`]) with the
@@ -73,7 +74,8 @@ impl SampleScore for GuScore<'_> {
 
     fn nfe(&self, sampler: &SamplerSpec) -> Result<usize> {
         let extra = sampler_nfe(&self.spec.sampler);
-        let map_rerun = self.spec.include_map && self.spec.sampler != *sampler;
+        let map_rerun =
+            self.spec.include_map && self.spec.rerun_map && self.spec.sampler != *sampler;
         Ok(sampler_nfe(sampler) + (self.spec.m + usize::from(map_rerun)) * extra)
     }
 

@@ -1,0 +1,241 @@
+//! The filtering family (au-table1, gu-fig3, gu-fig4, gu-fig16, gu-table1) end to end at smoke
+//! scale through the binary: each experiment file selects `kind = "filtering"`, runs on the smoke
+//! mini model, writes its tables and figures, and says that its claims were not checked (raw-pixel
+//! features cannot test an FID claim).
+//!
+//! Expected values are diffuq's own contract, not reference numbers: the smoke verdict is
+//! "not-checked" with exit 0, the run directory holds the files the READMEs list, class-balanced
+//! filtering keeps the same number of samples in every class (by its definition: ⌈frac·N_c⌉ per
+//! class), the paper profile validates and its run names the missing weights in one line (exit 2),
+//! and an unknown kind is a one-line error naming the file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn diffuq(args: &[&str], cache: &Path, cwd: &Path, experiments: &Path) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_diffuq"));
+    cmd.current_dir(cwd)
+        .arg("--experiments")
+        .arg(experiments)
+        .args(args)
+        .env("XDG_CACHE_HOME", cache);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DIFFUQ_")) {
+        cmd.env_remove(k);
+    }
+    cmd.output().expect("spawn diffuq")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+fn experiments() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments")
+}
+
+/// A private cache root holding Fashion-MNIST, copied from the user's data cache (fetched there
+/// first if absent: CI machines reach Debian's mirrors).
+fn cache_with_data() -> tempfile::TempDir {
+    let fetch = Command::new(env!("CARGO_BIN_EXE_diffuq"))
+        .args(["fetch", "fashion-mnist"])
+        .output()
+        .unwrap();
+    assert_eq!(fetch.status.code(), Some(0), "{}", text(&fetch.stderr));
+    let src = PathBuf::from(text(&fetch.stdout).trim());
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("diffuq/data");
+    let out = Command::new(env!("CARGO_BIN_EXE_diffuq"))
+        .args(["fetch", "fashion-mnist", "--from"])
+        .arg(&src)
+        .arg("--cache-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    tmp
+}
+
+fn run_dir(out: &Output) -> PathBuf {
+    let stdout = text(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("run directory: "))
+        .unwrap_or_else(|| panic!("no run directory in {stdout}"));
+    PathBuf::from(line.trim_start_matches("run directory: "))
+}
+
+#[test]
+fn filtering_family_runs_at_smoke_and_reports_not_checked() {
+    let cache = cache_with_data();
+    let cwd = tempfile::tempdir().unwrap();
+    let (c, w, e) = (cache.path(), cwd.path(), experiments());
+
+    let ls = diffuq(&["ls"], c, w, &e);
+    let listed = text(&ls.stdout);
+    for a in ["au-table1", "gu-fig3", "gu-fig4", "gu-fig16", "gu-table1"] {
+        assert!(listed.contains(a), "`diffuq ls` lacks {a}: {listed}");
+    }
+
+    // Each artifact, with the files its README promises.
+    let cases: &[(&str, &[&str])] = &[
+        ("au-table1", &[]),
+        (
+            "gu-fig3",
+            &[
+                "figures/fid.png",
+                "figures/precision.svg",
+                "figures/recall.png",
+            ],
+        ),
+        (
+            "gu-fig4",
+            &[
+                "figures/grid-gu-semantic-most.png",
+                "figures/grid-gu-semantic-least.png",
+                "figures/grid-gu-pixel-most.svg",
+            ],
+        ),
+        ("gu-fig16", &["figures/class-mean.png", "class_means.md"]),
+        ("gu-table1", &[]),
+    ];
+    for (artifact, extra) in cases {
+        let out = diffuq(&["run", artifact, "--scale", "smoke"], c, w, &e);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{artifact}: {}",
+            text(&out.stderr)
+        );
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout.contains("outcome: not-checked"),
+            "{artifact}: {stdout}"
+        );
+        let dir = w.join(run_dir(&out));
+        for f in [
+            "table.md",
+            "compare.md",
+            "table.tex",
+            "metrics.parquet",
+            "scores.parquet",
+            "score_info.parquet",
+            "seeds/seed-0/samples.safetensors",
+        ]
+        .iter()
+        .chain(extra.iter())
+        {
+            assert!(dir.join(f).is_file(), "{artifact}: {f} missing");
+        }
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            manifest["reproduced"],
+            serde_json::Value::Null,
+            "{artifact}"
+        );
+        assert_eq!(manifest["outcome"], "not-checked", "{artifact}");
+        let table = std::fs::read_to_string(dir.join("table.md")).unwrap();
+        assert!(
+            table.contains("Class composition of the kept sets"),
+            "{artifact}"
+        );
+        if *artifact == "gu-table1" {
+            assert!(table.contains("realism vs rarity"), "{table}");
+        }
+    }
+
+    // Class-balanced filtering keeps round(frac · N_c) of every class: with 12 samples whose
+    // labels cycle through 10 classes and frac 1/2, one of each of the ten classes but the first
+    // two, which keep one of their two.
+    let out = diffuq(
+        &[
+            "run",
+            "au-table1",
+            "--scale",
+            "smoke",
+            "filter.class_balanced=true",
+            "filter.keep=[0.5, 1.0]",
+            "filter.table_keep=0.5",
+        ],
+        c,
+        w,
+        &e,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let au_row = table
+        .lines()
+        .filter(|l| l.starts_with("| au "))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no class row for au in {table}"));
+    let cells: Vec<&str> = au_row.split('|').map(str::trim).collect();
+    // 10 kept of 12 (round(0.5·2) = 1 for the two doubled classes, round(0.5·1) = 1 clamped ≥ 1
+    // for the others): every class holds 10 %.
+    assert!(
+        cells[2..12].iter().all(|c| *c == "10.0%"),
+        "class-balanced composition: {au_row}"
+    );
+}
+
+#[test]
+fn paper_profile_validates_and_names_the_missing_weights() {
+    let cache = tempfile::tempdir().unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let (c, w, e) = (cache.path(), cwd.path(), experiments());
+    for artifact in ["au-table1", "gu-fig3", "gu-fig4", "gu-fig16", "gu-table1"] {
+        let v = diffuq(&["validate", artifact, "--scale", "paper"], c, w, &e);
+        assert_eq!(v.status.code(), Some(0), "{artifact}: {}", text(&v.stderr));
+        let r = diffuq(&["run", artifact, "--scale", "paper"], c, w, &e);
+        assert_eq!(r.status.code(), Some(2), "{artifact}");
+        let err = text(&r.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("model.from") && err.contains("weights are missing"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn unknown_kind_and_bad_score_are_one_line_errors() {
+    let cache = tempfile::tempdir().unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let exp = tempfile::tempdir().unwrap();
+    let dir = exp.path().join("my-filter");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = std::fs::read_to_string(experiments().join("au-table1/experiment.toml")).unwrap();
+    std::fs::write(
+        dir.join("experiment.toml"),
+        src.replace("kind = \"filtering\"", "kind = \"filtrate\""),
+    )
+    .unwrap();
+    let out = diffuq(
+        &["validate", "my-filter", "--scale", "smoke"],
+        cache.path(),
+        cwd.path(),
+        exp.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("my-filter") && err.contains("filtrate") && err.contains("filtering"),
+        "{err}"
+    );
+
+    let out = diffuq(
+        &[
+            "validate",
+            "au-table1",
+            "--scale",
+            "smoke",
+            "scores=[\"random\", \"au\", \"entropy\"]",
+        ],
+        cache.path(),
+        cwd.path(),
+        &experiments(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("scores") && err.contains("entropy"), "{err}");
+}
