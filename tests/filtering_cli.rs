@@ -155,7 +155,7 @@ fn filtering_family_runs_at_smoke_and_reports_not_checked() {
             "--scale",
             "smoke",
             "filter.class_balanced=true",
-            "filter.keep=[0.5, 1.0]",
+            "filter.keep=[0.5, 0.8333333333333334, 1.0]",
             "filter.table_keep=0.5",
         ],
         c,
