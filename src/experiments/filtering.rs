@@ -45,9 +45,9 @@ use crate::error::{Error, Result, TensorContext};
 use crate::features::{FeatureExtractor, FeaturesConfig, Identity};
 use crate::metrics::fid::{frechet_distance, GaussianStats};
 use crate::metrics::inputs::{Embedder, MetricInput};
-use crate::metrics::prdc::{prdc, PrdcDistance, PrdcOptions};
+use crate::metrics::prdc::{prdc_with_real_radii, PrdcDistance, PrdcOptions};
 use crate::metrics::rank::spearman;
-use crate::metrics::realism::{RealManifold, RealismVariant, Rows};
+use crate::metrics::realism::{knn_sq_radii, RealManifold, RealismVariant, Rows};
 use crate::model::recipe::{self, ImageModelRecipe};
 use crate::model::Bound;
 use crate::report::compare::{Comparison, Reproduced};
@@ -1136,6 +1136,7 @@ fn run_seed(
             recipe,
             net,
             scores[i].as_ref(),
+            &c.scores[i],
             &streams,
             &all,
             None,
@@ -1163,7 +1164,7 @@ fn run_seed(
             sampler: &c.sampler,
             x_t: &x_t,
             indices: idx,
-            streams: streams.clone(),
+            streams,
         };
         let out = batch.sample(&mut NoObserver, "plain samples")?;
         plain.push(out.x0);
@@ -1270,6 +1271,7 @@ fn run_seed(
             recipe,
             net,
             score.as_ref(),
+            &c.scores[si],
             &streams,
             &all,
             Some(&plain),
@@ -1320,6 +1322,7 @@ fn run_seed(
 
     let t0 = Instant::now();
     let opts = c.prdc_options();
+    let real_r2 = knn_sq_radii(Rows::new(&reference.0, reference.1), opts.k)?;
     let mut m_score = vec![];
     let mut m_keep = vec![];
     let mut m_k = vec![];
@@ -1353,8 +1356,9 @@ fn run_seed(
             let what = format!("kept set of {} at {frac} (seed {seed})", r.name);
             let stats = GaussianStats::from_features(Rows::new(&rows, d), &what)?;
             let fid = frechet_distance(&stats, &reference.2)?;
-            let p = prdc(
+            let p = prdc_with_real_radii(
                 Rows::new(&reference.0, reference.1),
+                &real_r2,
                 Rows::new(&rows, d),
                 &opts,
             )?;
@@ -1445,6 +1449,7 @@ fn generate_score(
     recipe: &ImageModelRecipe,
     net: &crate::model::unet2d::UNet2D,
     score: &dyn SampleScore,
+    name: &str,
     streams: &SeedStreams,
     all: &[u64],
     plain: Option<&Tensor>,
@@ -1456,11 +1461,7 @@ fn generate_score(
     let t0 = Instant::now();
     let s = recipe.data.image_size;
     let schedule = recipe.schedule.build();
-    let pb = kit::bar(
-        progress,
-        all.len(),
-        &format!("seed {seed}: {}", score.name()),
-    );
+    let pb = kit::bar(progress, all.len(), &format!("seed {seed}: {name}"));
     let mut raw = crate::uq::scores::RawScores::default();
     let mut own = vec![];
     let mut max_dev = 0f64;
@@ -1477,7 +1478,7 @@ fn generate_score(
             sampler: &c.sampler,
             x_t: &x_t,
             indices: idx,
-            streams: streams.clone(),
+            streams: *streams,
         };
         let out = score.score(&batch)?;
         if let Some(plain) = plain {
@@ -1504,8 +1505,7 @@ fn generate_score(
     let own_samples = (max_dev > SAME_SAMPLES_TOL).then(|| samples.clone());
     let wall = t0.elapsed().as_secs_f64();
     run.log(&format!(
-        "seed {seed}: {} scored in {wall:.1}s ({nfe} NFE/sample, max |Δ| from the plain samples {max_dev:.2e})",
-        score.name()
+        "seed {seed}: {name} scored in {wall:.1}s ({nfe} NFE/sample, max |Δ| from the plain samples {max_dev:.2e})"
     ))?;
     Ok((
         ScoreResult {
@@ -1934,7 +1934,7 @@ fn report_impl(c: &Config, run: &RunDir) -> Result<Verdict> {
             .chain(CLASS_NAMES.iter().map(|s| s.to_string())),
     );
     for s in &shown {
-        let mut tot = vec![0f64; 10];
+        let mut tot = [0f64; 10];
         let mut n = 0f64;
         for (_, r) in rows
             .iter()

@@ -178,11 +178,13 @@ pub const ARTIFACTS: &[Artifact] = &[
     Artifact::of::<mini_model::MiniModel>(),
 ];
 
+/// Makes the registry entry of an artifact (name, title) run by a kind's driver.
+pub type KindEntry = fn(&'static str, &'static str) -> Artifact;
+
 /// Experiment kinds: drivers an experiment file selects with `kind = "…"` in `[default]`.
-pub const KINDS: &[(&str, fn(&'static str, &'static str) -> Artifact)] =
-    &[(filtering::KIND, |n, d| {
-        Artifact::kind::<filtering::Filtering>(n, d)
-    })];
+pub const KINDS: &[(&str, KindEntry)] = &[(filtering::KIND, |n, d| {
+    Artifact::kind::<filtering::Filtering>(n, d)
+})];
 
 /// The `kind` and `title` an experiment file declares in `[default]`, if any.
 fn declared_kind(experiments_dir: &Path, name: &str) -> Option<(String, String)> {

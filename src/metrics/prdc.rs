@@ -116,10 +116,28 @@ pub fn prdc(real: Rows, fake: Rows, opts: &PrdcOptions) -> Result<Prdc> {
 
 /// [`prdc`] with the names errors give the two arrays (e.g. their files).
 pub fn prdc_named(real: (&str, Rows), fake: (&str, Rows), opts: &PrdcOptions) -> Result<Prdc> {
+    check((real.0, &real.1), (fake.0, &fake.1), opts.k)?;
+    let real_r2 = knn_sq_radii(real.1, opts.k)?;
+    prdc_with_real_radii(real.1, &real_r2, fake.1, opts)
+}
+
+/// [`prdc`] with the real set's squared k-NN radii given (`knn_sq_radii(real, opts.k)`): when many
+/// generated sets are measured against one reference (a filtering curve), the reference's
+/// N² distances are computed once.
+pub fn prdc_with_real_radii(
+    real: Rows,
+    real_r2: &[f64],
+    fake: Rows,
+    opts: &PrdcOptions,
+) -> Result<Prdc> {
     let k = opts.k;
-    check((real.0, &real.1), (fake.0, &fake.1), k)?;
-    let (real, fake) = (real.1, fake.1);
-    let real_r2 = knn_sq_radii(real, k)?;
+    check(("real features", &real), ("generated features", &fake), k)?;
+    if real_r2.len() != real.len() {
+        return Err(Error::invalid(
+            "prdc real radii",
+            format!("{} radii for {} real rows", real_r2.len(), real.len()),
+        ));
+    }
     let fake_r2 = knn_sq_radii(fake, k)?;
     let squared = opts.distance == PrdcDistance::Squared;
     // Compare in the chosen metric: squared distances as computed, or their square roots; the
@@ -191,6 +209,14 @@ mod tests {
             distance: PrdcDistance::Euclidean,
         };
         let p = prdc(Rows::new(&real, 1), Rows::new(&fake, 1), &opts).unwrap();
+        let radii = knn_sq_radii(Rows::new(&real, 1), 1).unwrap();
+        let given =
+            prdc_with_real_radii(Rows::new(&real, 1), &radii, Rows::new(&fake, 1), &opts).unwrap();
+        assert_eq!(p, given);
+        assert!(
+            prdc_with_real_radii(Rows::new(&real, 1), &radii[..2], Rows::new(&fake, 1), &opts)
+                .is_err()
+        );
         assert_eq!(p.precision, 0.75);
         assert_eq!(p.density, 1.0);
         assert_eq!(p.recall, 1.0);
