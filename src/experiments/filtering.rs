@@ -1229,7 +1229,7 @@ fn run_seed(
                 slots[si] = Some(r);
                 run.log(&format!(
                     "seed {seed}: {} from its parts' scores",
-                    score.name()
+                    c.scores[si]
                 ))?;
                 continue;
             }
@@ -1252,7 +1252,7 @@ fn run_seed(
             }
             let values = score.finish(&[values])?;
             let wall = t0.elapsed().as_secs_f64();
-            times.push((format!("score/{}/seed-{seed}", score.name()), wall));
+            times.push((format!("score/{}/seed-{seed}", c.scores[si]), wall));
             let r = ScoreResult {
                 name: score.name().to_string(),
                 values,
@@ -1280,7 +1280,7 @@ fn run_seed(
             seed,
             progress,
         )?;
-        times.push((format!("score/{}/seed-{seed}", score.name()), r.wall));
+        times.push((format!("score/{}/seed-{seed}", c.scores[si]), r.wall));
         store.save(&c.scores[si], &r)?;
         slots[si] = Some(r);
     }
@@ -1928,6 +1928,33 @@ fn report_impl(c: &Config, run: &RunDir) -> Result<Verdict> {
         )
     };
 
+    // The curves' numbers (GU Figs. 3/7 as a table): each metric at every kept fraction.
+    let mut curve_text = String::new();
+    if c.report.curves {
+        let mut keeps = c.filter.keep.clone();
+        keeps.sort_by(f64::total_cmp);
+        for (metric, label, d) in [
+            ("fid", "FID ↓", 2),
+            ("precision", "precision ↑", 3),
+            ("recall", "recall ↑", 3),
+        ] {
+            let mut t = Table::new(
+                std::iter::once(format!("{label} by samples kept")).chain(
+                    keeps
+                        .iter()
+                        .map(|k| format!("{}", (k * c.samples as f64).round())),
+                ),
+            );
+            for s in &shown {
+                t.row(std::iter::once(s.clone()).chain(keeps.iter().map(|&k| {
+                    let (m, sd) = mean_std(&per_seed(&rows, seeds, s, k, metric));
+                    pm(m, sd, d)
+                })));
+            }
+            curve_text.push_str(&format!("\n{}", t.to_markdown()));
+        }
+    }
+
     // Class composition of the kept sets at the table's fraction (mean over seeds).
     let mut comp = Table::new(
         std::iter::once("score (kept at table fraction)".to_string())
@@ -2072,7 +2099,7 @@ fn report_impl(c: &Config, run: &RunDir) -> Result<Verdict> {
     }
 
     let text = format!(
-        "{title}\n\nKept {pct:.1}% of N = {n} samples per seed ({seeds} seeds, mean ± std), {which} scores{bal}; metrics in {space} against {nref} Fashion-MNIST test images.\n\n{table}{full}\nClass composition of the kept sets:\n\n{comp}{sp}\nClaims:\n{claims}\n\n{summary}\n",
+        "{title}\n\nKept {pct:.1}% of N = {n} samples per seed ({seeds} seeds, mean ± std), {which} scores{bal}; metrics in {space} against {nref} Fashion-MNIST test images.\n\n{table}{full}{curves}\nClass composition of the kept sets:\n\n{comp}{sp}\nClaims:\n{claims}\n\n{summary}\n",
         title = c.title,
         pct = 100.0 * tk,
         n = c.samples,
@@ -2082,6 +2109,7 @@ fn report_impl(c: &Config, run: &RunDir) -> Result<Verdict> {
         nref = if c.eval.reference_subset == 0 { 10_000 } else { c.eval.reference_subset },
         table = table.to_markdown(),
         full = full_line,
+        curves = curve_text,
         comp = comp.to_markdown(),
         sp = sp_text,
         claims = if claim_lines.is_empty() { "- none (qualitative)".to_string() } else { claim_lines.join("\n") },
@@ -2264,10 +2292,7 @@ fn write_grids(c: &Config, run: &RunDir, figures: &Path) -> Result<()> {
                 &rows,
                 side,
                 &labels,
-                &format!(
-                    "{}: the {n} {stem} uncertain samples by {s} (seed {seed})",
-                    c.title
-                ),
+                &format!("{n} {stem} uncertain by {s}, seed {seed}"),
             )?;
         }
     }
