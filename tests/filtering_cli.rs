@@ -9,8 +9,12 @@
 //! class), the paper profile validates and its run names the missing weights in one line (exit 2),
 //! and an unknown kind is a one-line error naming the file.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use common::{cache_with_data, text};
 
 fn diffuq(args: &[&str], cache: &Path, cwd: &Path, experiments: &Path) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_diffuq"));
@@ -25,34 +29,8 @@ fn diffuq(args: &[&str], cache: &Path, cwd: &Path, experiments: &Path) -> Output
     cmd.output().expect("spawn diffuq")
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_string()
-}
-
 fn experiments() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments")
-}
-
-/// A private cache root holding Fashion-MNIST, copied from the user's data cache (fetched there
-/// first if absent: CI machines reach Debian's mirrors).
-fn cache_with_data() -> tempfile::TempDir {
-    let fetch = Command::new(env!("CARGO_BIN_EXE_diffuq"))
-        .args(["fetch", "fashion-mnist"])
-        .output()
-        .unwrap();
-    assert_eq!(fetch.status.code(), Some(0), "{}", text(&fetch.stderr));
-    let src = PathBuf::from(text(&fetch.stdout).trim());
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("diffuq/data");
-    let out = Command::new(env!("CARGO_BIN_EXE_diffuq"))
-        .args(["fetch", "fashion-mnist", "--from"])
-        .arg(&src)
-        .arg("--cache-dir")
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    tmp
 }
 
 fn run_dir(out: &Output) -> PathBuf {

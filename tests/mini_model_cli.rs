@@ -7,8 +7,12 @@
 //! manifest: pixel features cannot test the FID bar), the run directory holds the files the
 //! README lists.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
+
+use common::{cache_with_data, text};
 
 fn diffuq(args: &[&str], cache: &Path, cwd: &Path) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_diffuq"));
@@ -21,32 +25,6 @@ fn diffuq(args: &[&str], cache: &Path, cwd: &Path) -> Output {
         cmd.env_remove(k);
     }
     cmd.output().expect("spawn diffuq")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_string()
-}
-
-/// A private cache root holding Fashion-MNIST, copied from the user's data cache (fetched there
-/// first if absent: CI machines reach Debian's mirrors).
-fn cache_with_data() -> tempfile::TempDir {
-    let fetch = Command::new(env!("CARGO_BIN_EXE_diffuq"))
-        .args(["fetch", "fashion-mnist"])
-        .output()
-        .unwrap();
-    assert_eq!(fetch.status.code(), Some(0), "{}", text(&fetch.stderr));
-    let src = PathBuf::from(text(&fetch.stdout).trim());
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("diffuq/data");
-    let out = Command::new(env!("CARGO_BIN_EXE_diffuq"))
-        .args(["fetch", "fashion-mnist", "--from"])
-        .arg(&src)
-        .arg("--cache-dir")
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    tmp
 }
 
 fn model_line(out: &Output) -> String {

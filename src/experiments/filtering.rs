@@ -38,7 +38,8 @@ use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::kit::{self, PartRunner};
-use super::{mini_model, Experiment, Outcome, RunOptions, Verdict};
+use super::mini_model::{self, to_u8};
+use super::{Experiment, Outcome, RunOptions, Verdict};
 use crate::config::{check, Resolved, Validate, Violation};
 use crate::data::fashion_mnist::{FashionMnist, Split, CLASS_NAMES};
 use crate::error::{Error, Result, TensorContext};
@@ -48,6 +49,7 @@ use crate::metrics::inputs::{Embedder, MetricInput};
 use crate::metrics::prdc::{prdc_with_real_radii, PrdcDistance, PrdcOptions};
 use crate::metrics::rank::spearman;
 use crate::metrics::realism::{knn_sq_radii, RealManifold, RealismVariant, Rows};
+use crate::metrics::stats::mean_std;
 use crate::model::recipe::{self, ImageModelRecipe};
 use crate::model::Bound;
 use crate::report::compare::{Comparison, Reproduced};
@@ -738,13 +740,6 @@ impl Experiment for Filtering {
     }
 }
 
-/// uint8 images from samples in [−1, 1] (as image writers quantise).
-fn to_u8(x: &Tensor) -> candle_core::Result<Tensor> {
-    ((x.clamp(-1f32, 1f32)? + 1.0)? * 127.5)?
-        .round()?
-        .to_dtype(DType::U8)
-}
-
 /// uint8 → [−1, 1] f32 (what the semantic extractor sees for real images, as for samples).
 fn from_u8(x: &Tensor) -> candle_core::Result<Tensor> {
     (x.to_dtype(DType::F32)? / 127.5)? - 1.0
@@ -1088,7 +1083,6 @@ fn run_seed(
     progress: &indicatif::MultiProgress,
 ) -> Result<kit::PartTimes> {
     let store = ScoreStore::new(c, model_key, seed)?;
-    let s = recipe.data.image_size;
     let schedule = recipe.schedule.build();
     let streams = SeedStreams::new(seed);
     let all: Vec<u64> = (0..c.samples as u64).collect();
@@ -1153,20 +1147,9 @@ fn run_seed(
     let pb = kit::bar(progress, c.samples, &format!("seed {seed}: plain samples"));
     let sample_now = plain.is_empty();
     for idx in all.chunks(c.batch_size).filter(|_| sample_now) {
-        let x_t = kit::initial_noise(&streams, idx, &[1, s, s], dev)?;
-        let y = c.labels_of(&streams, idx);
-        let bound = Bound::new(net)
-            .with_labels(Tensor::from_vec(y, idx.len(), dev).ctx("labels")?)
-            .with_schedule(&schedule);
-        let batch = ScoreBatch {
-            net: &bound,
-            schedule: &schedule,
-            sampler: &c.sampler,
-            x_t: &x_t,
-            indices: idx,
-            streams,
-        };
-        let out = batch.sample(&mut NoObserver, "plain samples")?;
+        let out = with_batch(c, recipe, net, &schedule, &streams, idx, dev, |batch| {
+            batch.sample(&mut NoObserver, "plain samples")
+        })?;
         plain.push(out.x0);
         pb.inc(idx.len() as u64);
     }
@@ -1440,6 +1423,35 @@ fn run_seed(
     Ok(times)
 }
 
+/// Call `f` with the batch of samples `idx` of one seed: x_T from the seed's `x_T` stream, the
+/// network bound to the batch's labels (`labels`), the configured sampler.
+#[allow(clippy::too_many_arguments)]
+fn with_batch<R>(
+    c: &Config,
+    recipe: &ImageModelRecipe,
+    net: &crate::model::unet2d::UNet2D,
+    schedule: &crate::schedule::NoiseSchedule,
+    streams: &SeedStreams,
+    idx: &[u64],
+    dev: &Device,
+    f: impl FnOnce(&ScoreBatch<'_>) -> Result<R>,
+) -> Result<R> {
+    let s = recipe.data.image_size;
+    let x_t = kit::initial_noise(streams, idx, &[1, s, s], dev)?;
+    let y = c.labels_of(streams, idx);
+    let bound = Bound::new(net)
+        .with_labels(Tensor::from_vec(y, idx.len(), dev).ctx("labels")?)
+        .with_schedule(schedule);
+    f(&ScoreBatch {
+        net: &bound,
+        schedule,
+        sampler: &c.sampler,
+        x_t: &x_t,
+        indices: idx,
+        streams: *streams,
+    })
+}
+
 /// Generate and score every batch of one seed with `score`; `plain` (the plain sampler's images)
 /// is compared with the score's own samples, whose features replace the plain ones when they
 /// differ by more than [`SAME_SAMPLES_TOL`]. Returns the result and the score's samples.
@@ -1459,7 +1471,6 @@ fn generate_score(
     progress: &indicatif::MultiProgress,
 ) -> Result<(ScoreResult, Tensor)> {
     let t0 = Instant::now();
-    let s = recipe.data.image_size;
     let schedule = recipe.schedule.build();
     let pb = kit::bar(progress, all.len(), &format!("seed {seed}: {name}"));
     let mut raw = crate::uq::scores::RawScores::default();
@@ -1467,20 +1478,9 @@ fn generate_score(
     let mut max_dev = 0f64;
     let mut nfe = 0;
     for (bi, idx) in all.chunks(c.batch_size).enumerate() {
-        let x_t = kit::initial_noise(streams, idx, &[1, s, s], dev)?;
-        let y = c.labels_of(streams, idx);
-        let bound = Bound::new(net)
-            .with_labels(Tensor::from_vec(y, idx.len(), dev).ctx("labels")?)
-            .with_schedule(&schedule);
-        let batch = ScoreBatch {
-            net: &bound,
-            schedule: &schedule,
-            sampler: &c.sampler,
-            x_t: &x_t,
-            indices: idx,
-            streams: *streams,
-        };
-        let out = score.score(&batch)?;
+        let out = with_batch(c, recipe, net, &schedule, streams, idx, dev, |batch| {
+            score.score(batch)
+        })?;
         if let Some(plain) = plain {
             let plain_b = plain
                 .narrow(0, bi * c.batch_size, idx.len())
@@ -1770,20 +1770,6 @@ fn read_metrics(run: &RunDir) -> Result<Vec<(u64, MetricRow)>> {
         .collect())
 }
 
-fn mean_std(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    if v.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    let m = v.iter().sum::<f64>() / n;
-    let s = if v.len() > 1 {
-        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-    } else {
-        0.0
-    };
-    (m, s)
-}
-
 /// Values of `metric` for `score` at `keep`, one per seed in seed order.
 fn per_seed(
     rows: &[(u64, MetricRow)],
@@ -1803,14 +1789,13 @@ fn per_seed(
 }
 
 /// Spearman correlations per seed for pair `"a,b"`.
-fn spearman_per_seed(run: &RunDir, seeds: &[u64], pair: &str) -> Result<Vec<f64>> {
+fn spearman_per_seed(f: &DataFrame, seeds: &[u64], pair: &str) -> Result<Vec<f64>> {
     let (a, b) = pair
         .split_once(',')
         .ok_or_else(|| Error::invalid("report.spearman", format!("`{pair}` is not \"a,b\"")))?;
-    let f = run.read_parquet("scores.parquet")?;
-    let seed = kit::column_u64(&f, "seed")?;
-    let va = kit::column_f64(&f, a)?;
-    let vb = kit::column_f64(&f, b)?;
+    let seed = kit::column_u64(f, "seed")?;
+    let va = kit::column_f64(f, a)?;
+    let vb = kit::column_f64(f, b)?;
     let mut out = vec![];
     for &s in seeds {
         let (xa, xb): (Vec<f64>, Vec<f64>) = seed
@@ -1994,12 +1979,13 @@ fn report_impl(c: &Config, run: &RunDir) -> Result<Verdict> {
     }
     pairs.dedup();
     if !pairs.is_empty() {
+        let scores_frame = run.read_parquet("scores.parquet")?;
         let mut t = Table::new(["pair", "Spearman ρ (mean ± std over seeds)"]);
         for p in &pairs {
             if sp.contains_key(p) {
                 continue;
             }
-            let v = spearman_per_seed(run, seeds, p)?;
+            let v = spearman_per_seed(&scores_frame, seeds, p)?;
             let (m, s) = mean_std(&v);
             t.row([p.replace(',', " vs "), pm(m, s, 3)]);
             reproduced.push(
@@ -2194,6 +2180,27 @@ const COLORS: &[(u8, u8, u8)] = &[
     (23, 190, 207),
 ];
 
+/// One band per score (label, means, stds) over the shared `x`, coloured in score order.
+fn band_series<'a>(
+    stats: &'a [(String, Vec<f64>, Vec<f64>)],
+    x: &'a [f64],
+) -> Vec<crate::report::band::BandSeries<'a>> {
+    stats
+        .iter()
+        .enumerate()
+        .map(|(i, (s, m, sd))| {
+            let (r, g, b) = COLORS[i % COLORS.len()];
+            crate::report::band::BandSeries {
+                label: s.clone(),
+                x,
+                mean: m,
+                std: sd,
+                color: plotters::style::RGBColor(r, g, b),
+            }
+        })
+        .collect()
+}
+
 fn write_curves(c: &Config, rows: &[(u64, MetricRow)], figures: &Path) -> Result<()> {
     let mut keeps = c.filter.keep.clone();
     keeps.sort_by(f64::total_cmp);
@@ -2214,20 +2221,7 @@ fn write_curves(c: &Config, rows: &[(u64, MetricRow)], figures: &Path) -> Result
                 (s.clone(), m, sd)
             })
             .collect();
-        let series: Vec<crate::report::band::BandSeries> = stats
-            .iter()
-            .enumerate()
-            .map(|(i, (s, m, sd))| {
-                let (r, g, b) = COLORS[i % COLORS.len()];
-                crate::report::band::BandSeries {
-                    label: s.clone(),
-                    x: &x,
-                    mean: m,
-                    std: sd,
-                    color: plotters::style::RGBColor(r, g, b),
-                }
-            })
-            .collect();
+        let series = band_series(&stats, &x);
         crate::report::band::write_band(
             figures,
             metric,
@@ -2333,20 +2327,7 @@ fn write_class_bars(c: &Config, run: &RunDir, figures: &Path) -> Result<()> {
         text.row(std::iter::once(s.clone()).chain(means.iter().map(|m| format!("{m:.3}"))));
         stats.push((s.clone(), means, stds));
     }
-    let series: Vec<crate::report::band::BandSeries> = stats
-        .iter()
-        .enumerate()
-        .map(|(i, (s, m, sd))| {
-            let (r, g, b) = COLORS[i % COLORS.len()];
-            crate::report::band::BandSeries {
-                label: s.clone(),
-                x: &x,
-                mean: m,
-                std: sd,
-                color: plotters::style::RGBColor(r, g, b),
-            }
-        })
-        .collect();
+    let series = band_series(&stats, &x);
     crate::report::band::write_band(
         figures,
         "class-mean",

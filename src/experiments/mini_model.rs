@@ -164,7 +164,7 @@ impl Experiment for MiniModel {
 
 /// uint8 images (N, 1, S, S) from model outputs in [−1, 1]: round((x + 1)·127.5), clamped, as
 /// image writers do.
-fn to_u8(x: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn to_u8(x: &Tensor) -> candle_core::Result<Tensor> {
     ((x.clamp(-1f32, 1f32)? + 1.0)? * 127.5)?
         .round()?
         .to_dtype(DType::U8)

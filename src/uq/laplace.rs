@@ -400,23 +400,30 @@ mod tests {
         }
     }
 
-    fn posterior() -> (DiagPosterior, Tensor) {
+    /// The 3 → 2 linear last layer the posterior tests fit.
+    fn linear() -> Linear {
         let dev = Device::Cpu;
-        let net = Linear {
+        Linear {
             w: Tensor::new(&[[0.5f64, -1.0, 0.2], [1.5, 0.0, -0.3]], &dev).unwrap(),
             b: Tensor::new(&[0.1f64, -0.2], &dev).unwrap(),
-        };
-        let s = SeedStreams::new(8);
-        let idx: Vec<u64> = (0..30).collect();
-        let f = |p: &str, d| {
-            let v: Vec<f64> = s
-                .purpose(p)
-                .normals(&idx, None, d)
-                .into_iter()
-                .map(f64::from)
-                .collect();
-            Tensor::from_vec(v, (30, d), &dev).unwrap()
-        };
+        }
+    }
+
+    /// n × d standard normals from purpose `p` of seed `seed`, in f64.
+    fn normals(seed: u64, p: &str, n: usize, d: usize) -> Tensor {
+        let idx: Vec<u64> = (0..n as u64).collect();
+        let v: Vec<f64> = SeedStreams::new(seed)
+            .purpose(p)
+            .normals(&idx, None, d)
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        Tensor::from_vec(v, (n, d), &Device::Cpu).unwrap()
+    }
+
+    fn posterior() -> (DiagPosterior, Tensor) {
+        let net = linear();
+        let f = |p: &str, d| normals(8, p, 30, d);
         let mut acc = FisherAccumulator::new(&net, LaplaceSpec::GU).unwrap();
         acc.add(&f("x", 3), &[0.0; 30], &f("y", 2)).unwrap();
         (
@@ -429,23 +436,8 @@ mod tests {
     /// the fit on all items (up to summation order), and the item counts add.
     #[test]
     fn merged_halves_equal_the_whole_fit() {
-        let dev = Device::Cpu;
-        let net = Linear {
-            w: Tensor::new(&[[0.5f64, -1.0, 0.2], [1.5, 0.0, -0.3]], &dev).unwrap(),
-            b: Tensor::new(&[0.1f64, -0.2], &dev).unwrap(),
-        };
-        let s = SeedStreams::new(9);
-        let idx: Vec<u64> = (0..20).collect();
-        let f = |p: &str, d| {
-            let v: Vec<f64> = s
-                .purpose(p)
-                .normals(&idx, None, d)
-                .into_iter()
-                .map(f64::from)
-                .collect();
-            Tensor::from_vec(v, (20, d), &dev).unwrap()
-        };
-        let (x, y) = (f("x", 3), f("y", 2));
+        let net = linear();
+        let (x, y) = (normals(9, "x", 20, 3), normals(9, "y", 20, 2));
         let fit = |a: usize, n: usize| {
             let mut acc = FisherAccumulator::new(&net, LaplaceSpec::GU).unwrap();
             acc.add(

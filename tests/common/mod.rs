@@ -1,0 +1,30 @@
+//! Helpers shared by the integration tests that drive the `diffuq` binary on image data.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+/// A private cache root holding Fashion-MNIST, copied from the user's data cache (fetched there
+/// first if absent: CI machines reach Debian's mirrors).
+pub fn cache_with_data() -> tempfile::TempDir {
+    let fetch = Command::new(env!("CARGO_BIN_EXE_diffuq"))
+        .args(["fetch", "fashion-mnist"])
+        .output()
+        .unwrap();
+    assert_eq!(fetch.status.code(), Some(0), "{}", text(&fetch.stderr));
+    let src = PathBuf::from(text(&fetch.stdout).trim());
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("diffuq/data");
+    let out = Command::new(env!("CARGO_BIN_EXE_diffuq"))
+        .args(["fetch", "fashion-mnist", "--from"])
+        .arg(&src)
+        .arg("--cache-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    tmp
+}
