@@ -80,7 +80,7 @@ fn sample(s: &Setup, window: Option<StepWindow>) -> usize {
     };
     let spec = AuSpec {
         m: 5,
-        ddof: 1,
+        ddof: diffuq::uq::au::Ddof::Minus(1),
         compat: AuCompat::Paper,
         clip_sample: None,
     };

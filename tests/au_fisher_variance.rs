@@ -203,7 +203,7 @@ fn mean_u(g: &GaussianMixture, x0: &[f64], t: f64, m: usize, n: usize) -> f64 {
     let idx: Vec<u64> = (0..n as u64).collect();
     let spec = AuSpec {
         m,
-        ddof: 1,
+        ddof: diffuq::uq::au::Ddof::Minus(1),
         compat: AuCompat::Paper,
         clip_sample: None,
     };

@@ -60,7 +60,7 @@ fn schedule() -> NoiseSchedule {
 fn au_spec() -> AuSpec {
     AuSpec {
         m: 3,
-        ddof: 1,
+        ddof: diffuq::uq::au::Ddof::Minus(1),
         compat: AuCompat::Paper,
         clip_sample: None,
     }

@@ -238,7 +238,7 @@ fn au(compat: AuCompat) -> AuScore {
     AuScore::new(
         AuSpec {
             m: 3,
-            ddof: 1,
+            ddof: diffuq::uq::au::Ddof::Minus(1),
             compat,
             clip_sample: None,
         },

@@ -82,7 +82,8 @@ pub struct DiffusionConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuConfig {
     pub m: usize,
-    pub ddof: usize,
+    /// Eq. 8's divisor: "none" (the paper) or d (÷ (M − d)).
+    pub ddof: crate::uq::au::Ddof,
     pub compat: AuCompat,
     /// First sampler step (0-based) of the filtering-score window.
     pub window_start: usize,
@@ -159,9 +160,9 @@ impl Validate for Config {
         );
         check(
             &mut v,
-            self.au.ddof < self.au.m,
+            self.au.ddof.check("au.ddof", self.au.m).is_ok(),
             "au.ddof",
-            "must be < au.m",
+            "must be \"none\" or < au.m",
         );
         let steps = self.sampler.observed_steps();
         let w = self.window();

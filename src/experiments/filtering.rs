@@ -145,7 +145,8 @@ impl ModelRef {
 #[serde(deny_unknown_fields)]
 pub struct AuConfig {
     pub m: usize,
-    pub ddof: usize,
+    /// Eq. 8's divisor: "none" (the paper) or d (÷ (M − d)).
+    pub ddof: crate::uq::au::Ddof,
     pub window_start: usize,
     pub window_len: usize,
 }
@@ -409,9 +410,9 @@ impl Validate for Config {
         check(&mut v, self.au.m >= 2, "au.m", "must be ≥ 2");
         check(
             &mut v,
-            self.au.ddof < self.au.m,
+            self.au.ddof.check("au.ddof", self.au.m).is_ok(),
             "au.ddof",
-            "must be < au.m",
+            "must be \"none\" or < au.m",
         );
         check(
             &mut v,

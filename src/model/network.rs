@@ -427,7 +427,7 @@ mod tests {
             .unwrap();
         let spec = AuSpec {
             m: 6,
-            ddof: 1,
+            ddof: crate::uq::au::Ddof::Minus(1),
             compat: AuCompat::Paper,
             clip_sample: None,
         };

@@ -5,15 +5,20 @@
 //!   x̂₀     = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t                                    (Alg. 1, line 2)
 //!   x̂_t^m  = √ᾱ_t x̂₀ + √(1−ᾱ_t) ξ_m,   ξ_m ~ N(0, I) fresh, m = 1…M     (line 4, Eq. 2)
 //!   ε_m    = ε_θ(x̂_t^m, t)                                                 (line 5)
-//!   U_t    = Var_m[ε_m]   per pixel                                          (line 7, Eq. 8)
+//!   U_t    = diag((E − Ē)ᵀ(E − Ē)) = Σ_m (ε_m − ε̄)²   per pixel            (Eq. 8)
 //!
 //! The M perturbed inputs go through the denoiser as **one batched call** (M·B rows), so an
 //! uncertainty step costs 1 + M network evaluations per sample, counted in one extra call.
 //! The ξ_m come from the seed streams (purpose `au-renoise`, index = sample, step = sampler step),
 //! M·D numbers per sample, so U does not depend on batching.
 //!
-//! Conventions (config keys): `ddof` of the variance about the sample mean (the paper's Var; 1 =
-//! unbiased). `compat = "au-release"` reproduces the released code (docs/released-code.md §1.3):
+//! Conventions (config keys): `ddof` is the divisor of the sum of squared deviations about the
+//! mean: `"none"` (the default) is Eq. 8 as printed, no divisor at all; an integer d divides by
+//! M − d (1 = the unbiased `Var` of Alg. 1 line 7 and `torch.var`, 0 = population variance). The
+//! divisor is one constant for every pixel, step and image, so it cannot move a ranking — the
+//! filtering score (Table 1), the pixel order of a sparsification curve (Table 2) — but it scales
+//! U_t and ∂U/∂ε, hence guidance's effective strength λ (Alg. 2) and the y-axis of Fig. 3.
+//! `compat = "au-release"` reproduces the released code (docs/released-code.md §1.3):
 //! x̂₀ is clipped to [−c, c] when `clip_sample` is set, and U = (1/M) Σ_m (ε_m − ε)², centred on
 //! the original prediction ε rather than on the mean of the ε_m, divided by M.
 
@@ -26,11 +31,82 @@ use crate::sampler::{Observer, StepView};
 use crate::schedule::NoiseSchedule;
 use crate::seed::Purpose;
 
+/// The divisor of Eq. 8's sum of squared deviations (config key `au.ddof`): `"none"` or an
+/// integer d (divide by M − d).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "DdofRepr", into = "DdofRepr")]
+pub enum Ddof {
+    /// Eq. 8 as printed: Σ_m (ε_m − ε̄)², no divisor.
+    NoDivisor,
+    /// Divide by M − d.
+    Minus(usize),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum DdofRepr {
+    Count(usize),
+    Word(String),
+}
+
+impl TryFrom<DdofRepr> for Ddof {
+    type Error = String;
+    fn try_from(r: DdofRepr) -> std::result::Result<Self, String> {
+        match r {
+            DdofRepr::Count(d) => Ok(Ddof::Minus(d)),
+            DdofRepr::Word(w) if w == "none" => Ok(Ddof::NoDivisor),
+            DdofRepr::Word(w) => Err(format!(
+                "expected \"none\" (Eq. 8: no divisor) or an integer d (divide by M − d), got {w:?}"
+            )),
+        }
+    }
+}
+
+impl From<Ddof> for DdofRepr {
+    fn from(d: Ddof) -> Self {
+        match d {
+            Ddof::NoDivisor => DdofRepr::Word("none".into()),
+            Ddof::Minus(d) => DdofRepr::Count(d),
+        }
+    }
+}
+
+impl Ddof {
+    /// The divisor for M draws.
+    pub fn divisor(self, m: usize) -> f64 {
+        match self {
+            Ddof::NoDivisor => 1.0,
+            Ddof::Minus(d) => m.saturating_sub(d) as f64,
+        }
+    }
+
+    /// A one-line error naming `key` unless the divisor is positive for M = `m`.
+    pub fn check(self, key: &str, m: usize) -> Result<()> {
+        match self {
+            Ddof::Minus(d) if d >= m => Err(Error::invalid(
+                key,
+                format!("must be \"none\" or < M = {m}, got {d}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Display for Ddof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ddof::NoDivisor => write!(f, "none"),
+            Ddof::Minus(d) => write!(f, "{d}"),
+        }
+    }
+}
+
 /// Which definition of U_t.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuCompat {
-    /// Alg. 1 as printed: variance about the mean of the ε_m, divisor M − ddof, no clipping.
+    /// Alg. 1 / Eq. 8 as printed: squared deviations about the mean of the ε_m over the divisor
+    /// of `ddof`, no clipping.
     Paper,
     /// The authors' released `uncertainty_centered` scheduler.
     AuRelease,
@@ -41,8 +117,8 @@ pub enum AuCompat {
 pub struct AuSpec {
     /// Number of re-noisings M (≥ 2).
     pub m: usize,
-    /// Delta degrees of freedom of the paper's variance (0 or 1).
-    pub ddof: usize,
+    /// Divisor of the paper's sum of squared deviations.
+    pub ddof: Ddof,
     pub compat: AuCompat,
     /// Clip x̂₀ to [−c, c] before re-noising (only under `AuRelease`, as the released code does
     /// when the scheduler has `clip_sample = True`).
@@ -57,13 +133,7 @@ impl AuSpec {
                 format!("must be ≥ 2 (a variance needs two draws), got {}", self.m),
             ));
         }
-        if self.ddof >= self.m {
-            return Err(Error::invalid(
-                "au.ddof",
-                format!("must be < au.m = {}, got {}", self.m, self.ddof),
-            ));
-        }
-        Ok(())
+        self.ddof.check("au.ddof", self.m)
     }
 }
 
@@ -147,7 +217,7 @@ pub(crate) fn uncertainty_with(
     let u = match spec.compat {
         AuCompat::Paper => {
             let mean = eps_m.mean_keepdim(0)?;
-            (eps_m.broadcast_sub(&mean)?.sqr()?.sum(0)? / (m - spec.ddof) as f64)?
+            (eps_m.broadcast_sub(&mean)?.sqr()?.sum(0)? / spec.ddof.divisor(m))?
         }
         AuCompat::AuRelease => {
             (eps_m
@@ -318,6 +388,10 @@ mod tests {
 
     /// Returns (U, denoiser calls, ((1−ᾱ)/v)², the original ε per pixel).
     fn setup(m: usize, compat: AuCompat) -> (Vec<f64>, usize, f64, Vec<f64>) {
+        setup_with(m, compat, Ddof::Minus(1))
+    }
+
+    fn setup_with(m: usize, compat: AuCompat, ddof: Ddof) -> (Vec<f64>, usize, f64, Vec<f64>) {
         // Single Gaussian data N(μ, s²I): ε*(x) = √(1−ᾱ)(x − √ᾱ μ)/v with v = ᾱ s² + 1 − ᾱ is
         // linear in x, so ε_m − mean_m = (1−ᾱ)/v · (ξ_m − ξ̄) and E[U] = ((1−ᾱ)/v)² exactly.
         let g = GaussianMixture::new(
@@ -341,7 +415,7 @@ mod tests {
         let eps = g.eps(&x_t, t).unwrap();
         let spec = AuSpec {
             m,
-            ddof: 1,
+            ddof,
             compat,
             clip_sample: None,
         };
@@ -378,6 +452,32 @@ mod tests {
         let mean = u.iter().sum::<f64>() / u.len() as f64;
         // 192 pixels × 400 draws: the relative standard error of the pooled variance is ≈ 0.5%.
         approx::assert_relative_eq!(mean, expected, max_relative = 0.03);
+    }
+
+    #[test]
+    fn eq8_has_no_divisor_and_ddof_parses_from_config() {
+        // Eq. 8 as printed, Σ_m (ε_m − ε̄)², is (M − 1) times the unbiased variance of the same
+        // draws; `ddof` reads "none" or an integer, and anything else names what it expects.
+        let (unbiased, _, _, _) = setup(5, AuCompat::Paper);
+        let (none, _, _, _) = setup_with(5, AuCompat::Paper, Ddof::NoDivisor);
+        for (a, b) in none.iter().zip(&unbiased) {
+            approx::assert_relative_eq!(*a, 4.0 * b, max_relative = 1e-12);
+        }
+        #[derive(serde::Deserialize)]
+        struct K {
+            ddof: Ddof,
+        }
+        let k: K = toml::from_str("ddof = \"none\"").unwrap();
+        assert_eq!(k.ddof, Ddof::NoDivisor);
+        let k: K = toml::from_str("ddof = 1").unwrap();
+        assert_eq!(k.ddof, Ddof::Minus(1));
+        let e = toml::from_str::<K>("ddof = \"unbiased\"")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("Eq. 8"), "{e}");
+        assert_eq!(Ddof::NoDivisor.divisor(7), 1.0);
+        assert_eq!(Ddof::Minus(1).divisor(7), 6.0);
     }
 
     #[test]
@@ -438,7 +538,7 @@ mod tests {
             .unwrap();
             let spec = AuSpec {
                 m: 5,
-                ddof: 1,
+                ddof: Ddof::Minus(1),
                 compat: AuCompat::Paper,
                 clip_sample: None,
             };
@@ -483,7 +583,7 @@ mod tests {
     fn bad_settings_name_the_key() {
         let e = AuSpec {
             m: 1,
-            ddof: 0,
+            ddof: Ddof::Minus(0),
             compat: AuCompat::Paper,
             clip_sample: None,
         }
@@ -493,7 +593,7 @@ mod tests {
         assert!(e.starts_with("au.m"), "{e}");
         let e = AuSpec {
             m: 2,
-            ddof: 2,
+            ddof: Ddof::Minus(2),
             compat: AuCompat::Paper,
             clip_sample: None,
         }

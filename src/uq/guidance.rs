@@ -2,8 +2,16 @@
 //!
 //! At a guided step t, with ε = ε_θ(x_t, t) and U_t(ε) from Alg. 1 (see [`super::au`]):
 //!
-//!   mask = 1[U_t > percentile_p(U_t)]        per image, over its pixels     (Alg. 2, line 4)
+//!   mask = 1[U_t > τ_t]                                                    (Alg. 2, line 4)
 //!   ε̂    = ε + λ · mask · ∂U/∂ε                                             (Eq. 10)
+//!
+//! Alg. 2 takes "step-wise thresholds τ_{1:T}" as input, and Sec. 4.1 says how they were set: the
+//! 95th percentile of the uncertainty computed over the 10,000 samples generated from the model.
+//! So by default ([`Threshold::Population`]) τ_t is one number per step — the p-quantile of U_t
+//! over every pixel of every sample of an unguided calibration pass from the same x_T
+//! ([`population_threshold`]) — and a pixel is guided when its U_t exceeds it (some images then
+//! have many guided pixels, some none). [`Threshold::PerImage`] is the released code's rule (the
+//! p-quantile of each image's own U_t, so every image has the same share of guided pixels).
 //!
 //! and the sampler continues with ε̂ (line 6). U depends on ε through x̂₀ = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t,
 //! so ∂x̂_t^m/∂ε = −√(1−ᾱ_t) and ∂U/∂ε = −√(1−ᾱ_t) Σ_m ∂U/∂x̂_t^m: a vector-Jacobian product
@@ -19,7 +27,8 @@
 //! | `batch` | `per-image`: U_b = Σ_pixels U_t of image b | `batch-mean`: U = mean over the batch, so the gradient shrinks as 1/B |
 //! | variance | `au.compat = "paper"`: unbiased variance about the mean | SD path: `torch.var` (same); class-conditional path: centred on ε, ÷M |
 //! | gradient w.r.t. | ε (Eq. 10) | SD path: ε; class-conditional path: x_t plus a spurious Σε Jacobian term (not reproduced) |
-//! | p, λ, steps | `percentile`, `strength`, `window` | p = 0.9–0.95, λ = 0.99–1.0, steps [0, 2) of 20 PNDM steps |
+//! | threshold | `population`: τ_t = p-quantile of U_t over all samples and pixels (Sec. 4.1) | `per-image`: p-quantile of each image's U_t |
+//! | p, λ, steps | `percentile` 0.95, `strength` 1.0 (Sec. 4.1), `window`: every step (Alg. 2's loop) | p = 0.9–0.95, λ = 0.99–1.0, steps [0, 2) of 20 PNDM steps |
 //!
 //! Guidance is a [`Denoiser`] wrapper ([`Guided`]): any sampler runs guided without knowing it.
 
@@ -54,12 +63,24 @@ pub enum BatchReduction {
     BatchMean,
 }
 
+/// How τ_t is set (config key `guidance.threshold`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Threshold {
+    /// τ_t = the p-quantile of U_t over every pixel of every sample of an unguided pass (AU
+    /// Sec. 4.1; Alg. 2's "step-wise thresholds").
+    Population,
+    /// τ = the p-quantile of each image's own U_t (the released pipelines).
+    PerImage,
+}
+
 /// Settings of Alg. 2.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GuidanceSpec {
     pub au: AuSpec,
-    /// p ∈ (0, 1): pixels above the per-image p-quantile of U_t are guided.
+    /// p ∈ (0, 1): the quantile τ_t is taken at.
     pub percentile: f64,
+    pub threshold: Threshold,
     /// λ ≥ 0.
     pub strength: f64,
     pub sign: Sign,
@@ -144,7 +165,15 @@ pub fn row_quantiles(u: &[f64], f: usize, p: f64) -> Vec<f64> {
         .collect()
 }
 
-/// Alg. 2 lines 3–5 at one step.
+/// τ_t under [`Threshold::Population`]: the p-quantile of `values` (U_t of every pixel of every
+/// sample at one step), interpolated linearly between order statistics as `numpy.percentile`'s
+/// default (position p·(n − 1)). `None` for no values.
+pub fn population_threshold(values: &[f64], p: f64) -> Option<f64> {
+    (!values.is_empty()).then(|| row_quantiles(values, values.len(), p)[0])
+}
+
+/// Alg. 2 lines 3–5 at one step; `tau` is the step's population threshold τ_t (`None`: each
+/// image's own p-quantile, [`Threshold::PerImage`]).
 #[allow(clippy::too_many_arguments)]
 pub fn guide(
     denoiser: &dyn Denoiser,
@@ -156,7 +185,14 @@ pub fn guide(
     indices: &[u64],
     purpose: &Purpose,
     spec: &GuidanceSpec,
+    tau: Option<f64>,
 ) -> Result<GuidedStep> {
+    if spec.threshold == Threshold::Population && tau.is_none() {
+        return Err(Error::invalid(
+            "guidance.threshold",
+            format!("\"population\" needs τ_t of step {step} from a calibration pass; none was given"),
+        ));
+    }
     let xi = renoising(x_t, step, indices, purpose, spec.au.m)?;
     let (u, grad) = uncertainty_grad(denoiser, schedule, x_t, eps, t, &xi, &spec.au, spec.batch)?;
     (|| -> candle_core::Result<GuidedStep> {
@@ -167,7 +203,10 @@ pub fn guide(
             .to_dtype(candle_core::DType::F64)?
             .flatten_all()?
             .to_vec1()?;
-        let q = row_quantiles(&flat, f, spec.percentile);
+        let q = match (spec.threshold, tau) {
+            (Threshold::Population, Some(t)) => vec![t; b],
+            _ => row_quantiles(&flat, f, spec.percentile),
+        };
         let mask: Vec<f64> = flat
             .chunks(f)
             .zip(&q)
@@ -199,10 +238,14 @@ pub struct Guided<'a> {
     pub spec: GuidanceSpec,
     pub purpose: Purpose,
     pub indices: &'a [u64],
+    /// τ_t per sampler step (population thresholds; empty under [`Threshold::PerImage`]).
+    pub tau: &'a [Option<f64>],
     /// Network evaluations per sample spent on guidance (M per guided step).
     pub extra_nfe: Cell<usize>,
     /// Guided pixels per step (summed over the batch), for reports.
     pub guided_pixels: std::cell::RefCell<Vec<(usize, f64)>>,
+    /// Per image: Σ over guided steps and pixels of U_t on the guided trajectory.
+    pub u_sums: std::cell::RefCell<Vec<f64>>,
 }
 
 impl Denoiser for Guided<'_> {
@@ -224,8 +267,19 @@ impl Denoiser for Guided<'_> {
             self.indices,
             &self.purpose,
             &self.spec,
+            self.tau.get(step).copied().flatten(),
         )
         .map_err(candle_core::Error::wrap)?;
+        let sums = crate::uq::scores::per_sample_sums(&g.u)?;
+        {
+            let mut acc = self.u_sums.borrow_mut();
+            if acc.is_empty() {
+                acc.resize(sums.len(), 0.0);
+            }
+            for (a, v) in acc.iter_mut().zip(&sums) {
+                *a += v;
+            }
+        }
         self.extra_nfe.set(self.extra_nfe.get() + self.spec.au.m);
         let n = g
             .mask
@@ -244,7 +298,7 @@ mod tests {
     use crate::sampler::{ddim, NoiseSource, Observer, StepRules, StepView};
     use crate::schedule::{leading_grid, ScheduleKind};
     use crate::seed::SeedStreams;
-    use crate::uq::au::AuCompat;
+    use crate::uq::au::{uncertainty, AuCompat};
     use candle_core::{DType, Device};
 
     fn sched() -> NoiseSchedule {
@@ -287,7 +341,7 @@ mod tests {
     fn spec(m: usize) -> AuSpec {
         AuSpec {
             m,
-            ddof: 1,
+            ddof: crate::uq::au::Ddof::Minus(1),
             compat: AuCompat::Paper,
             clip_sample: None,
         }
@@ -387,6 +441,7 @@ mod tests {
         let gspec = GuidanceSpec {
             au: spec(5),
             percentile: 0.5,
+            threshold: Threshold::PerImage,
             strength: 1.0,
             sign: Sign::Ascent,
             batch: BatchReduction::PerImage,
@@ -401,8 +456,10 @@ mod tests {
             spec: gspec,
             purpose,
             indices: &idx,
+            tau: &[],
             extra_nfe: Cell::new(0),
             guided_pixels: Default::default(),
+            u_sums: Default::default(),
         };
         let run = |d: &dyn Denoiser| {
             let mut rec = Record(vec![]);
@@ -426,7 +483,9 @@ mod tests {
         }
         let x30 = Tensor::from_vec(plain[30].clone(), (8, 4), &Device::Cpu).unwrap();
         let eps30 = g.eps(&x30, grid_f[30]).unwrap();
-        let mask = guide(&g, &s, &x30, &eps30, grid_f[30], 30, &idx, &purpose, &gspec)
+        let mask = guide(
+            &g, &s, &x30, &eps30, grid_f[30], 30, &idx, &purpose, &gspec, None,
+        )
             .unwrap()
             .mask
             .flatten_all()
@@ -449,11 +508,111 @@ mod tests {
         );
     }
 
+    /// Alg. 2 at one step of the mixture with strength λ and `sign`, per-image threshold p = 0.5:
+    /// (U_t summed over the batch at ε, at the guided ε̂ with the same draws ξ, the mask).
+    fn one_step(sign: Sign, strength: f64) -> (f64, f64, Vec<f64>) {
+        let g = mixture();
+        let s = sched();
+        let (x, idx) = batch(6, 11);
+        let t = 400.0;
+        let eps = g.eps(&x, t).unwrap();
+        let purpose = SeedStreams::new(3).purpose("au-guidance");
+        let gspec = GuidanceSpec {
+            au: spec(5),
+            percentile: 0.5,
+            threshold: Threshold::PerImage,
+            strength,
+            sign,
+            batch: BatchReduction::PerImage,
+            window: StepWindow { start: 0, len: 1 },
+        };
+        let step = guide(&g, &s, &x, &eps, t, 7, &idx, &purpose, &gspec, None).unwrap();
+        let xi = renoising(&x, 7, &idx, &purpose, 5).unwrap();
+        let ab = s.alpha_bar_at(t);
+        let total = |e: &Tensor| {
+            uncertainty_with(&g, ab, &x, e, t, &xi, &gspec.au)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let mask = step.mask.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        (total(&eps), total(&step.eps_hat), mask)
+    }
+
+    #[test]
+    fn ascent_raises_the_uncertainty_and_descent_lowers_it() {
+        // Eq. 10 is gradient *ascent* on U ("by maximising the uncertainty", AU Sec. 3.6): for a
+        // small step λ the first-order change of U is +λ Σ mask·(∂U/∂ε)² > 0. The expected signs
+        // follow from that expansion (no reference library); a flipped sign in `guide` fails here.
+        let (u0, up, mask) = one_step(Sign::Ascent, 1e-3);
+        let (u0d, down, _) = one_step(Sign::Descent, 1e-3);
+        assert_eq!(u0, u0d);
+        assert!(mask.iter().any(|&m| m == 1.0));
+        assert!(up > u0, "ascent must raise U: {u0} → {up}");
+        assert!(down < u0, "descent must lower U: {u0} → {down}");
+        // Symmetric to first order: the two changes agree in size within 5 %.
+        approx::assert_relative_eq!(up - u0, u0 - down, max_relative = 0.05);
+    }
+
+    #[test]
+    fn population_thresholds_mask_pixels_above_one_number_per_step() {
+        // numpy.percentile([0, 1, …, 19], 95) = 18.05 (position 0.95·19 = 18.05).
+        let v: Vec<f64> = (0..20).rev().map(f64::from).collect();
+        approx::assert_relative_eq!(
+            population_threshold(&v, 0.95).unwrap(),
+            18.05,
+            max_relative = 1e-12
+        );
+        assert_eq!(population_threshold(&[], 0.95), None);
+        // With τ_t given, the mask is 1[U_t > τ_t] pixel by pixel, whatever the image's own
+        // quantile: τ = median of all U → exactly the pixels above it, unevenly per image.
+        let g = mixture();
+        let s = sched();
+        let (x, idx) = batch(6, 11);
+        let t = 400.0;
+        let eps = g.eps(&x, t).unwrap();
+        let purpose = SeedStreams::new(3).purpose("au-guidance");
+        let mut gspec = GuidanceSpec {
+            au: spec(5),
+            percentile: 0.5,
+            threshold: Threshold::Population,
+            strength: 1.0,
+            sign: Sign::Ascent,
+            batch: BatchReduction::PerImage,
+            window: StepWindow { start: 0, len: 1 },
+        };
+        let e = guide(&g, &s, &x, &eps, t, 7, &idx, &purpose, &gspec, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("guidance.threshold"), "{e}");
+        let u = uncertainty(&g, &s, &x, &eps, t, 7, &idx, &purpose, &gspec.au).unwrap();
+        let u: Vec<f64> = u.flatten_all().unwrap().to_vec1().unwrap();
+        let tau = population_threshold(&u, 0.5).unwrap();
+        let step = guide(&g, &s, &x, &eps, t, 7, &idx, &purpose, &gspec, Some(tau)).unwrap();
+        let mask: Vec<f64> = step.mask.flatten_all().unwrap().to_vec1().unwrap();
+        for (m, v) in mask.iter().zip(&u) {
+            assert_eq!(*m, f64::from(u8::from(*v > tau)));
+        }
+        let per_image: Vec<f64> = mask.chunks(4).map(|r| r.iter().sum()).collect();
+        assert!(
+            per_image.iter().any(|&n| n != 2.0),
+            "a population threshold is not a per-image quantile: {per_image:?}"
+        );
+        gspec.threshold = Threshold::PerImage;
+        let step = guide(&g, &s, &x, &eps, t, 7, &idx, &purpose, &gspec, None).unwrap();
+        let mask: Vec<f64> = step.mask.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(mask.chunks(4).all(|r| r.iter().sum::<f64>() == 2.0));
+    }
+
     #[test]
     fn bad_settings_name_the_key() {
         let mut sp = GuidanceSpec {
             au: spec(5),
             percentile: 1.0,
+            threshold: Threshold::PerImage,
             strength: 1.0,
             sign: Sign::Ascent,
             batch: BatchReduction::PerImage,
