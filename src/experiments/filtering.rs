@@ -61,9 +61,10 @@ use crate::tracking::{Manifest, RunDir};
 use crate::uq::au::{AuCompat, AuSpec, StepWindow};
 use crate::uq::bayesdiff::{BayesDiffSpec, VarianceRule};
 use crate::uq::gu::{GuCompat, GuSpec};
+use crate::uq::guidance::{BatchReduction, GuidanceSpec, Sign, Threshold};
 use crate::uq::laplace::{DiagPosterior, FisherAccumulator, LaplaceSpec};
 use crate::uq::scores::{
-    AuScore, BayesDiffScore, GuScore, McDropoutScore, RandomScore, RankCombination, RarityScore,
+    AuGuidedScore, AuScore, BayesDiffScore, GuScore, McDropoutScore, RandomScore, RankCombination, RarityScore,
     RealismScore, SampleScore, ScoreBatch,
 };
 
@@ -114,6 +115,10 @@ pub struct Config {
     pub gu: GuConfig,
     pub laplace: LaplaceConfig,
     pub realism: RealismConfig,
+    /// `[guidance]` (AU Alg. 2): needed by the `au-guided` score only; left out of the resolved
+    /// configuration when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance: Option<GuidanceConfig>,
     pub filter: FilterConfig,
     pub eval: EvalConfig,
     pub report: ReportConfig,
@@ -198,6 +203,26 @@ pub struct LaplaceConfig {
     pub sigma: f64,
     pub prior_precision: f64,
     pub ef_scale: f64,
+}
+
+/// `[guidance]`: AU's uncertainty-guided sampling (Alg. 2, Eq. 10; [`crate::uq::guidance`]), with
+/// AU's M and divisor from `[au]`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuidanceConfig {
+    /// p: τ_t is the p-quantile of U_t (Sec. 4.1: the 95th percentile).
+    pub percentile: f64,
+    /// `population` (Sec. 4.1: over all samples at step t) or `per-image` (the release).
+    pub threshold: Threshold,
+    /// λ of Eq. 10 (Sec. 4.1: 1.0).
+    pub strength: f64,
+    /// `ascent` (Sec. 3.6) or `descent`.
+    pub sign: Sign,
+    /// `per-image` U or the SD pipeline's `batch-mean`.
+    pub batch: BatchReduction,
+    /// Guided sampler steps (Alg. 2 loops over every step).
+    pub window_start: usize,
+    pub window_len: usize,
 }
 
 /// `[realism]`: the reference manifold realism and rarity are measured against.
@@ -312,8 +337,10 @@ fn is_known_score(name: &str) -> bool {
     matches!(
         name,
         "random"
+            | "plain"
             | "au"
             | "au-release"
+            | "au-guided"
             | "mc-dropout"
             | "bayesdiff"
             | "bayesdiff-release"
@@ -483,6 +510,25 @@ impl Validate for Config {
             "eval.semantic_batch",
             "must be ≥ 1",
         );
+        if self.scores.iter().any(|s| s == "au-guided") {
+            match self.guidance_spec() {
+                None => v.push(Violation {
+                    key: "guidance".into(),
+                    reason: "the `au-guided` score needs a [guidance] table (AU Alg. 2)".into(),
+                }),
+                Some(g) => {
+                    if let Err(e) = g.validate(self.sampler.observed_steps()) {
+                        v.push(match e {
+                            Error::Invalid { what, reason } => Violation { key: what, reason },
+                            e => Violation {
+                                key: "guidance".into(),
+                                reason: e.to_string(),
+                            },
+                        });
+                    }
+                }
+            }
+        }
         for (i, pair) in self.report.spearman.iter().enumerate() {
             let ok = pair.split_once(',').is_some_and(|(a, b)| {
                 self.scores.iter().any(|s| s == a) && self.scores.iter().any(|s| s == b)
@@ -561,6 +607,27 @@ impl Config {
             .any(|s| s.contains("realism") || s.contains("rarity"))
     }
 
+    /// AU Alg. 2's settings: `[guidance]` with `[au]`'s M and divisor (the paper's Alg. 1).
+    fn guidance_spec(&self) -> Option<GuidanceSpec> {
+        self.guidance.map(|g| GuidanceSpec {
+            au: AuSpec {
+                m: self.au.m,
+                ddof: self.au.ddof,
+                compat: AuCompat::Paper,
+                clip_sample: None,
+            },
+            percentile: g.percentile,
+            threshold: g.threshold,
+            strength: g.strength,
+            sign: g.sign,
+            batch: g.batch,
+            window: StepWindow {
+                start: g.window_start,
+                len: g.window_len,
+            },
+        })
+    }
+
     fn gu_spec(&self, gamma2: f64) -> GuSpec {
         GuSpec {
             m: self.gu.m,
@@ -589,7 +656,10 @@ impl Config {
             })
         };
         Ok(match name {
-            "random" => Box::new(RandomScore),
+            "random" | "plain" => Box::new(RandomScore),
+            "au-guided" => Box::new(AuGuidedScore::new(self.guidance_spec().ok_or_else(
+                || Error::invalid("guidance", "the `au-guided` score needs a [guidance] table"),
+            )?)?),
             "au" | "au-release" => {
                 let compat = if name == "au" {
                     AuCompat::Paper
@@ -971,6 +1041,7 @@ impl ScoreStore {
             "gu": &c.gu,
             "laplace": &c.laplace,
             "realism": &c.realism,
+            "guidance": &c.guidance,
             "semantic": &c.eval.semantic_features,
             "semantic_batch": c.eval.semantic_batch,
             "mobilenet_path": &c.features.mobilenet_path,
@@ -1177,6 +1248,19 @@ fn run_seed(
         }
         let score = &scores[si];
         let t0 = Instant::now();
+        if c.scores[si] == "plain" {
+            // The plain sampler's images as a row of their own (AU Table 3's "normal" column).
+            slots[si] = Some(ScoreResult {
+                name: score.name().to_string(),
+                values: vec![0.0; c.samples],
+                nfe: crate::uq::scores::sampler_nfe(&c.sampler),
+                max_dev: 0.0,
+                own_samples: None,
+                wall: 0.0,
+                cached: false,
+            });
+            continue;
+        }
         if c.scores[si] == "random" {
             slots[si] = Some(ScoreResult {
                 name: score.name().to_string(),
@@ -1249,6 +1333,37 @@ fn run_seed(
             store.save(&c.scores[si], &r)?;
             slots[si] = Some(r);
             continue;
+        }
+        if let Some(cal) = score.calibration() {
+            let t1 = Instant::now();
+            let pb = kit::bar(
+                progress,
+                c.samples,
+                &format!("seed {seed}: {} calibration", c.scores[si]),
+            );
+            for idx in all.chunks(c.batch_size) {
+                with_batch(c, recipe, net, &schedule, &streams, idx, dev, |batch| {
+                    cal.observe(batch)
+                })?;
+                pb.inc(idx.len() as u64);
+            }
+            pb.finish_and_clear();
+            let tau = cal.finish(c.sampler.observed_steps())?;
+            let shown: Vec<String> = tau
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| t.map(|t| format!("{i}:{t:.4e}")))
+                .collect();
+            times.push((
+                format!("calibrate/{}/seed-{seed}", c.scores[si]),
+                t1.elapsed().as_secs_f64(),
+            ));
+            run.log(&format!(
+                "seed {seed}: {} calibration pass in {:.1}s; τ_t by step: {}",
+                c.scores[si],
+                t1.elapsed().as_secs_f64(),
+                shown.join(" ")
+            ))?;
         }
         let (r, _) = generate_score(
             c,
@@ -2121,6 +2236,7 @@ fn report_impl(c: &Config, run: &RunDir) -> Result<Verdict> {
 fn paper_file(artifact: &str) -> Result<Option<crate::report::paper::PaperFile>> {
     let text = match artifact {
         "au-table1" => include_str!("../../paper/au-table1.toml"),
+        "au-table3" => include_str!("../../paper/au-table3.toml"),
         "gu-fig3" => include_str!("../../paper/gu-fig3.toml"),
         "gu-fig4" => include_str!("../../paper/gu-fig4.toml"),
         "gu-fig16" => include_str!("../../paper/gu-fig16.toml"),
@@ -2140,12 +2256,17 @@ fn paper_cell(row: &str, score: &str, metric: &str) -> (String, String) {
     };
     let name = match base {
         "random" => "Random",
+        "plain" => "normal",
+        "au-guided" => "uncertainty guided",
         "au" | "au-release" => "Ours (AU)",
         "bayesdiff" | "bayesdiff-release" => "BayesDiff",
         "mc-dropout" => "MC-Dropout",
         other => other,
     };
-    let label = if base == name || name == "Ours (AU)" && base == "au" {
+    let label = if base == name
+        || name == "Ours (AU)" && base == "au"
+        || matches!(base, "plain" | "au-guided")
+    {
         name.to_string()
     } else {
         format!("{name} [{base}]")

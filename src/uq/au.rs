@@ -288,6 +288,13 @@ pub struct AuObserver<'a> {
     pub window: StepWindow,
     /// Keep the full per-pixel maps of the last uncertainty step (for figures).
     pub keep_maps: bool,
+    /// Keep every uncertainty step's per-pixel map in `step_maps` (guidance calibration).
+    pub keep_step_maps: bool,
+    pub step_maps: Vec<(usize, Tensor)>,
+    /// Accumulate Σ over the uncertainty steps of the per-pixel U_t in `map_sum` (AU Table 2:
+    /// the pixel uncertainty of a reconstruction summed over the steps it ran).
+    pub sum_maps: bool,
+    pub map_sum: Option<Tensor>,
     pub records: Vec<StepRecord>,
     /// Network evaluations per sample spent on uncertainty (M per uncertainty step).
     pub extra_nfe: usize,
@@ -311,6 +318,10 @@ impl<'a> AuObserver<'a> {
             indices,
             window,
             keep_maps: false,
+            keep_step_maps: false,
+            step_maps: vec![],
+            sum_maps: false,
+            map_sum: None,
             records: vec![],
             extra_nfe: 0,
             last_map: None,
@@ -359,6 +370,15 @@ impl Observer for AuObserver<'_> {
             per_image,
         });
         self.extra_nfe += self.spec.m;
+        if self.sum_maps {
+            self.map_sum = Some(match self.map_sum.take() {
+                Some(acc) => (acc + &u)?,
+                None => u.clone(),
+            });
+        }
+        if self.keep_step_maps {
+            self.step_maps.push((view.step, u.clone()));
+        }
         if self.keep_maps {
             self.last_map = Some(u);
         }

@@ -20,6 +20,7 @@
 //! | realism | [`RealismScore`] | −R(φ(x₀)) against a reference set | sampler |
 //! | rarity | [`RarityScore`] | rarity of φ(x₀) (+∞ outside every ball) | sampler |
 //! | rank combination (GU Table 1) | [`RankCombination`] | both parts; finish = combined rank | the first part's |
+//! | AU-guided samples (Alg. 2, Table 3) | [`AuGuidedScore`] | Σ over guided steps and pixels of U_t (its own, guided samples) | sampler + M·window |
 //!
 //! This module is glue: every number comes from [`crate::uq`] and [`crate::metrics`]; the
 //! feature extractors (Inception, later MobileNetV2) are passed in as
@@ -43,6 +44,7 @@ mod au;
 mod bayesdiff;
 mod fidelity;
 mod gu;
+mod guided;
 mod mc_dropout;
 mod random;
 mod rank;
@@ -51,6 +53,7 @@ pub use au::AuScore;
 pub use bayesdiff::BayesDiffScore;
 pub use fidelity::{RarityScore, RealismScore};
 pub use gu::GuScore;
+pub use guided::AuGuidedScore;
 pub use mc_dropout::McDropoutScore;
 pub use random::RandomScore;
 pub use rank::RankCombination;
@@ -271,6 +274,24 @@ pub trait SampleScore {
     fn post_hoc(&self) -> Option<&dyn PostHocScore> {
         None
     }
+
+    /// A pass over every batch of the set that must precede scoring (AU guidance's population
+    /// thresholds τ_t); `None` for scores that need none.
+    fn calibration(&self) -> Option<&dyn Calibration> {
+        None
+    }
+}
+
+/// A pass over a whole set before a score can generate any of it (module doc of
+/// [`AuGuidedScore`]): the driver calls [`Calibration::observe`] on every batch in order, then
+/// [`Calibration::finish`]; a driver that kept the result may [`Calibration::restore`] it instead.
+pub trait Calibration {
+    /// Observe one batch (the plain sampler from the batch's x_T).
+    fn observe(&self, batch: &ScoreBatch<'_>) -> Result<()>;
+    /// The calibrated values by sampler step (`steps` observed steps), now in force.
+    fn finish(&self, steps: usize) -> Result<Vec<Option<f64>>>;
+    /// Put values from an earlier calibration in force.
+    fn restore(&self, values: Vec<Option<f64>>);
 }
 
 /// A score computed from finished samples alone.
