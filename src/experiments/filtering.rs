@@ -903,8 +903,8 @@ fn semantic_rows(
 }
 
 /// The last-layer Laplace posterior fitted on `laplace.fit_images` noised training images.
-fn fit_posterior(
-    c: &Config,
+pub(crate) fn fit_posterior(
+    laplace: &LaplaceConfig,
     recipe: &ImageModelRecipe,
     net: &crate::model::unet2d::UNet2D,
     train: &(Tensor, Vec<u32>),
@@ -912,16 +912,13 @@ fn fit_posterior(
 ) -> Result<DiagPosterior> {
     let schedule = recipe.schedule.build();
     let spec = LaplaceSpec {
-        sigma: c.laplace.sigma,
-        prior_precision: c.laplace.prior_precision,
-        ef_scale: c.laplace.ef_scale,
+        sigma: laplace.sigma,
+        prior_precision: laplace.prior_precision,
+        ef_scale: laplace.ef_scale,
         channels: None,
     };
     let purpose = SeedStreams::new(recipe.seed).purpose(kit::streams::LAPLACE_FIT);
-    let n = c
-        .laplace
-        .fit_images
-        .min(train.0.dim(0).ctx("training images")?);
+    let n = laplace.fit_images.min(train.0.dim(0).ctx("training images")?);
     let (s, h, w) = {
         let d = train.0.dims();
         (d[1], d[2], d[3])
@@ -929,7 +926,7 @@ fn fit_posterior(
     let f = s * h * w;
     let mut post: Option<DiagPosterior> = None;
     let idx_all: Vec<u64> = (0..n as u64).collect();
-    for idx in idx_all.chunks(c.laplace.batch_size) {
+    for idx in idx_all.chunks(laplace.batch_size) {
         let b = idx.len();
         let x0 = train
             .0
@@ -1768,7 +1765,7 @@ fn run_impl(
         None
     };
     let posterior = match (&train, c.needs_posterior()) {
-        (Some(tr), true) => Some(fit_posterior(c, &recipe, &net, tr, &dev)?),
+        (Some(tr), true) => Some(fit_posterior(&c.laplace, &recipe, &net, tr, &dev)?),
         _ => None,
     };
     manifest

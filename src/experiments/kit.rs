@@ -35,6 +35,10 @@ pub mod streams {
     pub const TRAIN_DATA: &str = "train-data";
     /// Noise and timesteps of the training images a last-layer Laplace is fitted on.
     pub const LAPLACE_FIT: &str = "laplace-fit";
+    /// Which test images a reconstruction run draws (a uniform key per test image).
+    pub const RECON_IMAGES: &str = "recon-images";
+    /// The noise a test image is noised with before its reconstruction (per test image index).
+    pub const RECON_NOISE: &str = "recon-noise";
 }
 
 /// Seeds as independent parts of one run, each written under `seeds/seed-<s>/`.

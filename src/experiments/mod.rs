@@ -7,6 +7,7 @@ pub mod filtering;
 pub mod gu_fig2;
 pub mod kit;
 pub mod mini_model;
+pub mod reconstruction;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -182,9 +183,14 @@ pub const ARTIFACTS: &[Artifact] = &[
 pub type KindEntry = fn(&'static str, &'static str) -> Artifact;
 
 /// Experiment kinds: drivers an experiment file selects with `kind = "…"` in `[default]`.
-pub const KINDS: &[(&str, KindEntry)] = &[(filtering::KIND, |n, d| {
-    Artifact::kind::<filtering::Filtering>(n, d)
-})];
+pub const KINDS: &[(&str, KindEntry)] = &[
+    (filtering::KIND, |n, d| {
+        Artifact::kind::<filtering::Filtering>(n, d)
+    }),
+    (reconstruction::KIND, |n, d| {
+        Artifact::kind::<reconstruction::Reconstruction>(n, d)
+    }),
+];
 
 /// The `kind` and `title` an experiment file declares in `[default]`, if any.
 fn declared_kind(experiments_dir: &Path, name: &str) -> Option<(String, String)> {

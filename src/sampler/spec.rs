@@ -121,6 +121,60 @@ impl SamplerSpec {
         }
     }
 
+    /// The index of the first observed step whose model time is ≤ `t` (where a trajectory that
+    /// starts at noise level t joins the grid); `None` when every step lies above t.
+    pub fn start_index(&self, schedule: &NoiseSchedule, t: f64) -> Option<usize> {
+        self.model_times(schedule).iter().position(|&g| g <= t)
+    }
+
+    /// Run the grid from its observed step `start` on, from `x` at that step's time (AU Table 2's
+    /// "noise to T/2, then denoise"); the observer sees steps 0, 1, … of the shortened grid.
+    /// `start = 0` is [`SamplerSpec::sample`].
+    pub fn sample_from(
+        &self,
+        denoiser: &dyn Denoiser,
+        schedule: &NoiseSchedule,
+        start: usize,
+        x: Tensor,
+        noise: &dyn NoiseSource,
+        observer: &mut dyn Observer,
+    ) -> candle_core::Result<SampleOutput> {
+        let rules = self.rules();
+        let cut = |n: usize| -> candle_core::Result<usize> {
+            if start + 1 >= n {
+                candle_core::bail!(
+                    "sampler: start step {start} leaves no step of the {n}-point grid to run"
+                )
+            }
+            Ok(start)
+        };
+        match self.name {
+            SamplerKind::Ddpm | SamplerKind::Ddim | SamplerKind::DpmSolverPp2m => {
+                let g = self.discrete_grid(schedule);
+                let g = &g[cut(g.len())?..];
+                match self.name {
+                    SamplerKind::Ddpm => {
+                        ddpm::sample(denoiser, schedule, g, &rules, x, noise, observer)
+                    }
+                    SamplerKind::Ddim => {
+                        ddim::sample(denoiser, schedule, g, self.eta, &rules, x, noise, observer)
+                    }
+                    _ => dpm_solver::sample_2m(denoiser, schedule, g, x, observer),
+                }
+            }
+            SamplerKind::DpmSolver2 => {
+                let g = continuous_grid(self.continuous_spacing, schedule, self.steps);
+                let g = &g[cut(g.len())?..];
+                dpm_solver_2::sample(denoiser, schedule, g, self.r1, x, observer)
+            }
+        }
+    }
+
+    /// The decreasing integer grid of a discrete sampler (DDPM, DDIM, DPM++).
+    pub fn integer_grid(&self, schedule: &NoiseSchedule) -> Vec<usize> {
+        self.discrete_grid(schedule)
+    }
+
     /// Run from `x_t`.
     pub fn sample(
         &self,
