@@ -10,7 +10,13 @@
 //!
 //!   g_n(W) = Σ_p r_{n,p} φ_{n,p}ᵀ,   g_n(b) = Σ_p r_{n,p},
 //!
-//! and the diagonal empirical Fisher H = c · Σ_n g_n ⊙ g_n. laplace-torch differentiates the
+//! and the diagonal empirical Fisher H = c · Σ_n g_n ⊙ g_n, elementwise
+//!
+//!   H(W) = c Σ_n (Σ_p r_{n,p} φ_{n,p}ᵀ)²,   H(b) = c Σ_n (Σ_p r_{n,p})²:
+//!
+//! the per-item gradient is summed over the positions and then squared — not c Σ_n Σ_p (r φᵀ)²,
+//! which would treat every position as its own item (tests/laplace_golden.rs checks conv last
+//! layers with 36 and 64 positions against laplace-torch). laplace-torch differentiates the
 //! summed MSE ‖r‖² and halves the square: ½ (2 g_n)² = 2 g_n², so its H has c = 2 — twice the
 //! textbook EF (c = 1); GU and BayesDiff inherit it (docs/released-code.md §2.3, §3.2). c is the
 //! key `laplace.ef_scale`. The posterior is N(θ_MAP, diag(1/(H/σ² + λ))) with observation noise σ
