@@ -24,8 +24,12 @@
 //!   Var[ε] the Laplace variance at the trajectory point only. It can go negative (BayesDiff
 //!   issue #9); the draws clamp it at 0 as the release does.
 //!
-//! The first uncertainty step starts from x_T with Var = 0; the release then uses the single
-//! trajectory point for E[ε], and so does `release` here; `total` draws M points at s₁ (DPM-2).
+//! The first uncertainty step starts from x_T with Var = 0. The release then takes E[ε] from one
+//! point: for DDIM the trajectory point x_T; for DPM-2 the midpoint reached from x_T with the
+//! *mean* ε (one extra evaluation; the trajectory's own midpoint uses a sampled ε). `release`
+//! here does the same; `total` draws M points at s₁ (DPM-2). Later uncertainty steps under
+//! `release` start from max(Var[x], 0), as the released loops clamp Var in place before drawing
+//! (tests/dpm_solver_golden.rs compares the whole DPM-2 recursion with the release).
 //! DDPM (ancestral, "fixed_small") is x_{t'} = A x_t + B ε + σ z with A = c₀/√ᾱ_t + c_t and
 //! B = −c₀ √(1−ᾱ_t)/√ᾱ_t (c₀, c_t the posterior-mean coefficients of Ho et al. Eq. 7), so
 //! E[x_{t'}] = A E[x_t] + B E[ε] and Var[x_{t'}] = A² Var + 2AB Cov + B² Var[ε] + σ². The released
@@ -34,7 +38,7 @@
 //!
 //! NFE: every network evaluation is counted per sample (`nfe`). `nfe_release` is the count the
 //! released loops make for the same run: they also evaluate the model after the last step (DDIM,
-//! DPM-2) and evaluate the first midpoint twice (DPM-2) — 140 and 132 for the defaults.
+//! DPM-2) — 140 and 132 for the defaults under `release` (diffuq: 139 and 131).
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -116,23 +120,59 @@ pub struct BayesDiffOutput {
     pub nfe_release: usize,
 }
 
-/// Gaussian draws N(mean, var) (var clamped at 0) with the shape of `mean`, from stream
-/// `indices[b]` of `purpose` at `step`.
-fn gauss(
+/// The standard normals behind a propagation run's Gaussian draws. Each draw has a name
+/// (`eps-s`, `eps-s1`, `x`, `u` for DPM-Solver-2; `x`, `eps`, `ddpm-noise` for DDIM/DDPM), a
+/// number `i` (the Monte-Carlo draw) and the sampler step; it needs one normal per element of
+/// `like` (x's layout). [`StreamDraws`] is the seeded source every run uses; a test can replay a
+/// reference run's recorded draws instead ([`dpm_solver_2_with`]).
+pub trait Draws {
+    fn normals(&self, name: &str, i: usize, step: usize, like: &Tensor) -> Result<Tensor>;
+}
+
+/// Draw `name` number `i` of step `step` from stream `indices[b]` of `purpose.sub("{name}/{i}")`
+/// at position `step` (f32 normals, widened to f64).
+pub struct StreamDraws<'a> {
+    pub purpose: &'a Purpose,
+    pub indices: &'a [u64],
+}
+
+impl Draws for StreamDraws<'_> {
+    fn normals(&self, name: &str, i: usize, step: usize, like: &Tensor) -> Result<Tensor> {
+        let b = like.dim(0).ctx("draw")?;
+        let f = like.elem_count() / b;
+        let z =
+            self.purpose
+                .sub(&format!("{name}/{i}"))
+                .normals(self.indices, Some(step as u32), f);
+        Tensor::from_vec(z, like.shape(), like.device())
+            .and_then(|z| z.to_dtype(DType::F64))
+            .ctx("Gaussian draw")
+    }
+}
+
+/// A Gaussian draw N(mean, var) (var clamped at 0) with the shape of `mean`.
+fn draw(
+    d: &dyn Draws,
+    name: &str,
+    i: usize,
+    step: usize,
     mean: &Tensor,
     var: &Tensor,
-    purpose: &Purpose,
-    indices: &[u64],
-    step: u32,
 ) -> Result<Tensor> {
-    let b = mean.dim(0).ctx("draw")?;
-    let f = mean.elem_count() / b;
-    let z = purpose.normals(indices, Some(step), f);
-    (|| {
-        let z = Tensor::from_vec(z, mean.shape(), mean.device())?.to_dtype(DType::F64)?;
-        mean + (z * var.clamp(0.0, f64::INFINITY)?.sqrt()?)?
-    })()
-    .ctx("Gaussian draw")
+    let z = d.normals(name, i, step, mean)?;
+    (|| mean + (z * var.clamp(0.0, f64::INFINITY)?.sqrt()?)?)().ctx("Gaussian draw")
+}
+
+/// The state after one propagation step (`step` counts from 0; `t` is the model time reached).
+pub struct PropagationStep<'a> {
+    pub step: usize,
+    pub t: f64,
+    /// Whether this was an uncertainty step.
+    pub uncertainty: bool,
+    /// The trajectory, E[x] and Var[x] at `t`.
+    pub x: &'a Tensor,
+    pub mean: &'a Tensor,
+    pub var: &'a Tensor,
 }
 
 /// Stack M tensors (B, …) into (M·B, …) and back.
@@ -160,30 +200,6 @@ fn per_image(var: &Tensor) -> Result<Vec<f64>> {
         .and_then(|v| v.sum(1))
         .and_then(|v| v.to_vec1::<f64>())
         .ctx("per-image Σ Var")
-}
-
-struct Streams<'a> {
-    purpose: &'a Purpose,
-    indices: &'a [u64],
-}
-
-impl Streams<'_> {
-    fn draw(
-        &self,
-        name: &str,
-        i: usize,
-        step: usize,
-        mean: &Tensor,
-        var: &Tensor,
-    ) -> Result<Tensor> {
-        gauss(
-            mean,
-            var,
-            &self.purpose.sub(&format!("{name}/{i}")),
-            self.indices,
-            step as u32,
-        )
-    }
 }
 
 /// BayesDiff through deterministic DDIM on the decreasing integer `grid`, ending at its last
@@ -262,7 +278,7 @@ fn affine(
     coefs: impl Fn(f64, f64) -> (f64, f64, f64),
 ) -> Result<BayesDiffOutput> {
     spec.validate()?;
-    let st = Streams { purpose, indices };
+    let st = StreamDraws { purpose, indices };
     let m = spec.mc;
     let mut x = x_t.to_dtype(DType::F64).ctx("x_T")?;
     let mut e = x.clone();
@@ -274,13 +290,16 @@ fn affine(
         let (t, s) = (grid[k], grid[k + 1]);
         let (aa, bb, sigma2) = coefs(schedule.alpha_bar(Some(t)), schedule.alpha_bar(Some(s)));
         let uq = k % spec.every == 0;
+        if uq && k > 0 && spec.variance == VarianceRule::Release {
+            v = v.clamp(0.0, f64::INFINITY).ctx("Var")?;
+        }
         let eps_traj;
         if uq {
             let (e_eps, new_v) = if k == 0 {
                 (mu.clone(), (&var_eps * (bb * bb)).ctx("Var")?)
             } else {
                 let xs: Vec<Tensor> = (0..m)
-                    .map(|i| st.draw("x", i, k, &e, &v))
+                    .map(|i| draw(&st, "x", i, k, &e, &v))
                     .collect::<Result<_>>()?;
                 let (mu_i, v_i) = llla.eval(&cat(&xs)?, t as f64)?;
                 nfe += m;
@@ -303,7 +322,7 @@ fn affine(
             };
             e = ((&e * aa).ctx("E")? + (e_eps * bb).ctx("E")?).ctx("E")?;
             v = (new_v + sigma2).ctx("Var")?;
-            eps_traj = st.draw("eps", 0, k, &mu, &var_eps)?;
+            eps_traj = draw(&st, "eps", 0, k, &mu, &var_eps)?;
         } else {
             e = ((&e * aa).ctx("E")? + (&mu * bb).ctx("E")?).ctx("E")?;
             v = ((&v * (aa * aa)).ctx("Var")? + sigma2).ctx("Var")?;
@@ -312,7 +331,7 @@ fn affine(
         x = ((&x * aa).ctx("x")? + (eps_traj * bb).ctx("x")?).ctx("x")?;
         if sigma2 > 0.0 {
             let (zero, one) = (x.zeros_like().ctx("z")?, x.ones_like().ctx("z")?);
-            let z = st.draw("ddpm-noise", 0, k, &zero, &one)?;
+            let z = draw(&st, "ddpm-noise", 0, k, &zero, &one)?;
             x = (x + (z * sigma2.sqrt()).ctx("x")?).ctx("x")?;
         }
         if k + 1 < steps {
@@ -341,9 +360,30 @@ pub fn dpm_solver_2(
     purpose: &Purpose,
     indices: &[u64],
 ) -> Result<BayesDiffOutput> {
+    let draws = StreamDraws { purpose, indices };
+    dpm_solver_2_with(llla, schedule, grid, x_t, spec, &draws, &mut |_| Ok(()))
+}
+
+/// [`dpm_solver_2`] with the Gaussian draws taken from `draws` and every step's trajectory,
+/// E[x] and Var[x] reported to `on_step`.
+///
+/// Under `release` the first uncertainty step takes E[ε_{s₁}] from one extra evaluation at the
+/// midpoint reached with the mean ε (x̄_{s₁} = e^{Δ₁} x_T − σ_{s₁}(e^{h/2} − 1) μ(x_T)), not from
+/// the trajectory's midpoint, and an uncertainty step starts from max(Var[x], 0): the released
+/// loop clamps Var in place before drawing (docs/released-code.md §3.3).
+pub fn dpm_solver_2_with(
+    llla: &Llla<'_>,
+    schedule: &NoiseSchedule,
+    grid: &[f64],
+    x_t: &Tensor,
+    spec: &BayesDiffSpec,
+    draws: &dyn Draws,
+    on_step: &mut dyn FnMut(&PropagationStep<'_>) -> Result<()>,
+) -> Result<BayesDiffOutput> {
     spec.validate()?;
-    let st = Streams { purpose, indices };
+    let st = draws;
     let m = spec.mc;
+    let release = spec.variance == VarianceRule::Release;
     let coef = |tau: f64| {
         let la = schedule.log_alpha_at(tau);
         let sigma = (-(2.0 * la).exp_m1()).sqrt();
@@ -365,9 +405,12 @@ pub fn dpm_solver_2(
         let (d1, k1) = ((la_s1 - la_s).exp(), sig_s1 * (0.5 * h).exp_m1());
         let (dt, kk) = ((la_t - la_s).exp(), sig_t * h.exp_m1());
         let uq = k % spec.every == 0;
+        if uq && release && k > 0 {
+            v = v.clamp(0.0, f64::INFINITY).ctx("Var")?;
+        }
         // Trajectory: to s₁ and on to t.
         let eps_s = if uq {
-            st.draw("eps-s", 0, k, &mu, &var_eps)?
+            draw(st, "eps-s", 0, k, &mu, &var_eps)?
         } else {
             mu.clone()
         };
@@ -375,20 +418,23 @@ pub fn dpm_solver_2(
         let (mu1, v1) = llla.eval(&x_s1, s1)?;
         nfe += 1;
         let eps_s1 = if uq {
-            st.draw("eps-s1", 0, k, &mu1, &v1)?
+            draw(st, "eps-s1", 0, k, &mu1, &v1)?
         } else {
             mu1.clone()
         };
         if uq {
             let zero_var = k == 0;
-            let (e_eps, new_v) = if zero_var && spec.variance == VarianceRule::Release {
-                (mu1.clone(), (&v1 * (kk * kk)).ctx("Var")?)
+            let (e_eps, new_v) = if zero_var && release {
+                let x_bar = ((&x * d1).ctx("x_s1")? - (&mu * k1).ctx("x_s1")?).ctx("x_s1")?;
+                let (mu_bar, _) = llla.eval(&x_bar, s1)?;
+                nfe += 1;
+                (mu_bar, (&v1 * (kk * kk)).ctx("Var")?)
             } else {
                 let xs: Vec<Tensor> = if zero_var {
                     vec![x.clone(); m]
                 } else {
                     (0..m)
-                        .map(|i| st.draw("x", i, k, &e, &v))
+                        .map(|i| draw(st, "x", i, k, &e, &v))
                         .collect::<Result<_>>()?
                 };
                 let xs_cat = cat(&xs)?;
@@ -407,7 +453,7 @@ pub fn dpm_solver_2(
                             u_mean.narrow(0, i * b, b).ctx("u")?,
                             u_var.narrow(0, i * b, b).ctx("u")?,
                         );
-                        st.draw("u", i, k, &um, &uv)
+                        draw(st, "u", i, k, &um, &uv)
                     })
                     .collect::<Result<_>>()?;
                 let (mu1_i, v1_i) = llla.eval(&cat(&us)?, s1)?;
@@ -436,19 +482,26 @@ pub fn dpm_solver_2(
             v = (&v * (dt * dt)).ctx("Var")?;
         }
         x = ((&x * dt).ctx("x")? - (eps_s1 * kk).ctx("x")?).ctx("x")?;
+        on_step(&PropagationStep {
+            step: k,
+            t,
+            uncertainty: uq,
+            x: &x,
+            mean: &e,
+            var: &v,
+        })?;
         if k + 1 < steps {
             (mu, var_eps) = llla.eval(&x, t)?;
             nfe += 1;
         }
     }
-    let first_uq_reeval = usize::from(steps > 0 && spec.variance == VarianceRule::Release);
     Ok(BayesDiffOutput {
         score: per_image(&v)?,
         x0: x,
         mean: e,
         var: v,
         nfe,
-        nfe_release: nfe + 1 + first_uq_reeval,
+        nfe_release: nfe + 1,
     })
 }
 
@@ -518,7 +571,7 @@ mod tests {
     fn nfe_matches_bayesdiffs_count_for_its_defaults() {
         // docs/released-code.md §3.3: DDIM 50 steps, M = 10, every 5th step: 1 + 9×11 + 40 = 140;
         // DPM-Solver-2 with 25 steps (its "50"): 2 + 25 + 4×(2·10+1) + 21 = 132. diffuq makes 139 and
-        // 130 evaluations (no evaluation after the last step, no repeated first midpoint).
+        // 131 evaluations (no evaluation after the last step).
         let post = posterior(0.5, 0.0, 0.01, 0.01);
         let llla = Llla {
             model: &Linear,
@@ -534,7 +587,7 @@ mod tests {
         assert_eq!((d.nfe, d.nfe_release), (139, 140));
         let g = continuous_grid(ContinuousSpacing::LogSnr, &sched(), 25);
         let m = dpm_solver_2(&llla, &sched(), &g, &x, &spec, &p, &idx).unwrap();
-        assert_eq!((m.nfe, m.nfe_release), (130, 132));
+        assert_eq!((m.nfe, m.nfe_release), (131, 132));
     }
 
     /// Propagated Var[x₀] (mean over the batch) vs the variance of the trajectories themselves:

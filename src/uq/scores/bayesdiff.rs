@@ -15,8 +15,9 @@
 //!
 //! NFE per sample, with S the propagation steps (DDIM/DDPM: grid points − 1; DPM-Solver-2:
 //! `steps`), M = `bayesdiff.mc`, U = ⌊(S − 1)/every⌋ uncertainty steps after the first:
-//! DDIM/DDPM 1 + (S − 1) + M·U; DPM-Solver-2 1 + S + (S − 1) + 2M·U, plus M for the first step
-//! under `total` (its midpoint draws). 139 and 130 for BayesDiff's defaults.
+//! DDIM/DDPM 1 + (S − 1) + M·U; DPM-Solver-2 1 + S + (S − 1) + 2M·U, plus, for the first step, M
+//! under `total` (its midpoint draws) or 1 under `release` (the released midpoint with the mean ε).
+//! 139 and 131 for BayesDiff's defaults under `release`.
 
 use super::{SampleScore, ScoreBatch, Scored, BAYESDIFF};
 use crate::error::{Error, Result, TensorContext};
@@ -132,7 +133,12 @@ impl SampleScore for BayesDiffScore<'_> {
         Ok(match sampler.name {
             SamplerKind::DpmSolver2 => {
                 let s = sampler.steps.max(1);
-                let first = usize::from(self.spec.variance == VarianceRule::Total) * m;
+                // The first step: M midpoint draws (`total`) or the release's one evaluation at
+                // the mean-ε midpoint (`release`).
+                let first = match self.spec.variance {
+                    VarianceRule::Total => m,
+                    VarianceRule::Release => 1,
+                };
                 1 + s + (s - 1) + first + 2 * m * ((s - 1) / every)
             }
             _ => {
