@@ -227,7 +227,7 @@ fn au_on_copies(
     let eps = Tensor::from_vec(eps, (b, d), &dev).unwrap();
     let spec = AuSpec {
         m,
-        ddof: 1,
+        ddof: diffuq::uq::au::Ddof::Minus(1),
         compat: AuCompat::Paper,
         clip_sample: None,
     };
