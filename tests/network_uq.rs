@@ -91,12 +91,13 @@ fn au_and_guidance_see_the_labels() {
     let spec = GuidanceSpec {
         au: au_spec(),
         percentile: 0.9,
+        threshold: guidance::Threshold::PerImage,
         strength: 0.5,
         sign: Sign::Descent,
         batch: BatchReduction::PerImage,
         window: StepWindow::all(5),
     };
-    let g = guidance::guide(&b, &s, &x, &eps, 300.0, 2, &idx, &purpose, &spec).unwrap();
+    let g = guidance::guide(&b, &s, &x, &eps, 300.0, 2, &idx, &purpose, &spec, None).unwrap();
     assert!(
         max_abs(&g.grad) > 0.0,
         "autograd reaches ε through the UNet"

@@ -64,8 +64,8 @@ use crate::uq::gu::{GuCompat, GuSpec};
 use crate::uq::guidance::{BatchReduction, GuidanceSpec, Sign, Threshold};
 use crate::uq::laplace::{DiagPosterior, FisherAccumulator, LaplaceSpec};
 use crate::uq::scores::{
-    AuGuidedScore, AuScore, BayesDiffScore, GuScore, McDropoutScore, RandomScore, RankCombination, RarityScore,
-    RealismScore, SampleScore, ScoreBatch,
+    AuGuidedScore, AuScore, BayesDiffScore, GuScore, McDropoutScore, RandomScore, RankCombination,
+    RarityScore, RealismScore, SampleScore, ScoreBatch,
 };
 
 /// Largest |Δ| (pixels in [−1, 1]) between a score's samples and the plain sampler's for which
@@ -918,7 +918,9 @@ pub(crate) fn fit_posterior(
         channels: None,
     };
     let purpose = SeedStreams::new(recipe.seed).purpose(kit::streams::LAPLACE_FIT);
-    let n = laplace.fit_images.min(train.0.dim(0).ctx("training images")?);
+    let n = laplace
+        .fit_images
+        .min(train.0.dim(0).ctx("training images")?);
     let (s, h, w) = {
         let d = train.0.dims();
         (d[1], d[2], d[3])

@@ -208,7 +208,12 @@ impl Validate for Config {
             "au.ddof",
             "must be \"none\" or < au.m",
         );
-        check(&mut v, self.mc_dropout.m >= 2, "mc_dropout.m", "must be ≥ 2");
+        check(
+            &mut v,
+            self.mc_dropout.m >= 2,
+            "mc_dropout.m",
+            "must be ≥ 2",
+        );
         check(
             &mut v,
             self.mc_dropout.ddof < self.mc_dropout.m,
@@ -217,7 +222,8 @@ impl Validate for Config {
         );
         check(
             &mut v,
-            !self.methods.iter().any(|m| m == "bayesdiff") || self.sampler.name == SamplerKind::Ddim,
+            !self.methods.iter().any(|m| m == "bayesdiff")
+                || self.sampler.name == SamplerKind::Ddim,
             "sampler.name",
             "BayesDiff's reconstruction propagates through \"ddim\"",
         );
@@ -309,7 +315,10 @@ impl Config {
             .ok_or_else(|| {
                 Error::invalid(
                     "noise.t_start",
-                    format!("{}: no sampler step lies at or below it", self.noise.t_start),
+                    format!(
+                        "{}: no sampler step lies at or below it",
+                        self.noise.t_start
+                    ),
                 )
             })?;
         let t = self.sampler.model_times(schedule)[start];
@@ -577,9 +586,10 @@ fn run_seed(
                 .collect()
         };
         if let Some(au) = &obs.au {
-            let map = au.map_sum.as_ref().ok_or_else(|| {
-                Error::invalid("au", "no uncertainty step ran (a bug)")
-            })?;
+            let map = au
+                .map_sum
+                .as_ref()
+                .ok_or_else(|| Error::invalid("au", "no uncertainty step ran (a bug)"))?;
             u.entry("au").or_default().extend(f64_rows(map, "AU map")?);
             e.entry("au").or_default().extend(err(&recon));
             nfe.insert("au", out.nfe + au.extra_nfe);
@@ -624,7 +634,8 @@ fn run_seed(
             Compat::Exact
         },
     };
-    let (mut a_m, mut a_ause, mut a_aurg, mut a_rmse, mut a_nfe) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut a_m, mut a_ause, mut a_aurg, mut a_rmse, mut a_nfe) =
+        (vec![], vec![], vec![], vec![], vec![]);
     let (mut c_m, mut c_x, mut c_y, mut c_o) = (vec![], vec![], vec![], vec![]);
     for m in &c.methods {
         let (uu, ee) = (&u[m.as_str()], &e[m.as_str()]);
@@ -648,7 +659,8 @@ fn run_seed(
         }
         run.log(&format!(
             "seed {seed}: {m}: AUSE {ause:.5}, AURG {aurg:.5}, RMSE {:.5} ({} NFE/image)",
-            pooled.rmse_all, nfe[m.as_str()]
+            pooled.rmse_all,
+            nfe[m.as_str()]
         ))?;
     }
     let dir = PartRunner::part_dir(seed);
@@ -740,7 +752,11 @@ fn report_impl(c: &Config, run: &RunDir) -> Result<Verdict> {
         None => format!("diffuq {} model, Fashion-MNIST", c.model.from),
     };
     for m in &c.methods {
-        let (ause, aurg, rmse) = (per_seed(m, "ause"), per_seed(m, "aurg"), per_seed(m, "rmse"));
+        let (ause, aurg, rmse) = (
+            per_seed(m, "ause"),
+            per_seed(m, "aurg"),
+            per_seed(m, "rmse"),
+        );
         let (am, asd) = mean_std(&ause);
         let (gm, gsd) = mean_std(&aurg);
         let (rm, rsd) = mean_std(&rmse);
@@ -827,7 +843,10 @@ fn report_impl(c: &Config, run: &RunDir) -> Result<Verdict> {
     // Figure: the sparsification curves (mean ± std over seeds) and the oracle of the first
     // method.
     let curves = run.read_parquet("curves.parquet")?;
-    let (cs, cm) = (kit::column_u64(&curves, "seed")?, strings(&curves, "method")?);
+    let (cs, cm) = (
+        kit::column_u64(&curves, "seed")?,
+        strings(&curves, "method")?,
+    );
     let (cx, cy, co) = (
         kit::column_f64(&curves, "fraction")?,
         kit::column_f64(&curves, "rmse")?,
@@ -837,7 +856,10 @@ fn report_impl(c: &Config, run: &RunDir) -> Result<Verdict> {
     std::fs::create_dir_all(&figures).map_err(|e| Error::io(&figures, e))?;
     let mut series_data: Vec<(String, Vec<f64>, Vec<f64>, Vec<f64>)> = vec![];
     for m in &c.methods {
-        for (label, ys) in [(paper_name(m).to_string(), &cy), (format!("oracle ({m})"), &co)] {
+        for (label, ys) in [
+            (paper_name(m).to_string(), &cy),
+            (format!("oracle ({m})"), &co),
+        ] {
             let mut by_x: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
             for i in (0..cs.len()).filter(|&i| &cm[i] == m && c.seeds.contains(&cs[i])) {
                 by_x.entry((cx[i] * 1e6).round() as u64)

@@ -223,3 +223,86 @@ impl SamplerSpec {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::gmm::{Component, GaussianMixture};
+    use crate::sampler::{NoObserver, StepView};
+    use crate::schedule::ScheduleKind;
+    use candle_core::Device;
+
+    fn ddim(steps: usize) -> SamplerSpec {
+        SamplerSpec {
+            name: SamplerKind::Ddim,
+            steps,
+            eta: 0.0,
+            spacing: Spacing::Leading,
+            steps_offset: 0,
+            continuous_spacing: ContinuousSpacing::TimeUniform,
+            r1: 0.5,
+            final_step: FinalStep::AlphaOne,
+            clip_sample: true,
+            clip_range: 1.0,
+        }
+    }
+
+    struct Keep(usize, Option<Tensor>);
+    impl Observer for Keep {
+        fn on_step(&mut self, v: &StepView<'_>) -> candle_core::Result<()> {
+            if v.step == self.0 {
+                self.1 = Some(v.x_t.clone());
+            }
+            Ok(())
+        }
+    }
+    struct NoNoise;
+    impl NoiseSource for NoNoise {
+        fn noise(&self, _: u32) -> candle_core::Result<Tensor> {
+            candle_core::bail!("deterministic")
+        }
+    }
+
+    #[test]
+    fn sample_from_continues_the_full_trajectory_exactly() {
+        // Expected values: diffuq's own full-grid DDIM run (no reference library): starting the
+        // shortened grid from the full run's x at step k must reproduce its x₀ bit for bit, and
+        // the leading 50-step grid (980, 960, …, 0) reaches t = T/2 = 500 at step 24.
+        let s = NoiseSchedule::new(ScheduleKind::Linear, 1e-4, 0.02, 1000);
+        let g = GaussianMixture::new(
+            vec![Component {
+                weight: 1.0,
+                mean: vec![0.3, -0.4, 0.1],
+                std: 0.3,
+            }],
+            s.clone(),
+        )
+        .unwrap();
+        let spec = ddim(50);
+        assert_eq!(spec.start_index(&s, 500.0), Some(24));
+        assert_eq!(spec.start_index(&s, 510.0), Some(24));
+        assert_eq!(spec.start_index(&s, -1.0), None);
+        let x = Tensor::from_vec(
+            vec![0.5f64, -1.2, 0.8, 1.1, 0.0, -0.3],
+            (2, 3),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mut keep = Keep(24, None);
+        let full = spec.sample(&g, &s, x, &NoNoise, &mut keep).unwrap();
+        let mid = keep.1.unwrap();
+        let part = spec
+            .sample_from(&g, &s, 24, mid, &NoNoise, &mut NoObserver)
+            .unwrap();
+        let a: Vec<f64> = full.x0.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f64> = part.x0.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(a, b);
+        assert_eq!(part.nfe, full.nfe - 24);
+        let e = spec
+            .sample_from(&g, &s, 50, part.x0, &NoNoise, &mut NoObserver)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("start step 50"), "{e}");
+    }
+}

@@ -190,7 +190,9 @@ pub fn guide(
     if spec.threshold == Threshold::Population && tau.is_none() {
         return Err(Error::invalid(
             "guidance.threshold",
-            format!("\"population\" needs τ_t of step {step} from a calibration pass; none was given"),
+            format!(
+                "\"population\" needs τ_t of step {step} from a calibration pass; none was given"
+            ),
         ));
     }
     let xi = renoising(x_t, step, indices, purpose, spec.au.m)?;
@@ -486,12 +488,12 @@ mod tests {
         let mask = guide(
             &g, &s, &x30, &eps30, grid_f[30], 30, &idx, &purpose, &gspec, None,
         )
-            .unwrap()
-            .mask
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
+        .unwrap()
+        .mask
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
         let mut changed = 0;
         for ((a, b), m) in plain[31].iter().zip(&steered[31]).zip(&mask) {
             if *m == 0.0 {

@@ -22,7 +22,7 @@ use super::{Calibration, SampleScore, ScoreBatch, Scored, AU_RENOISE};
 use crate::error::{Error, Result, TensorContext};
 use crate::sampler::spec::SamplerSpec;
 use crate::uq::au::AuObserver;
-use crate::uq::guidance::{population_threshold, Guided, GuidanceSpec, Threshold};
+use crate::uq::guidance::{population_threshold, GuidanceSpec, Guided, Threshold};
 
 /// Alg. 2 (module doc).
 pub struct AuGuidedScore {
