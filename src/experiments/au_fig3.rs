@@ -8,8 +8,16 @@
 //! at *every* step (M re-noisings, one batched call). Per image and step we keep the mean over
 //! pixels of U_t; per image the filtering score (Σ over the `au.window_*` steps and pixels) too.
 //!
+//! With a `[trained]` table, each seed also runs the same sampler and Alg. 1 at every step on a
+//! **trained** network — diffuq's mini model on Fashion-MNIST (its own linear schedule; labels
+//! cycle through the classes) — whose ε has the errors of a real network: the paper's "late steps
+//! vary most" is a statement about such errors, which an exact denoiser does not make
+//! (`seeds/seed-<s>/stepwise_trained.parquet`).
+//!
 //! The report aggregates over all samples: per step the mean and std of the per-image U_t, and
-//! compares where the spread peaks with the paper's statement (see `paper/au-fig3.toml`).
+//! compares where the spread peaks with the paper's statement (see `paper/au-fig3.toml`), for each
+//! panel; the verdict is the trained panel's when there is one (the paper's curve is a trained
+//! model's), and the analytic panel's otherwise.
 
 use std::time::Instant;
 
@@ -46,6 +54,22 @@ pub struct Config {
     pub au: AuConfig,
     pub run: RunConfig,
     pub eval: EvalConfig,
+    /// The trained-network panel (absent: the analytic panel alone). Left out of the resolved
+    /// configuration when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained: Option<TrainedConfig>,
+}
+
+/// `[trained]`: the trained-network panel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainedConfig {
+    /// `mini-model` (the recipe diffuq trains; the model cache trains it once or finds it
+    /// committed) or `checkpoint:<name>` (paper scale).
+    pub from: String,
+    pub use_ema: bool,
+    pub samples: usize,
+    pub batch_size: usize,
 }
 
 /// `[data]`: the analytic mixture.
@@ -334,6 +358,111 @@ fn run_seed(c: &Config, seed: u64, run: &RunDir) -> Result<f64> {
     Ok(t0.elapsed().as_secs_f64())
 }
 
+/// The trained panel of one seed: `seeds/seed-<s>/stepwise_trained.parquet`.
+fn run_seed_trained(
+    c: &Config,
+    tr: &TrainedConfig,
+    recipe: &crate::model::recipe::ImageModelRecipe,
+    net: &crate::model::unet2d::UNet2D,
+    seed: u64,
+    run: &RunDir,
+    dev: &Device,
+) -> Result<()> {
+    let streams = SeedStreams::new(seed);
+    let schedule = recipe.schedule.build();
+    let s = recipe.data.image_size;
+    let d = s * s;
+    let steps = c.sampler.observed_steps();
+    let times = c.sampler.model_times(&schedule);
+    let (mut s_sample, mut s_step, mut s_t, mut s_u) = (vec![], vec![], vec![], vec![]);
+    let all: Vec<u64> = (0..tr.samples as u64).collect();
+    for idx in all.chunks(tr.batch_size) {
+        let x_t = kit::initial_noise(&streams, idx, &[1, s, s], dev)?;
+        let y = kit::cycled_labels(idx, 10);
+        let bound = crate::model::Bound::new(net)
+            .with_labels(Tensor::from_vec(y, idx.len(), dev).ctx("labels")?)
+            .with_schedule(&schedule);
+        let noise = crate::sampler::ImageNoise {
+            inner: StreamNoise {
+                purpose: streams.purpose(kit::streams::SAMPLER_NOISE),
+                indices: idx,
+                dim: d,
+                device: dev,
+            },
+            shape: (1, s, s),
+        };
+        let mut obs = AuObserver::new(
+            &bound,
+            &schedule,
+            c.au_spec(),
+            streams.purpose(kit::streams::AU_RENOISE),
+            idx,
+            StepWindow::all(steps),
+        );
+        c.sampler
+            .sample(&bound, &schedule, x_t, &noise, &mut obs)
+            .ctx("sampling the trained model with AU")?;
+        for r in &obs.records {
+            for (i, u) in idx.iter().zip(&r.per_image) {
+                s_sample.push(*i);
+                s_step.push(r.step as u32);
+                s_t.push(times.get(r.step).copied().unwrap_or(r.t));
+                s_u.push(u / d as f64);
+            }
+        }
+    }
+    let n = s_sample.len();
+    let mut stepwise = df!(
+        "seed" => vec![seed; n],
+        "sample" => s_sample,
+        "step" => s_step,
+        "t" => s_t,
+        "u_mean_pixel" => s_u,
+    )
+    .ctx("stepwise frame (trained)")?;
+    run.write_parquet(
+        &format!("seeds/seed-{seed}/stepwise_trained.parquet"),
+        &mut stepwise,
+    )
+}
+
+impl Config {
+    /// The trained panel's recipe (`trained.from = "mini-model"`) at `scale`.
+    fn trained_recipe(
+        &self,
+        experiments_dir: &std::path::Path,
+        scale: &str,
+    ) -> Result<Option<crate::model::recipe::ImageModelRecipe>> {
+        let Some(tr) = &self.trained else {
+            return Ok(None);
+        };
+        if tr.from != super::mini_model::MiniModel::NAME {
+            return Err(Error::invalid(
+                "trained.from",
+                format!(
+                    "`{}`: the paper's weights are missing — this diffuq has no loader for the papers' checkpoints yet (paper-scale loaders); \"mini-model\" is the recipe diffuq trains",
+                    tr.from
+                ),
+            ));
+        }
+        let r = crate::config::resolve::<super::mini_model::Config>(
+            experiments_dir,
+            &tr.from,
+            scale,
+            &[],
+            &[],
+        )?;
+        Ok(Some(r.config.model))
+    }
+}
+
+fn experiments_dir_of(file: &std::path::Path) -> std::path::PathBuf {
+    file.parent()
+        .and_then(std::path::Path::parent)
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| std::path::PathBuf::from("experiments"))
+}
+
 impl Experiment for AuFig3 {
     const NAME: &'static str = "au-fig3";
     const DESCRIPTION: &'static str =
@@ -352,11 +481,242 @@ impl Experiment for AuFig3 {
             opts.jobs,
             |seed, _progress| run_seed(c, seed, run).map(|_| vec![]),
         )?;
-        Ok(())
+        let Some(tr) = &c.trained else {
+            return Ok(());
+        };
+        let Some(recipe) = c.trained_recipe(&experiments_dir_of(&cfg.file), &cfg.scale)? else {
+            return Ok(());
+        };
+        let dev = opts.device.open()?;
+        let t = Instant::now();
+        let cache = crate::model::recipe::model_cache(None);
+        let model = crate::model::recipe::train_with_progress(&recipe, &cache, &dev, false)?;
+        let net = crate::model::recipe::load_network(&recipe, &model, tr.use_ema, &dev)?;
+        manifest
+            .wall_seconds
+            .insert("train-or-load".into(), t.elapsed().as_secs_f64());
+        run.log(&format!("model {} from {}", model.key, model.dir.display()))?;
+        for &seed in &c.seeds {
+            let rel = format!("seeds/seed-{seed}/stepwise_trained.parquet");
+            if run.has(&rel) {
+                run.log(&format!("seed {seed}: reusing the trained panel"))?;
+                continue;
+            }
+            let t = Instant::now();
+            run_seed_trained(c, tr, &recipe, &net, seed, run, &dev)?;
+            let secs = t.elapsed().as_secs_f64();
+            manifest
+                .wall_seconds
+                .insert(format!("trained/seed-{seed}"), secs);
+            run.write_manifest(manifest)?;
+            run.log(&format!("seed {seed}: trained panel in {secs:.1}s"))?;
+        }
+        kit::stack_parts(run, &c.seeds, "stepwise_trained")
+    }
+
+    fn recipes_at(
+        cfg: &Config,
+        experiments_dir: &std::path::Path,
+        scale: &str,
+    ) -> Result<Vec<crate::model::recipe::ImageModelRecipe>> {
+        Ok(cfg
+            .trained_recipe(experiments_dir, scale)?
+            .into_iter()
+            .collect())
+    }
+
+    fn linked_hash(
+        cfg: &Config,
+        experiments_dir: &std::path::Path,
+        scale: &str,
+    ) -> Result<Option<String>> {
+        match cfg.trained_recipe(experiments_dir, scale)? {
+            Some(r) => Ok(Some(crate::model::cache::recipe_key(&r.cache_identity())?)),
+            None => Ok(None),
+        }
     }
 
     fn report(cfg: &Config, run: &RunDir) -> Result<Verdict> {
-        let frame = run.read_parquet("stepwise.parquet")?;
+        let e = &cfg.eval;
+        let n_steps = cfg.sampler.observed_steps();
+        let analytic = Panel::of(&run.read_parquet("stepwise.parquet")?, n_steps, e)?;
+        let trained = match &cfg.trained {
+            Some(_) => Some(Panel::of(
+                &run.read_parquet("stepwise_trained.parquet")?,
+                n_steps,
+                e,
+            )?),
+            None => None,
+        };
+        // The paper's curve is a trained network's: its panel carries the verdict when present.
+        let main = trained.as_ref().unwrap_or(&analytic);
+        let outcome = main.outcome(e);
+        let verdict = if e.min_ratio <= 0.0 {
+            format!("{} at this setting (eval.min_ratio = 0)", outcome.label())
+        } else if !main.spread() {
+            format!(
+                "{}: U_t has no spread across samples before {:.0}%",
+                outcome.label(),
+                e.early_to * 100.0
+            )
+        } else {
+            format!(
+                "(late-band std ≥ {}× early) {}",
+                e.min_ratio,
+                outcome.label()
+            )
+        };
+        let describe = |p: &Panel, what: &str| {
+            format!(
+                "{what}: std of U_t peaks at step {} of {n_steps} ({:.0}% of the trajectory); max std in {:.0}–{:.0}% is {:.1}× the max before {:.0}%",
+                p.peak,
+                p.progress[p.peak] * 100.0,
+                e.late_from * 100.0,
+                e.late_to * 100.0,
+                p.ratio,
+                e.early_to * 100.0,
+            )
+        };
+        let mut summary = describe(
+            main,
+            if trained.is_some() {
+                "trained mini model"
+            } else {
+                "analytic denoiser"
+            },
+        );
+        summary.push_str(&format!("; paper claim {verdict}"));
+        if trained.is_some() {
+            summary.push_str(&format!(" ({})", describe(&analytic, "exact denoiser")));
+        }
+        let paper = paper_file()?;
+        let claim = paper.claim.trim();
+        let mut md = format!(
+            "# au-fig3 — AU Fig. 3 (step-wise uncertainty)\n\nPaper: {claim}\n\n{} sampler with {} steps, AU with M = {} (compat {}, divisor {}); U_t is the per-image mean over pixels.\n\n",
+            key_name(&cfg.sampler.name),
+            cfg.sampler.steps,
+            cfg.au.m,
+            key_name(&cfg.au.compat),
+            cfg.au.ddof,
+        );
+        if let (Some(p), Some(tr)) = (&trained, &cfg.trained) {
+            md.push_str(&format!(
+                "## Trained network: diffuq's {} (Fashion-MNIST 16×16, its own linear schedule)\n\n{} samples over {} seed(s), labels cycling through the classes.\n\n{}\n",
+                tr.from,
+                p.n_samples,
+                cfg.seeds.len(),
+                p.table().to_markdown()
+            ));
+        }
+        md.push_str(&format!(
+            "## Analytic Gaussian-mixture denoiser (exact ε)\n\n{} prototypes, {}×{}×{} images, {} schedule; {} samples over {} seed(s).\n\n{}\n{summary}\n",
+            cfg.data.components,
+            cfg.data.channels,
+            cfg.data.side,
+            cfg.data.side,
+            key_name(&cfg.diffusion.schedule),
+            analytic.n_samples,
+            cfg.seeds.len(),
+            analytic.table().to_markdown()
+        ));
+        run.write("table.md", md.as_bytes())?;
+        analytic.write(run, "per_step.parquet")?;
+        if let Some(p) = &trained {
+            p.write(run, "per_step_trained.parquet")?;
+        }
+        // Paper vs reproduced, keyed like paper/au-fig3.toml: where the spread across samples
+        // peaks, and the ratio the verdict tests (the paper prints no number for it).
+        let mut reproduced = vec![];
+        let mut panels = vec![];
+        if let Some(p) = &trained {
+            panels.push(("std of U_t across samples".to_string(), p));
+            panels.push((
+                "std of U_t across samples (exact denoiser)".to_string(),
+                &analytic,
+            ));
+        } else {
+            panels.push(("std of U_t across samples".to_string(), &analytic));
+        }
+        for (row, p) in &panels {
+            reproduced.push(Reproduced::new(
+                row.clone(),
+                "peak (% of denoising)",
+                p.progress[p.peak] * 100.0,
+            ));
+            reproduced.push(Reproduced::new(
+                row.clone(),
+                format!(
+                    "max in {:.0}–{:.0}% ÷ max before {:.0}%",
+                    e.late_from * 100.0,
+                    e.late_to * 100.0,
+                    e.early_to * 100.0
+                ),
+                p.ratio,
+            ));
+        }
+        let scale = super::run_scale(run)?;
+        super::write_comparison(
+            run,
+            &Comparison::new(AuFig3::NAME, Some(&paper), &reproduced, &scale),
+        )?;
+        let w = cfg.window();
+        for (stem, p, label) in [
+            ("fig3", Some(&analytic), "exact denoiser (analytic mixture)"),
+            (
+                "fig3-trained",
+                trained.as_ref(),
+                "trained mini model (Fashion-MNIST)",
+            ),
+        ] {
+            let Some(p) = p else { continue };
+            let x: Vec<f64> = p.progress.iter().map(|v| v * 100.0).collect();
+            let caption = format!(
+                "shaded: the filtering-score window, steps {}..{}; band: ± 1 std over {} samples",
+                w.start,
+                w.start + w.len - 1,
+                p.n_samples
+            );
+            write_band(
+                run.path(),
+                stem,
+                &[BandSeries {
+                    label: format!("U_t (mean over pixels), {label}"),
+                    x: &x,
+                    mean: &p.mean,
+                    std: &p.std,
+                    color: plotters::style::RGBColor(31, 119, 180),
+                }],
+                &BandSpec {
+                    title: format!("au-fig3: step-wise uncertainty, {label}"),
+                    x_label: "denoising progress (%)".into(),
+                    y_label: "U_t".into(),
+                    highlight: Some((x[w.start], x[w.start + w.len - 1])),
+                    caption: &caption,
+                },
+            )?;
+        }
+        Ok(Verdict {
+            table: md,
+            outcome,
+            summary,
+        })
+    }
+}
+
+/// Per-step statistics of one panel (a `stepwise` frame).
+struct Panel {
+    mean: Vec<f64>,
+    std: Vec<f64>,
+    tt: Vec<f64>,
+    progress: Vec<f64>,
+    peak: usize,
+    early: f64,
+    ratio: f64,
+    n_samples: usize,
+}
+
+impl Panel {
+    fn of(frame: &polars::prelude::DataFrame, n_steps: usize, e: &EvalConfig) -> Result<Self> {
         let steps_col: Vec<u32> = frame
             .column("step")
             .ctx("step")?
@@ -364,21 +724,8 @@ impl Experiment for AuFig3 {
             .ctx("step")?
             .into_no_null_iter()
             .collect();
-        let u: Vec<f64> = frame
-            .column("u_mean_pixel")
-            .ctx("u_mean_pixel")?
-            .f64()
-            .ctx("u_mean_pixel")?
-            .into_no_null_iter()
-            .collect();
-        let t_col: Vec<f64> = frame
-            .column("t")
-            .ctx("t")?
-            .f64()
-            .ctx("t")?
-            .into_no_null_iter()
-            .collect();
-        let n_steps = cfg.sampler.observed_steps();
+        let u = kit::column_f64(frame, "u_mean_pixel")?;
+        let t_col = kit::column_f64(frame, "t")?;
         let mut sum = vec![0.0; n_steps];
         let mut sq = vec![0.0; n_steps];
         let mut cnt = vec![0usize; n_steps];
@@ -409,7 +756,6 @@ impl Experiment for AuFig3 {
         let progress: Vec<f64> = (0..n_steps)
             .map(|i| (i + 1) as f64 / n_steps as f64)
             .collect();
-        let e = &cfg.eval;
         let band_max = |lo: f64, hi: f64| {
             progress
                 .iter()
@@ -423,140 +769,72 @@ impl Experiment for AuFig3 {
         let peak = (0..n_steps)
             .max_by(|&a, &b| std[a].total_cmp(&std[b]))
             .unwrap_or(0);
-        let ratio = late / early.max(f64::MIN_POSITIVE);
-        // `eval.min_ratio = 0` (the smoke profile) checks the pipeline, not the claim; and a ratio
-        // needs a spread to compare with (no spread before `early_to`: nothing to test).
-        let spread = early > 0.0 && ratio.is_finite();
-        let outcome = if e.min_ratio <= 0.0 || !spread {
+        Ok(Self {
+            ratio: late / early.max(f64::MIN_POSITIVE),
+            mean,
+            std,
+            tt,
+            progress,
+            peak,
+            early,
+            n_samples: cnt.first().copied().unwrap_or(0),
+        })
+    }
+
+    /// A ratio needs a spread to compare with (no spread before `early_to`: nothing to test).
+    fn spread(&self) -> bool {
+        self.early > 0.0 && self.ratio.is_finite()
+    }
+
+    /// `eval.min_ratio = 0` (the smoke profile) checks the pipeline, not the claim.
+    fn outcome(&self, e: &EvalConfig) -> Outcome {
+        if e.min_ratio <= 0.0 || !self.spread() {
             Outcome::NotChecked
         } else {
-            Outcome::of_check(true, ratio >= e.min_ratio)
-        };
+            Outcome::of_check(true, self.ratio >= e.min_ratio)
+        }
+    }
 
+    fn table(&self) -> Table {
+        let n_steps = self.mean.len();
         let mut table = Table::new(["progress", "steps", "timesteps", "mean U_t", "max std U_t"]);
-        let bands = [
+        for (lo, hi) in [
             (0.0, 0.25),
             (0.25, 0.5),
             (0.5, 0.75),
             (0.75, 0.9),
             (0.9, 1.0),
-        ];
-        for (lo, hi) in bands {
+        ] {
             let ids: Vec<usize> = (0..n_steps)
-                .filter(|&i| progress[i] > lo && progress[i] <= hi)
+                .filter(|&i| self.progress[i] > lo && self.progress[i] <= hi)
                 .collect();
             let (Some(&a), Some(&b)) = (ids.first(), ids.last()) else {
                 continue;
             };
-            let m = ids.iter().map(|&i| mean[i]).sum::<f64>() / ids.len() as f64;
-            let s = ids.iter().map(|&i| std[i]).fold(0.0, f64::max);
+            let m = ids.iter().map(|&i| self.mean[i]).sum::<f64>() / ids.len() as f64;
+            let s = ids.iter().map(|&i| self.std[i]).fold(0.0, f64::max);
             table.row([
                 format!("{:.0}–{:.0}%", lo * 100.0, hi * 100.0),
                 format!("{a}–{b}"),
-                format!("{:.0}–{:.0}", tt[a], tt[b]),
+                format!("{:.0}–{:.0}", self.tt[a], self.tt[b]),
                 format!("{m:.3e}"),
                 format!("{s:.3e}"),
             ]);
         }
-        let verdict = if e.min_ratio <= 0.0 {
-            format!("{} at this setting (eval.min_ratio = 0)", outcome.label())
-        } else if !spread {
-            format!(
-                "{}: U_t has no spread across samples before {:.0}%",
-                outcome.label(),
-                e.early_to * 100.0
-            )
-        } else {
-            format!(
-                "(late-band std ≥ {}× early) {}",
-                e.min_ratio,
-                outcome.label()
-            )
-        };
-        let summary = format!(
-            "std of U_t peaks at step {peak} of {n_steps} ({:.0}% of the trajectory); max std in {:.0}–{:.0}% is {ratio:.1}× the max before {:.0}%; paper claim {verdict}",
-            progress[peak] * 100.0,
-            e.late_from * 100.0,
-            e.late_to * 100.0,
-            e.early_to * 100.0,
-        );
-        let paper = paper_file()?;
-        let claim = paper.claim.trim();
-        let n_samples = cnt.first().copied().unwrap_or(0);
-        let md = format!(
-            "# au-fig3 — AU Fig. 3 (step-wise uncertainty)\n\nPaper: {claim}\n\nAnalytic Gaussian-mixture denoiser ({} prototypes, {}×{}×{} images), {} sampler with {} steps, AU with M = {} (compat {}); {n_samples} samples over {} seed(s). U_t is the per-image mean over pixels.\n\n{}\n{summary}\n",
-            cfg.data.components,
-            cfg.data.channels,
-            cfg.data.side,
-            cfg.data.side,
-            key_name(&cfg.sampler.name),
-            cfg.sampler.steps,
-            cfg.au.m,
-            key_name(&cfg.au.compat),
-            cfg.seeds.len(),
-            table.to_markdown()
-        );
-        run.write("table.md", md.as_bytes())?;
-        let mut stepframe = df!(
-            "step" => (0..n_steps as u32).collect::<Vec<_>>(),
-            "t" => tt.clone(),
-            "progress" => progress.clone(),
-            "u_mean" => mean.clone(),
-            "u_std" => std.clone(),
+        table
+    }
+
+    fn write(&self, run: &RunDir, name: &str) -> Result<()> {
+        let n = self.mean.len();
+        let mut f = df!(
+            "step" => (0..n as u32).collect::<Vec<_>>(),
+            "t" => self.tt.clone(),
+            "progress" => self.progress.clone(),
+            "u_mean" => self.mean.clone(),
+            "u_std" => self.std.clone(),
         )
         .ctx("per-step summary")?;
-        run.write_parquet("per_step.parquet", &mut stepframe)?;
-        // Paper vs reproduced, keyed like paper/au-fig3.toml: where the spread across samples
-        // peaks, and the ratio the verdict tests (the paper prints no number for it).
-        let row = "std of U_t across samples";
-        let reproduced = [
-            Reproduced::new(row, "peak (% of denoising)", progress[peak] * 100.0),
-            Reproduced::new(
-                row,
-                format!(
-                    "max in {:.0}–{:.0}% ÷ max before {:.0}%",
-                    e.late_from * 100.0,
-                    e.late_to * 100.0,
-                    e.early_to * 100.0
-                ),
-                ratio,
-            ),
-        ];
-        let scale = super::run_scale(run)?;
-        super::write_comparison(
-            run,
-            &Comparison::new(AuFig3::NAME, Some(&paper), &reproduced, &scale),
-        )?;
-        let x: Vec<f64> = progress.iter().map(|p| p * 100.0).collect();
-        let w = cfg.window();
-        let caption = format!(
-            "shaded: the filtering-score window, steps {}..{}; band: ± 1 std over {n_samples} samples",
-            w.start,
-            w.start + w.len - 1
-        );
-        write_band(
-            run.path(),
-            "fig3",
-            &[BandSeries {
-                label: "U_t (mean over pixels)".into(),
-                x: &x,
-                mean: &mean,
-                std: &std,
-                color: plotters::style::RGBColor(31, 119, 180),
-            }],
-            &BandSpec {
-                title: "au-fig3: step-wise uncertainty".into(),
-                x_label: "denoising progress (%)".into(),
-                y_label: "U_t".into(),
-                highlight: Some((x[w.start], x[w.start + w.len - 1])),
-                caption: &caption,
-            },
-        )?;
-        Ok(Verdict {
-            table: md,
-            outcome,
-            summary,
-        })
+        run.write_parquet(name, &mut f)
     }
 }
 
