@@ -217,3 +217,75 @@ fn unknown_kind_and_bad_score_are_one_line_errors() {
     let err = text(&out.stderr);
     assert!(err.contains("scores") && err.contains("entropy"), "{err}");
 }
+
+fn score_column(dir: &Path, name: &str) -> Vec<f64> {
+    use polars::prelude::*;
+    let f = ParquetReader::new(std::fs::File::open(dir.join("scores.parquet")).unwrap())
+        .finish()
+        .unwrap();
+    f.column(name)
+        .unwrap_or_else(|_| panic!("no column {name}"))
+        .f64()
+        .unwrap()
+        .into_no_null_iter()
+        .collect()
+}
+
+#[test]
+fn score_variants_set_their_own_keys_and_fit_their_own_posteriors() {
+    // gu-fig6 (M and T′ of the extra samples) and gu-table4 (Laplace hyper-parameters) are score
+    // variants `base[key=value,…]`. Expected: diffuq's own contract — a variant's NFE follows its
+    // keys (T = 5 steps with `final_step = "stop"`: 4 NFE, plus M·(T′ − 1); GU reuses the MAP
+    // sample), its values differ from the base
+    // score's (another posterior / another M), the FID-vs-NFE figure exists, and a variant that
+    // names a key outside the score tables or a key that does not exist is a one-line error.
+    let cache = cache_with_data();
+    let cwd = tempfile::tempdir().unwrap();
+    let (c, w, e) = (cache.path(), cwd.path(), experiments());
+    let out = diffuq(&["run", "gu-fig6", "--scale", "smoke"], c, w, &e);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let dir = w.join(run_dir(&out));
+    assert!(dir.join("figures/fid-vs-nfe.png").is_file());
+    let nfe = |row: &str| -> u64 {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {row} ")))
+            .unwrap_or_else(|| panic!("no row {row} in {stdout}"));
+        line.split('|').nth(2).unwrap().trim().parse().unwrap()
+    };
+    assert_eq!(nfe("gu-semantic"), 4 + 5 * 4);
+    assert_eq!(nfe("gu-semantic[gu.m=1]"), 4 + 4);
+    assert_eq!(nfe("gu-semantic[gu.sampler.steps=25]"), 4 + 5 * 24);
+    assert_ne!(
+        score_column(&dir, "gu-semantic"),
+        score_column(&dir, "gu-semantic[gu.m=1]")
+    );
+
+    let out = diffuq(&["run", "gu-table4", "--scale", "smoke"], c, w, &e);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let dir = w.join(run_dir(&out));
+    let base = score_column(&dir, "gu-semantic");
+    for v in [
+        "gu-semantic[laplace.prior_precision=0.1]",
+        "gu-semantic[laplace.sigma=2.0]",
+    ] {
+        assert_ne!(
+            base,
+            score_column(&dir, v),
+            "{v} used the default posterior"
+        );
+    }
+
+    for (bad, needle) in [
+        ("scores=[\"gu-semantic[sampler.steps=3]\"]", "sampler.steps"),
+        ("scores=[\"gu-semantic[gu.mm=3]\"]", "gu.mm"),
+        ("scores=[\"gu-semantic[gu.m=0]\"]", "gu.m"),
+    ] {
+        let out = diffuq(&["validate", "gu-fig6", "--scale", "smoke", bad], c, w, &e);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = text(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{bad}: {err}");
+    }
+}

@@ -294,6 +294,10 @@ pub struct ReportConfig {
     pub class_bars: bool,
     /// Spearman correlations between pairs of scores (GU Fig. 15), `"a,b"`.
     pub spearman: Vec<String>,
+    /// FID of the kept set (at `filter.table_keep`) against NFE per sample, one point per score
+    /// (GU Fig. 6). Left out of the resolved configuration when `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nfe_curve: bool,
 }
 
 /// One checkable statement of the paper.
@@ -351,6 +355,32 @@ fn is_known_score(name: &str) -> bool {
     )
 }
 
+/// Keys a score variant may set: the score settings (a variant is the same sampler and sample
+/// set scored another way).
+const VARIANT_KEYS: &[&str] = &[
+    "gu.",
+    "laplace.",
+    "au.",
+    "mc_dropout.",
+    "bayesdiff.",
+    "realism.",
+    "guidance.",
+];
+
+/// `base[k=v,k=v]` → (base, [(k, v)]); `None` for a plain score name.
+fn split_variant(name: &str) -> Option<(&str, Vec<(&str, &str)>)> {
+    let (base, rest) = name.split_once('[')?;
+    let inner = rest.strip_suffix(']')?;
+    Some((
+        base,
+        inner
+            .split(',')
+            .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+            .map(|(k, v)| (k.trim(), v.trim()))
+            .collect(),
+    ))
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-9
 }
@@ -392,6 +422,18 @@ impl Validate for Config {
             "must name at least one score",
         );
         for s in &self.scores {
+            if split_variant(s).is_some() {
+                if let Err(e) = self.variant(s) {
+                    v.push(match e {
+                        Error::Invalid { what, reason } => Violation { key: what, reason },
+                        e => Violation {
+                            key: "scores".into(),
+                            reason: e.to_string(),
+                        },
+                    });
+                }
+                continue;
+            }
             let parts: Vec<&str> = s.split('+').collect();
             let ok = match parts.as_slice() {
                 [one] => is_known_score(one),
@@ -607,6 +649,75 @@ impl Config {
             .any(|s| s.contains("realism") || s.contains("rarity"))
     }
 
+    /// A score variant `base[k=v,…]` (GU Fig. 6's M and T′, App. D's Laplace hyper-parameters): the
+    /// base score over this configuration with the keys set. Keys must exist and lie in a score
+    /// table ([`VARIANT_KEYS`]); values are TOML (`gu.m=1`, `laplace.sigma=0.5`,
+    /// `gu.compat="gu-release"`); the patched configuration must validate.
+    pub fn variant(&self, name: &str) -> Result<(String, Config)> {
+        let Some((base, sets)) = split_variant(name) else {
+            return Ok((name.to_string(), self.clone()));
+        };
+        if !is_known_score(base) || base == "au-guided" && self.guidance.is_none() {
+            return Err(Error::invalid(
+                "scores",
+                format!("`{name}`: unknown base score `{base}`"),
+            ));
+        }
+        let mut json =
+            serde_json::to_value(self).map_err(|e| Error::invalid("scores", e.to_string()))?;
+        for (k, v) in sets {
+            if !VARIANT_KEYS.iter().any(|p| k.starts_with(p)) {
+                return Err(Error::invalid(
+                    "scores",
+                    format!(
+                        "`{name}`: a variant may set keys of {} only, not `{k}`",
+                        VARIANT_KEYS.join(" ")
+                    ),
+                ));
+            }
+            let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .ok_or_else(|| {
+                    Error::invalid("scores", format!("`{name}`: `{k}={v}` is not a TOML value"))
+                })?;
+            let mut slot = &mut json;
+            for part in k.split('.') {
+                slot = slot.get_mut(part).ok_or_else(|| {
+                    Error::invalid("scores", format!("`{name}`: no key `{k}` to set"))
+                })?;
+            }
+            *slot =
+                serde_json::to_value(value).map_err(|e| Error::invalid("scores", e.to_string()))?;
+        }
+        let mut patched: Config = serde_json::from_value(json)
+            .map_err(|e| Error::invalid("scores", format!("`{name}`: {e}")))?;
+        // The variant stands alone: one score, no claims or pairs naming the others.
+        patched.scores = vec![base.to_string()];
+        patched.claims.clear();
+        patched.report.spearman.clear();
+        if let Some(v) = patched.validate().first() {
+            return Err(Error::invalid(
+                "scores",
+                format!("`{name}`: {} {}", v.key, v.reason),
+            ));
+        }
+        Ok((base.to_string(), patched))
+    }
+
+    /// The Laplace settings every score of the run fits a posterior with (distinct).
+    fn laplace_settings(&self) -> Result<Vec<LaplaceConfig>> {
+        let mut out: Vec<LaplaceConfig> = vec![];
+        for s in &self.scores {
+            let (base, c) = self.variant(s)?;
+            if (base.contains("gu-") || base.starts_with("bayesdiff")) && !out.contains(&c.laplace)
+            {
+                out.push(c.laplace);
+            }
+        }
+        Ok(out)
+    }
+
     /// AU Alg. 2's settings: `[guidance]` with `[au]`'s M and divisor (the paper's Alg. 1).
     fn guidance_spec(&self) -> Option<GuidanceSpec> {
         self.guidance.map(|g| GuidanceSpec {
@@ -645,10 +756,18 @@ impl Config {
         name: &str,
         ctx: &'a ScoreContext<'a>,
     ) -> Result<Box<dyn SampleScore + 'a>> {
+        if split_variant(name).is_some() {
+            let (base, patched) = self.variant(name)?;
+            return patched.build_score(&base, ctx);
+        }
         let post = || {
-            ctx.posterior.ok_or_else(|| {
-                Error::invalid("scores", format!("`{name}` needs the Laplace posterior"))
-            })
+            ctx.posteriors
+                .iter()
+                .find(|(l, _)| *l == self.laplace)
+                .map(|(_, p)| p)
+                .ok_or_else(|| {
+                    Error::invalid("scores", format!("`{name}` needs the Laplace posterior"))
+                })
         };
         let manifold = || {
             ctx.manifold.ok_or_else(|| {
@@ -767,7 +886,8 @@ impl Config {
 
 /// What scores are built over.
 struct ScoreContext<'a> {
-    posterior: Option<&'a DiagPosterior>,
+    /// One posterior per distinct `[laplace]` of the run's scores (variants may differ).
+    posteriors: &'a [(LaplaceConfig, DiagPosterior)],
     semantic: &'a dyn FeatureExtractor,
     manifold: Option<&'a RealManifold<'a>>,
 }
@@ -1058,7 +1178,16 @@ impl ScoreStore {
         } else {
             sha256_hex(&[&self.base, what, &self.settings])
         };
-        self.dir.join(format!("{what}-{}.safetensors", &key[..24]))
+        // Variant names (`gu-semantic[gu.m=1,…]`) carry characters a file name should not.
+        let stem = if what
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '+')
+        {
+            what.to_string()
+        } else {
+            "variant".to_string()
+        };
+        self.dir.join(format!("{stem}-{}.safetensors", &key[..24]))
     }
 
     fn load_plain(&self, dev: &Device) -> Result<Option<Tensor>> {
@@ -1766,10 +1895,13 @@ fn run_impl(
     } else {
         None
     };
-    let posterior = match (&train, c.needs_posterior()) {
-        (Some(tr), true) => Some(fit_posterior(&c.laplace, &recipe, &net, tr, &dev)?),
-        _ => None,
-    };
+    let mut posteriors = vec![];
+    if let (Some(tr), true) = (&train, c.needs_posterior()) {
+        for l in c.laplace_settings()? {
+            let p = fit_posterior(&l, &recipe, &net, tr, &dev)?;
+            posteriors.push((l, p));
+        }
+    }
     manifest
         .wall_seconds
         .insert("laplace-fit".into(), t.elapsed().as_secs_f64());
@@ -1820,7 +1952,7 @@ fn run_impl(
     run.write_manifest(manifest)?;
 
     let ctx = ScoreContext {
-        posterior: posterior.as_ref(),
+        posteriors: &posteriors,
         semantic: semantic.as_ref(),
         manifold: manifold.as_ref(),
     };
@@ -2197,6 +2329,57 @@ fn report_impl(c: &Config, run: &RunDir) -> Result<Verdict> {
     }
     if c.report.class_bars {
         write_class_bars(c, run, &figures)?;
+    }
+    if c.report.nfe_curve {
+        // GU Fig. 6: every generating score as a point (NFE per sample, FID of its kept set);
+        // the random baseline as a flat line over the same range.
+        let mut pts: Vec<(f64, f64, f64)> = shown
+            .iter()
+            .filter(|s| !matches!(s.as_str(), "random" | "plain"))
+            .map(|s| {
+                let (m, sd) = mean_std(&per_seed(&rows, seeds, s, tk, "fid"));
+                (nfe_of(s) as f64, m, sd)
+            })
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let x: Vec<f64> = pts.iter().map(|p| p.0).collect();
+        let (m, sd): (Vec<f64>, Vec<f64>) = pts.iter().map(|p| (p.1, p.2)).unzip();
+        let (rm, rs) = mean_std(&per_seed(&rows, seeds, "random", tk, "fid"));
+        let (rmv, rsv) = (vec![rm; x.len()], vec![rs; x.len()]);
+        let mut series = vec![crate::report::band::BandSeries {
+            label: "uncertainty scores (by NFE)".into(),
+            x: &x,
+            mean: &m,
+            std: &sd,
+            color: plotters::style::RGBColor(31, 119, 180),
+        }];
+        if c.scores.iter().any(|s| s == "random") {
+            series.push(crate::report::band::BandSeries {
+                label: "random".into(),
+                x: &x,
+                mean: &rmv,
+                std: &rsv,
+                color: plotters::style::RGBColor(127, 127, 127),
+            });
+        }
+        let caption = format!(
+            "kept {:.0}% of {} samples per seed; band ± 1 std over {} seeds",
+            100.0 * tk,
+            c.samples,
+            seeds.len()
+        );
+        crate::report::band::write_band(
+            &figures,
+            "fid-vs-nfe",
+            &series,
+            &crate::report::band::BandSpec {
+                title: c.title.clone(),
+                x_label: "NFE per sample (sampler + uncertainty)".into(),
+                y_label: "FID ↓".into(),
+                highlight: None,
+                caption: &caption,
+            },
+        )?;
     }
 
     let text = format!(
