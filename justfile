@@ -49,6 +49,24 @@ gu-fig16 scale="mini" *overrides:
 gu-table1 scale="mini" *overrides:
     cargo run --quiet --locked -- run gu-table1 --scale {{scale}} {{overrides}}
 
+# GU's ablations, as score variants of the filtering kind: `just gu-fig6` (M and T′ of the extra
+# samples vs NFE), `just gu-table4` (Laplace prior precision and observation noise).
+gu-fig6 scale="mini" *overrides:
+    cargo run --quiet --locked -- run gu-fig6 --scale {{scale}} {{overrides}}
+
+gu-table4 scale="mini" *overrides:
+    cargo run --quiet --locked -- run gu-table4 --scale {{scale}} {{overrides}}
+
+# AU Table 2 (kind "reconstruction": test images noised to T/2 and reconstructed, AUSE/AURG of the
+# summed pixel uncertainty): `just au-table2`, `just au-table2 mini metric.error_scale=au-release`.
+au-table2 scale="mini" *overrides:
+    cargo run --quiet --locked -- run au-table2 --scale {{scale}} {{overrides}}
+
+# AU Table 3 (uncertainty-guided sampling, Alg. 2: FID with and without guidance from the same x_T):
+# `just au-table3`, `just au-table3 mini guidance.threshold=per-image`.
+au-table3 scale="mini" *overrides:
+    cargo run --quiet --locked -- run au-table3 --scale {{scale}} {{overrides}}
+
 # Train (or find) the image models an artifact uses, ahead of its run: `just train mini-model`.
 train artifact scale="mini" *overrides:
     cargo run --quiet --locked -- train {{artifact}} --scale {{scale}} {{overrides}}
