@@ -854,7 +854,9 @@ fn report_impl(c: &Config, run: &RunDir) -> Result<Verdict> {
     );
     let figures = run.file("figures");
     std::fs::create_dir_all(&figures).map_err(|e| Error::io(&figures, e))?;
-    let mut series_data: Vec<(String, Vec<f64>, Vec<f64>, Vec<f64>)> = vec![];
+    /// (label, x, mean, std) of one curve.
+    type Curve = (String, Vec<f64>, Vec<f64>, Vec<f64>);
+    let mut series_data: Vec<Curve> = vec![];
     for m in &c.methods {
         for (label, ys) in [
             (paper_name(m).to_string(), &cy),

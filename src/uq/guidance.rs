@@ -551,7 +551,7 @@ mod tests {
         let (u0, up, mask) = one_step(Sign::Ascent, 1e-3);
         let (u0d, down, _) = one_step(Sign::Descent, 1e-3);
         assert_eq!(u0, u0d);
-        assert!(mask.iter().any(|&m| m == 1.0));
+        assert!(mask.contains(&1.0));
         assert!(up > u0, "ascent must raise U: {u0} → {up}");
         assert!(down < u0, "descent must lower U: {u0} → {down}");
         // Symmetric to first order: the two changes agree in size within 5 %.
