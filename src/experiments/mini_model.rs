@@ -36,11 +36,20 @@ use crate::tracking::{Manifest, RunDir};
 
 pub struct MiniModel;
 
+/// The kind name under which other experiment files (mini-flow) use this driver.
+pub const KIND: &str = "image-model";
+
 /// `experiments/mini-model/experiment.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub version: u32,
+    /// `image-model` when another experiment file uses this driver (e.g. mini-flow); absent in
+    /// mini-model's own file. Left out of the resolved configuration when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub title: String,
     pub seeds: Vec<u64>,
     pub model: ImageModelRecipe,
     pub sampler: SamplerSpec,

@@ -190,6 +190,9 @@ pub const KINDS: &[(&str, KindEntry)] = &[
     (reconstruction::KIND, |n, d| {
         Artifact::kind::<reconstruction::Reconstruction>(n, d)
     }),
+    (mini_model::KIND, |n, d| {
+        Artifact::kind::<mini_model::MiniModel>(n, d)
+    }),
 ];
 
 /// The `kind` and `title` an experiment file declares in `[default]`, if any.
