@@ -57,6 +57,14 @@ gu-fig6 scale="mini" *overrides:
 gu-table4 scale="mini" *overrides:
     cargo run --quiet --locked -- run gu-table4 --scale {{scale}} {{overrides}}
 
+# GU App. C.7: GU filtering of the flow-matching mini model (experiments/mini-flow, dopri5).
+gu-c7 scale="mini" *overrides:
+    cargo run --quiet --locked -- run gu-c7 --scale {{scale}} {{overrides}}
+
+# The flow-matching mini model (velocity UNet2D), its samples and FID: `just mini-flow`.
+mini-flow scale="mini" *overrides:
+    cargo run --quiet --locked -- run mini-flow --scale {{scale}} {{overrides}}
+
 # AU Table 2 (kind "reconstruction": test images noised to T/2 and reconstructed, AUSE/AURG of the
 # summed pixel uncertainty): `just au-table2`, `just au-table2 mini metric.error_scale=au-release`.
 au-table2 scale="mini" *overrides:

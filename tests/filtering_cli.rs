@@ -50,7 +50,18 @@ fn filtering_family_runs_at_smoke_and_reports_not_checked() {
 
     let ls = diffuq(&["ls"], c, w, &e);
     let listed = text(&ls.stdout);
-    for a in ["au-table1", "gu-fig3", "gu-fig4", "gu-fig16", "gu-table1"] {
+    for a in [
+        "au-table1",
+        "au-table3",
+        "gu-fig3",
+        "gu-fig4",
+        "gu-fig6",
+        "gu-fig16",
+        "gu-table1",
+        "gu-table4",
+        "gu-c7",
+        "mini-flow",
+    ] {
         assert!(listed.contains(a), "`diffuq ls` lacks {a}: {listed}");
     }
 
@@ -75,6 +86,13 @@ fn filtering_family_runs_at_smoke_and_reports_not_checked() {
         ),
         ("gu-fig16", &["figures/class-mean.png", "class_means.md"]),
         ("gu-table1", &[]),
+        (
+            "gu-c7",
+            &[
+                "figures/grid-gu-semantic-most.png",
+                "figures/grid-gu-semantic-least.png",
+            ],
+        ),
     ];
     for (artifact, extra) in cases {
         let out = diffuq(&["run", artifact, "--scale", "smoke"], c, w, &e);
@@ -161,7 +179,16 @@ fn paper_profile_validates_and_names_the_missing_weights() {
     let cache = tempfile::tempdir().unwrap();
     let cwd = tempfile::tempdir().unwrap();
     let (c, w, e) = (cache.path(), cwd.path(), experiments());
-    for artifact in ["au-table1", "gu-fig3", "gu-fig4", "gu-fig16", "gu-table1"] {
+    for artifact in [
+        "au-table1",
+        "gu-fig3",
+        "gu-fig4",
+        "gu-fig6",
+        "gu-fig16",
+        "gu-table1",
+        "gu-table4",
+        "gu-c7",
+    ] {
         let v = diffuq(&["validate", artifact, "--scale", "paper"], c, w, &e);
         assert_eq!(v.status.code(), Some(0), "{artifact}: {}", text(&v.stderr));
         let r = diffuq(&["run", artifact, "--scale", "paper"], c, w, &e);
@@ -287,5 +314,33 @@ fn score_variants_set_their_own_keys_and_fit_their_own_posteriors() {
         let err = text(&out.stderr);
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(err.contains(needle), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn flow_models_need_flow_samplers_and_flow_scores() {
+    // gu-c7 runs GU on the flow-matching mini model (GU App. C.7). Expected: diffuq's own contract
+    // — a flow model with a diffusion sampler, a diffusion model with a flow sampler, and a score
+    // defined through ε and ᾱ_t (AU) on a flow model are one-line errors naming the key (exit 2),
+    // before any sampling.
+    let cache = cache_with_data();
+    let cwd = tempfile::tempdir().unwrap();
+    let (c, w, e) = (cache.path(), cwd.path(), experiments());
+    for (artifact, kv, key) in [
+        ("gu-c7", "sampler.name=ddim", "sampler.name"),
+        ("gu-c7", "gu.sampler.name=ddim", "gu.sampler.name"),
+        ("gu-c7", "scores=[\"random\",\"au\"]", "scores"),
+        ("gu-fig3", "sampler.name=euler", "sampler.name"),
+    ] {
+        let out = diffuq(&["run", artifact, "--scale", "smoke", kv], c, w, &e);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{artifact} {kv}: {}",
+            text(&out.stdout)
+        );
+        let err = text(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(key), "{artifact} {kv}: {err}");
     }
 }

@@ -70,6 +70,8 @@ fn ddim(steps: usize, final_step: FinalStep) -> SamplerSpec {
         final_step,
         clip_sample: false,
         clip_range: 1.0,
+        rtol: None,
+        atol: None,
     }
 }
 

@@ -79,6 +79,19 @@ pub const OTHER_END: &str = "@other-end";
 /// The kind's name in experiment files.
 pub const KIND: &str = "filtering";
 
+/// The experiment files holding recipes diffuq trains (`model.from`): the diffusion mini model
+/// and its flow-matching counterpart (GU App. C.7).
+pub const MINI_MODELS: &[&str] = &["mini-model", "mini-flow"];
+
+/// Scores defined for a flow-matching model (GU App. C.7): GU's Laplace on the velocity network
+/// and the post-hoc ones; AU, MC-Dropout and BayesDiff are defined through ε and ᾱ_t.
+fn flow_capable(base: &str) -> bool {
+    matches!(
+        base,
+        "random" | "plain" | "gu-pixel" | "gu-semantic" | "realism" | "rarity"
+    )
+}
+
 /// Frames each seed writes (stacked into the run's root when every seed is done).
 const FRAMES: &[&str] = &["scores", "metrics", "score_info"];
 
@@ -402,10 +415,10 @@ impl Validate for Config {
         );
         check(
             &mut v,
-            self.model.from == mini_model::MiniModel::NAME
+            MINI_MODELS.contains(&self.model.from.as_str())
                 || self.model.checkpoint().is_some_and(|n| !n.is_empty()),
             "model.from",
-            "must be \"mini-model\" (the recipe diffuq trains) or \"checkpoint:<name>\" (a paper checkpoint)",
+            "must be \"mini-model\" or \"mini-flow\" (recipes diffuq trains) or \"checkpoint:<name>\" (a paper checkpoint)",
         );
         check(&mut v, self.samples >= 4, "samples", "must be ≥ 4");
         check(&mut v, self.batch_size >= 1, "batch_size", "must be ≥ 1");
@@ -705,6 +718,53 @@ impl Config {
         Ok((base.to_string(), patched))
     }
 
+    /// A flow-matching recipe needs flow samplers (main and GU's) and flow-capable scores; a
+    /// diffusion recipe needs diffusion samplers. One-line errors naming the key.
+    fn check_model_kind(&self, recipe: &ImageModelRecipe) -> Result<()> {
+        let flow = recipe.objective == crate::model::recipe::Objective::FlowMatching;
+        let name = |k: crate::sampler::spec::SamplerKind| {
+            serde_json::to_string(&k)
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_string()
+        };
+        for (key, s) in [
+            ("sampler.name", &self.sampler),
+            ("gu.sampler.name", &self.gu.sampler),
+        ] {
+            if s.name.is_flow() != flow {
+                return Err(Error::invalid(
+                    key,
+                    format!(
+                        "`{}` with model `{}`, a {} model: expected {}",
+                        name(s.name),
+                        self.model.from,
+                        if flow { "flow-matching" } else { "diffusion" },
+                        if flow {
+                            "a flow sampler (euler, dopri5)"
+                        } else {
+                            "a diffusion sampler (ddim, ddpm, dpm-solver-2, dpm-solver-pp2m)"
+                        }
+                    ),
+                ));
+            }
+        }
+        if flow {
+            for sc in &self.scores {
+                let (base, _) = self.variant(sc)?;
+                if !base.split('+').all(flow_capable) {
+                    return Err(Error::invalid(
+                        "scores",
+                        format!(
+                            "`{sc}` is defined through ε and ᾱ_t; a flow-matching model supports random, plain, gu-pixel, gu-semantic, realism, rarity"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The Laplace settings every score of the run fits a posterior with (distinct).
     fn laplace_settings(&self) -> Result<Vec<LaplaceConfig>> {
         let mut out: Vec<LaplaceConfig> = vec![];
@@ -864,12 +924,13 @@ impl Config {
 
     /// The recipe of `model.from` at `scale`.
     pub fn recipe(&self, experiments_dir: &Path, scale: &str) -> Result<ImageModelRecipe> {
-        if self.model.from != mini_model::MiniModel::NAME {
+        if !MINI_MODELS.contains(&self.model.from.as_str()) {
             return Err(Error::invalid(
                 "model.from",
                 format!(
-                    "`{}`: only `mini-model` holds a trainable recipe (paper-scale checkpoints come with the loaders)",
-                    self.model.from
+                    "`{}`: only {} hold trainable recipes (paper-scale checkpoints come with the loaders)",
+                    self.model.from,
+                    MINI_MODELS.join(", ")
                 ),
             ));
         }
@@ -1055,35 +1116,46 @@ pub(crate) fn fit_posterior(
             .narrow(0, idx[0] as usize, b)
             .ctx("Laplace fit images")?;
         let y: Vec<u32> = idx.iter().map(|&i| train.1[i as usize]).collect();
-        let ts: Vec<usize> = idx
+        let eps = Tensor::from_vec(purpose.normals(idx, Some(1), f), (b, s, h, w), dev)
+            .ctx("Laplace fit noise")?;
+        let flow = recipe.objective == crate::model::recipe::Objective::FlowMatching;
+        // Per item: (coefficient of x₀, coefficient of ε, model time). A diffusion model is fitted
+        // on x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε at t uniform over the schedule with target ε (its
+        // training loss); a flow-matching model on x_t = (1 − t) x₀ + t ε at t ~ U[0, 1) with target
+        // ε − x₀ (its velocity regression, GU App. C.7).
+        let coef: Vec<(f32, f32, f64)> = idx
             .iter()
             .map(|&i| {
                 use rand::Rng;
-                purpose.rng(i).random_range(0..schedule.len())
+                if flow {
+                    let t: f64 = purpose.rng(i).random();
+                    ((1.0 - t) as f32, t as f32, t)
+                } else {
+                    let t = purpose.rng(i).random_range(0..schedule.len());
+                    let ab = schedule.alpha_bar(Some(t));
+                    (ab.sqrt() as f32, (1.0 - ab).sqrt() as f32, t as f64)
+                }
             })
             .collect();
-        let eps = Tensor::from_vec(purpose.normals(idx, Some(1), f), (b, s, h, w), dev)
-            .ctx("Laplace fit noise")?;
-        let a: Vec<f32> = ts
-            .iter()
-            .map(|&t| schedule.alpha_bar(Some(t)).sqrt() as f32)
-            .collect();
-        let sg: Vec<f32> = ts
-            .iter()
-            .map(|&t| (1.0 - schedule.alpha_bar(Some(t))).sqrt() as f32)
-            .collect();
-        let a = Tensor::from_vec(a, (b, 1, 1, 1), dev).ctx("√ᾱ")?;
-        let sg = Tensor::from_vec(sg, (b, 1, 1, 1), dev).ctx("√(1−ᾱ)")?;
+        let a = Tensor::from_vec(coef.iter().map(|c| c.0).collect(), (b, 1, 1, 1), dev)
+            .ctx("x₀ coefficients")?;
+        let sg = Tensor::from_vec(coef.iter().map(|c| c.1).collect(), (b, 1, 1, 1), dev)
+            .ctx("ε coefficients")?;
         let x_t =
             (x0.broadcast_mul(&a).ctx("x_t")? + eps.broadcast_mul(&sg).ctx("x_t")?).ctx("x_t")?;
+        let target = if flow {
+            (&eps - &x0).ctx("velocity target")?
+        } else {
+            eps.clone()
+        };
         let bound = Bound::new(net)
             .with_labels(Tensor::from_vec(y, b, dev).ctx("labels")?)
             .with_schedule(&schedule);
-        let t_model: Vec<f64> = ts.iter().map(|&t| t as f64).collect();
+        let t_model: Vec<f64> = coef.iter().map(|c| c.2).collect();
         // The network is bound to each batch's labels, so each batch has its own accumulator;
         // the empirical Fisher is a sum over items, so the fits merge.
         let mut one = FisherAccumulator::new(&bound, spec)?;
-        one.add(&x_t, &t_model, &eps)?;
+        one.add(&x_t, &t_model, &target)?;
         let p = one.finish();
         post = Some(match post {
             None => p,
@@ -1346,10 +1418,14 @@ fn run_seed(
     }
     let pb = kit::bar(progress, c.samples, &format!("seed {seed}: plain samples"));
     let sample_now = plain.is_empty();
+    // NFE per sample of the plain sampler: fixed, except for an adaptive one (dopri5), whose
+    // largest batch count is recorded when it runs here.
+    let mut plain_nfe = crate::uq::scores::sampler_nfe(&c.sampler);
     for idx in all.chunks(c.batch_size).filter(|_| sample_now) {
         let out = with_batch(c, recipe, net, &schedule, &streams, idx, dev, |batch| {
             batch.sample(&mut NoObserver, "plain samples")
         })?;
+        plain_nfe = plain_nfe.max(out.nfe);
         plain.push(out.x0);
         pb.inc(idx.len() as u64);
     }
@@ -1381,7 +1457,7 @@ fn run_seed(
             slots[si] = Some(ScoreResult {
                 name: score.name().to_string(),
                 values: vec![0.0; c.samples],
-                nfe: crate::uq::scores::sampler_nfe(&c.sampler),
+                nfe: plain_nfe,
                 max_dev: 0.0,
                 own_samples: None,
                 wall: 0.0,
@@ -1393,7 +1469,7 @@ fn run_seed(
             slots[si] = Some(ScoreResult {
                 name: score.name().to_string(),
                 values: RandomScore::draws(&streams, &all),
-                nfe: crate::uq::scores::sampler_nfe(&c.sampler),
+                nfe: plain_nfe,
                 max_dev: 0.0,
                 own_samples: None,
                 wall: t0.elapsed().as_secs_f64(),
@@ -1452,7 +1528,7 @@ fn run_seed(
             let r = ScoreResult {
                 name: score.name().to_string(),
                 values,
-                nfe: crate::uq::scores::sampler_nfe(&c.sampler),
+                nfe: plain_nfe,
                 max_dev: 0.0,
                 own_samples: None,
                 wall,
@@ -1850,6 +1926,7 @@ fn run_impl(
     let dev = opts.device.open()?;
     let exp_dir = Config::experiments_dir(&cfg.file);
     let recipe = c.recipe(&exp_dir, &cfg.scale)?;
+    c.check_model_kind(&recipe)?;
 
     let t = Instant::now();
     let cache = recipe::model_cache(None);

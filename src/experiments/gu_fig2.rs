@@ -460,6 +460,8 @@ fn laplace_variant(
         final_step: FinalStep::AlphaOne,
         clip_sample: false,
         clip_range: 1.0,
+        rtol: None,
+        atol: None,
     };
     let gu = GuSpec {
         m: l.draws,

@@ -37,6 +37,15 @@ use candle_core::Tensor;
 pub trait Denoiser {
     fn eps(&self, x_t: &Tensor, t: f64) -> candle_core::Result<Tensor>;
 
+    /// The flow velocity v_θ(x, t) of a flow-matching model ([`crate::sampler::flow`]'s
+    /// convention, t ∈ [0, 1]); what the flow samplers of [`crate::sampler::spec`] integrate. An
+    /// ε-model has none: the default is an error naming the mismatch.
+    fn velocity(&self, _x: &Tensor, _t: f64) -> candle_core::Result<Tensor> {
+        candle_core::bail!(
+            "this model predicts ε, not a flow velocity: use a diffusion sampler (ddim, ddpm, dpm-solver-2, dpm-solver-pp2m)"
+        )
+    }
+
     /// The model's last layer, for last-layer Laplace methods (GU, BayesDiff); `None` for models
     /// that expose none (the analytic oracle, an ensemble as a whole).
     fn as_last_layer(&self) -> Option<&dyn LastLayerModel> {

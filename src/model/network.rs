@@ -301,6 +301,10 @@ impl Denoiser for Bound<'_> {
         self.to_eps(x_t, t, out)
     }
 
+    fn velocity(&self, x: &Tensor, t: f64) -> candle_core::Result<Tensor> {
+        VelocityField::velocity(self, x, t)
+    }
+
     fn as_last_layer(&self) -> Option<&dyn LastLayerModel> {
         self.net
             .last_layer()

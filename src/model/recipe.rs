@@ -468,10 +468,10 @@ mod tests {
             match objective {
                 Objective::DdpmEps => {
                     assert!(b.eps(&x, 10.0).is_ok());
-                    assert!(b.velocity(&x, 0.5).is_err());
+                    assert!(VelocityField::velocity(&b, &x, 0.5).is_err());
                 }
                 Objective::FlowMatching => {
-                    assert!(b.velocity(&x, 0.5).is_ok());
+                    assert!(VelocityField::velocity(&b, &x, 0.5).is_ok());
                     assert!(b.eps(&x, 10.0).is_err());
                 }
             }

@@ -4,7 +4,7 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{ddim, ddpm, dpm_solver, dpm_solver_2, FinalStep, NoiseSource, Observer};
+use super::{ddim, ddpm, dpm_solver, dpm_solver_2, flow, FinalStep, NoiseSource, Observer};
 use super::{SampleOutput, StepRules};
 use crate::config::{check, Violation};
 use crate::model::Denoiser;
@@ -24,6 +24,19 @@ pub enum SamplerKind {
     DpmSolver2,
     /// DPM-Solver++(2M) multistep, as diffusers ([`dpm_solver`]).
     DpmSolverPp2m,
+    /// Flow matching: explicit Euler on `steps` uniform flow-time steps from 1 to 0
+    /// ([`flow::euler`]); velocity models only.
+    Euler,
+    /// Flow matching: adaptive Dormand–Prince 5(4) from t = 1 to 0 ([`flow::dopri5`], torchdiffeq's
+    /// defaults unless `rtol`/`atol` are set; GU App. C.7's solver); `steps` is unused.
+    Dopri5,
+}
+
+impl SamplerKind {
+    /// Whether this sampler integrates a flow velocity (Euler, dopri5) rather than an ε.
+    pub fn is_flow(self) -> bool {
+        matches!(self, SamplerKind::Euler | SamplerKind::Dopri5)
+    }
 }
 
 /// `[sampler]`.
@@ -45,6 +58,21 @@ pub struct SamplerSpec {
     /// Clip x̂₀ to [−clip_range, clip_range] (diffusers' `clip_sample`).
     pub clip_sample: bool,
     pub clip_range: f64,
+    /// dopri5's relative / absolute tolerances (absent: torchdiffeq's 1e-7 / 1e-9). Left out of
+    /// the resolved configuration when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtol: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atol: Option<f64>,
+}
+
+/// A [`Denoiser`]'s velocity as the flow samplers' [`flow::VelocityField`].
+struct AsVelocity<'a>(&'a dyn Denoiser);
+
+impl flow::VelocityField for AsVelocity<'_> {
+    fn velocity(&self, x: &Tensor, t: f64) -> candle_core::Result<Tensor> {
+        self.0.velocity(x, t)
+    }
 }
 
 impl SamplerSpec {
@@ -96,6 +124,13 @@ impl SamplerSpec {
     /// (step i of an observer is entry i).
     pub fn model_times(&self, schedule: &NoiseSchedule) -> Vec<f64> {
         match self.name {
+            SamplerKind::Euler => {
+                let mut g = flow::uniform_grid(self.steps);
+                g.pop();
+                g
+            }
+            // Adaptive: its steps are not known before it runs.
+            SamplerKind::Dopri5 => vec![],
             SamplerKind::DpmSolver2 => {
                 let mut g = continuous_grid(self.continuous_spacing, schedule, self.steps);
                 g.pop();
@@ -116,6 +151,8 @@ impl SamplerSpec {
     /// Number of observed steps (observer step indices run over 0..this).
     pub fn observed_steps(&self) -> usize {
         match (self.name, self.final_step) {
+            (SamplerKind::Dopri5, _) => 0,
+            (SamplerKind::Euler, _) => self.steps,
             (SamplerKind::Ddpm | SamplerKind::Ddim, FinalStep::Stop) => self.steps - 1,
             _ => self.steps,
         }
@@ -166,6 +203,14 @@ impl SamplerSpec {
                 let g = continuous_grid(self.continuous_spacing, schedule, self.steps);
                 let g = &g[cut(g.len())?..];
                 dpm_solver_2::sample(denoiser, schedule, g, self.r1, x, observer)
+            }
+            SamplerKind::Euler => {
+                let g = flow::uniform_grid(self.steps);
+                let g = &g[cut(g.len())?..];
+                flow::euler(&AsVelocity(denoiser), x, g, observer)
+            }
+            SamplerKind::Dopri5 => {
+                candle_core::bail!("sampler: dopri5 is adaptive and has no grid step to start from")
             }
         }
     }
@@ -220,6 +265,26 @@ impl SamplerSpec {
                 x_t,
                 observer,
             ),
+            SamplerKind::Euler => flow::euler(
+                &AsVelocity(denoiser),
+                x_t,
+                &flow::uniform_grid(self.steps),
+                observer,
+            ),
+            SamplerKind::Dopri5 => {
+                flow::dopri5(&AsVelocity(denoiser), x_t, &self.dopri5_options(), observer)
+                    .map_err(candle_core::Error::wrap)
+            }
+        }
+    }
+
+    /// dopri5's options: torchdiffeq's defaults with the configured tolerances.
+    pub fn dopri5_options(&self) -> flow::Dopri5Options {
+        let d = flow::Dopri5Options::default();
+        flow::Dopri5Options {
+            rtol: self.rtol.unwrap_or(d.rtol),
+            atol: self.atol.unwrap_or(d.atol),
+            ..d
         }
     }
 }
@@ -244,6 +309,8 @@ mod tests {
             final_step: FinalStep::AlphaOne,
             clip_sample: true,
             clip_range: 1.0,
+            rtol: None,
+            atol: None,
         }
     }
 

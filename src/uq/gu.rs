@@ -439,6 +439,8 @@ mod tests {
                 final_step: FinalStep::AlphaOne,
                 clip_sample: false,
                 clip_range: 1.0,
+                rtol: None,
+                atol: None,
             }
         }
 

@@ -346,7 +346,27 @@ pub struct WithLastLayer<'a> {
     pub draw: &'a LastLayerDraw,
 }
 
+impl WithLastLayer<'_> {
+    /// The network's raw output with the drawn last layer (its output layout).
+    fn raw(&self, x_t: &Tensor, t: f64) -> candle_core::Result<Tensor> {
+        let n = x_t.dim(0)?;
+        let phi = self.model.features(x_t, &vec![t; n])?;
+        let w = self.draw.w.to_dtype(phi.dtype())?;
+        let mut out = phi.broadcast_matmul(&w.t()?)?;
+        if let Some(b) = &self.draw.b {
+            out = out.broadcast_add(&b.to_dtype(phi.dtype())?)?;
+        }
+        self.model.assemble(&out)
+    }
+}
+
 impl Denoiser for WithLastLayer<'_> {
+    /// A flow-matching network's raw output is its velocity (GU App. C.7: the last-layer Laplace
+    /// on the velocity network); the caller's flow sampler is what makes it one.
+    fn velocity(&self, x: &Tensor, t: f64) -> candle_core::Result<Tensor> {
+        self.raw(x, t)
+    }
+
     fn eps(&self, x_t: &Tensor, t: f64) -> candle_core::Result<Tensor> {
         let n = x_t.dim(0)?;
         let phi = self.model.features(x_t, &vec![t; n])?;

@@ -92,10 +92,14 @@ impl<'a> BayesDiffScore<'a> {
                 ),
             ),
             SamplerKind::DpmSolver2 => Ok(()),
-            SamplerKind::DpmSolverPp2m => bad(
+            SamplerKind::DpmSolverPp2m | SamplerKind::Euler | SamplerKind::Dopri5 => bad(
                 "sampler.name",
-                "BayesDiff has recursions for ddim, ddpm and dpm-solver-2, not dpm-solver-pp2m"
-                    .into(),
+                format!(
+                    "BayesDiff has recursions for ddim, ddpm and dpm-solver-2, not {}",
+                    serde_json::to_string(&sampler.name)
+                        .unwrap_or_default()
+                        .trim_matches('"')
+                ),
             ),
         }
     }

@@ -309,7 +309,9 @@ pub fn sampler_nfe(spec: &SamplerSpec) -> usize {
             _ => spec.steps,
         },
         SamplerKind::DpmSolver2 => 2 * spec.steps,
-        SamplerKind::DpmSolverPp2m => spec.steps,
+        SamplerKind::DpmSolverPp2m | SamplerKind::Euler => spec.steps,
+        // Adaptive: known only after it ran (generating scores report what they spent).
+        SamplerKind::Dopri5 => 0,
     }
 }
 
