@@ -28,6 +28,10 @@ pub use error::{Error, Result};
 /// Process-wide allocator and thread-count tuning for programs built on diffuq (the binary and the benches call it
 /// first thing; a library must not, so nothing else does).
 ///
+/// Also: a closed stdout ends the process quietly, as for any Unix tool (`diffuq validate … |
+/// head`). Rust ignores SIGPIPE, so without this every `println!` after the reader left panics
+/// with "failed printing to stdout".
+///
 /// candle allocates a fresh buffer for every tensor op. With glibc's defaults, buffers above the
 /// dynamic mmap threshold are returned to the kernel on free and faulted in again by the next op,
 /// which cost a quarter of the CPU time of toy-model training (perf: clear_page, page faults).
@@ -42,6 +46,7 @@ pub fn keep_freed_memory() {
     unsafe {
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     // candle 0.11 asks for its thread count on every matmul, and on Linux that count comes from
     // `num_cpus::get_physical`, which opens and parses /proc/cpuinfo each time: 42,000 opens and
