@@ -98,7 +98,8 @@ fn smoke_run_writes_frames_figure_and_table() {
 
 #[test]
 fn bad_keys_name_the_key() {
-    assert_key_error(&["sampler.name=euler"], &["sampler.name", "euler"]);
+    assert_key_error(&["sampler.name=heun"], &["sampler.name", "heun"]);
+    assert_key_error(&["sampler.name=euler"], &["sampler.name", "flow velocity"]);
     assert_key_error(&["diffusion.schedule=quadratic"], &["diffusion.schedule"]);
     assert_key_error(&["au.m=1"], &["au.m", "≥ 2"]);
     assert_key_error(&["au.window_start=48"], &["au.window_start", "48..52"]);

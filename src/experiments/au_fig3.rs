@@ -178,6 +178,12 @@ impl Validate for Config {
         v.extend(self.sampler.violations(self.diffusion.timesteps));
         check(
             &mut v,
+            !self.sampler.name.is_flow(),
+            "sampler.name",
+            "euler and dopri5 integrate a flow velocity; AU's Alg. 1 needs an ε-model's sampler (ddim, ddpm, dpm-solver-2, dpm-solver-pp2m)",
+        );
+        check(
+            &mut v,
             self.au.m >= 2,
             "au.m",
             "must be ≥ 2 (a variance needs two draws)",

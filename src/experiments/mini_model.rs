@@ -97,6 +97,17 @@ impl Validate for Config {
             v.push(Violation::new("model", e.to_string()));
         }
         v.extend(self.sampler.violations(self.model.schedule.timesteps));
+        let flow = self.model.objective == crate::model::recipe::Objective::FlowMatching;
+        check(
+            &mut v,
+            self.sampler.name.is_flow() == flow,
+            "sampler.name",
+            if flow {
+                "a flow-matching model (model.objective) samples with euler or dopri5"
+            } else {
+                "an ε-model (model.objective) samples with ddim, ddpm, dpm-solver-2 or dpm-solver-pp2m"
+            },
+        );
         let e = &self.eval;
         check(
             &mut v,

@@ -191,6 +191,12 @@ impl Validate for Config {
         }
         check(
             &mut v,
+            !self.sampler.name.is_flow(),
+            "sampler.name",
+            "euler and dopri5 integrate a flow velocity; the uncertainty methods here need an ε-model's sampler (ddim, dpm-solver-2, dpm-solver-pp2m)",
+        );
+        check(
+            &mut v,
             matches!(self.noise.compat.as_str(), "paper" | "au-release"),
             "noise.compat",
             "must be \"paper\" or \"au-release\"",
