@@ -13,10 +13,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{cache_with_data, text};
+use common::{cache_with_data, run_dir, text};
 use polars::prelude::*;
 
 fn diffuq(args: &[&str], cache: &Path, cwd: &Path) -> Output {
@@ -30,15 +30,6 @@ fn diffuq(args: &[&str], cache: &Path, cwd: &Path) -> Output {
         cmd.env_remove(k);
     }
     cmd.output().expect("spawn diffuq")
-}
-
-fn run_dir(out: &Output) -> PathBuf {
-    let stdout = text(&out.stdout);
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("run directory: "))
-        .unwrap_or_else(|| panic!("no run directory in {stdout}"));
-    PathBuf::from(line.trim_start_matches("run directory: "))
 }
 
 fn frame(path: &Path) -> DataFrame {

@@ -14,7 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{cache_with_data, text};
+use common::{cache_with_data, run_dir, text};
 
 fn diffuq(args: &[&str], cache: &Path, cwd: &Path, experiments: &Path) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_diffuq"));
@@ -31,15 +31,6 @@ fn diffuq(args: &[&str], cache: &Path, cwd: &Path, experiments: &Path) -> Output
 
 fn experiments() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments")
-}
-
-fn run_dir(out: &Output) -> PathBuf {
-    let stdout = text(&out.stdout);
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("run directory: "))
-        .unwrap_or_else(|| panic!("no run directory in {stdout}"));
-    PathBuf::from(line.trim_start_matches("run directory: "))
 }
 
 #[test]

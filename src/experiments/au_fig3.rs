@@ -451,22 +451,15 @@ impl Config {
                 ),
             ));
         }
-        let r = crate::config::resolve::<super::mini_model::Config>(
-            experiments_dir,
+        kit::image_recipe(
+            "trained.from",
             &tr.from,
+            &[super::mini_model::MiniModel::NAME],
+            experiments_dir,
             scale,
-            &[],
-            &[],
-        )?;
-        Ok(Some(r.config.model))
+        )
+        .map(Some)
     }
-}
-
-fn experiments_dir_of(file: &std::path::Path) -> std::path::PathBuf {
-    file.parent()
-        .and_then(std::path::Path::parent)
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_else(|| std::path::PathBuf::from("experiments"))
 }
 
 impl Experiment for AuFig3 {
@@ -490,7 +483,7 @@ impl Experiment for AuFig3 {
         let Some(tr) = &c.trained else {
             return Ok(());
         };
-        let Some(recipe) = c.trained_recipe(&experiments_dir_of(&cfg.file), &cfg.scale)? else {
+        let Some(recipe) = c.trained_recipe(&kit::experiments_dir(&cfg.file), &cfg.scale)? else {
             return Ok(());
         };
         let dev = opts.device.open()?;

@@ -38,7 +38,7 @@ use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::kit::{self, PartRunner};
-use super::mini_model::{self, to_u8};
+use super::mini_model::to_u8;
 use super::{Experiment, Outcome, RunOptions, Verdict};
 use crate::config::{check, Resolved, Validate, Violation};
 use crate::data::fashion_mnist::{FashionMnist, Split, CLASS_NAMES};
@@ -915,33 +915,15 @@ impl Config {
         self.eval.metric_features == Space::Inception
     }
 
-    fn experiments_dir(file: &Path) -> PathBuf {
-        file.parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("experiments"))
-    }
-
     /// The recipe of `model.from` at `scale`.
     pub fn recipe(&self, experiments_dir: &Path, scale: &str) -> Result<ImageModelRecipe> {
-        if !MINI_MODELS.contains(&self.model.from.as_str()) {
-            return Err(Error::invalid(
-                "model.from",
-                format!(
-                    "`{}`: only {} hold trainable recipes (paper-scale checkpoints come with the loaders)",
-                    self.model.from,
-                    MINI_MODELS.join(", ")
-                ),
-            ));
-        }
-        let r = crate::config::resolve::<mini_model::Config>(
-            experiments_dir,
+        kit::image_recipe(
+            "model.from",
             &self.model.from,
+            MINI_MODELS,
+            experiments_dir,
             scale,
-            &[],
-            &[],
-        )?;
-        Ok(r.config.model)
+        )
     }
 }
 
@@ -1924,7 +1906,7 @@ fn run_impl(
         ));
     }
     let dev = opts.device.open()?;
-    let exp_dir = Config::experiments_dir(&cfg.file);
+    let exp_dir = kit::experiments_dir(&cfg.file);
     let recipe = c.recipe(&exp_dir, &cfg.scale)?;
     c.check_model_kind(&recipe)?;
 

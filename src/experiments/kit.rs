@@ -266,6 +266,42 @@ pub fn column_u64(frame: &DataFrame, name: &str) -> Result<Vec<u64>> {
         .collect())
 }
 
+/// The experiments directory an experiment file lies in (`<dir>/<artifact>/experiment.toml`).
+pub fn experiments_dir(file: &std::path::Path) -> std::path::PathBuf {
+    file.parent()
+        .and_then(std::path::Path::parent)
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| std::path::PathBuf::from("experiments"))
+}
+
+/// The training recipe of the image-model experiment `from` at `scale` — one of `allowed`, else a
+/// one-line error naming `key`.
+pub fn image_recipe(
+    key: &str,
+    from: &str,
+    allowed: &[&str],
+    experiments_dir: &std::path::Path,
+    scale: &str,
+) -> Result<crate::model::recipe::ImageModelRecipe> {
+    if !allowed.contains(&from) {
+        return Err(crate::error::Error::invalid(
+            key,
+            format!(
+                "`{from}`: only {} hold trainable recipes (paper-scale checkpoints come with the loaders)",
+                allowed.join(", ")
+            ),
+        ));
+    }
+    let r = crate::config::resolve::<super::mini_model::Config>(
+        experiments_dir,
+        from,
+        scale,
+        &[],
+        &[],
+    )?;
+    Ok(r.config.model)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,7 +37,7 @@
 //! standard error.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -281,32 +281,15 @@ impl Validate for Config {
 }
 
 impl Config {
-    fn experiments_dir(file: &Path) -> PathBuf {
-        file.parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("experiments"))
-    }
-
-    /// The recipe of `model.from` at `scale`.
+    /// The recipe of `model.from` at `scale` (the diffusion mini model: the methods here need ε).
     fn recipe(&self, experiments_dir: &Path, scale: &str) -> Result<ImageModelRecipe> {
-        if self.model.from != mini_model::MiniModel::NAME {
-            return Err(Error::invalid(
-                "model.from",
-                format!(
-                    "`{}`: only `mini-model` holds a trainable recipe (paper-scale checkpoints come with the loaders)",
-                    self.model.from
-                ),
-            ));
-        }
-        let r = crate::config::resolve::<mini_model::Config>(
-            experiments_dir,
+        kit::image_recipe(
+            "model.from",
             &self.model.from,
+            &[mini_model::MiniModel::NAME],
+            experiments_dir,
             scale,
-            &[],
-            &[],
-        )?;
-        Ok(r.config.model)
+        )
     }
 
     /// (noise level of x, index of the first grid step run).
@@ -436,7 +419,7 @@ fn run_impl(
         ));
     }
     let dev = opts.device.open()?;
-    let recipe = c.recipe(&Config::experiments_dir(&cfg.file), &cfg.scale)?;
+    let recipe = c.recipe(&kit::experiments_dir(&cfg.file), &cfg.scale)?;
     let t = Instant::now();
     let cache = recipe::model_cache(None);
     let model = recipe::train_with_progress(&recipe, &cache, &dev, false)?;

@@ -28,3 +28,14 @@ pub fn cache_with_data() -> tempfile::TempDir {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     tmp
 }
+
+/// The run directory a `diffuq run` printed (`run directory: …`).
+#[allow(dead_code)] // not every test file that includes this module runs artifacts
+pub fn run_dir(out: &std::process::Output) -> PathBuf {
+    let stdout = text(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("run directory: "))
+        .unwrap_or_else(|| panic!("no run directory in {stdout}"));
+    PathBuf::from(line.trim_start_matches("run directory: "))
+}
