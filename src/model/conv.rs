@@ -269,6 +269,69 @@ impl Conv2d {
             (self.pad, self.pad),
         )
     }
+
+    /// The convolution as a linear map of [`Conv2d::patches`]: weight (O, C·k·k) in the (c, ky,
+    /// kx) order of the weight's own flattening, and the bias (O,).
+    pub fn as_linear(&self) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let o = self.weight.dim(0)?;
+        Ok((
+            self.weight.reshape((o, self.weight.elem_count() / o))?,
+            self.bias.clone(),
+        ))
+    }
+
+    /// The input `x` (N, C, H, W) of this stride-1 convolution as one feature vector per output
+    /// position: (N, H'·W', C·k·k), φ_{n,p} the zero-padded k×k patch feeding output position p
+    /// (row-major), in [`Conv2d::as_linear`]'s order, so that `forward(x)` equals
+    /// [`positions_to_image`]`(φ Wᵀ + b)`. This is how a last conv layer (diffusers' `conv_out`,
+    /// ADM's `out.2`) becomes the linear last layer of last-layer Laplace methods.
+    pub fn patches(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, _, kh, kw) = self.weight.dims4()?;
+        if self.stride != 1 {
+            candle_core::bail!(
+                "conv patches: stride {} (only stride-1 convolutions are a per-position linear map here)",
+                self.stride
+            );
+        }
+        let (n, c, h, w) = x.dims4()?;
+        let p = self.pad;
+        let (ho, wo) = (
+            (h + 2 * p + 1).saturating_sub(kh),
+            (w + 2 * p + 1).saturating_sub(kw),
+        );
+        if ho == 0 || wo == 0 {
+            candle_core::bail!("conv patches: kernel {kh}×{kw} does not fit a {h}×{w} input");
+        }
+        let padded = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
+        let mut cols = Vec::with_capacity(kh * kw);
+        for ky in 0..kh {
+            for kx in 0..kw {
+                cols.push(padded.narrow(2, ky, ho)?.narrow(3, kx, wo)?);
+            }
+        }
+        // (N, C, k·k, H', W') → (N, H'·W', C·k·k)
+        Tensor::stack(&cols, 2)?
+            .reshape((n, c * kh * kw, ho * wo))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+}
+
+/// Per-position outputs (N, P, O) of a conv's linear map → the image layout (N, O, s, s), P = s².
+pub fn positions_to_image(out: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, p, o) = out.dims3()?;
+    let s = (p as f64).sqrt().round() as usize;
+    if s * s != p {
+        candle_core::bail!("{p} output positions do not form a square image");
+    }
+    out.transpose(1, 2)?.reshape((n, o, s, s))
+}
+
+/// An image-layout tensor (N, O, H, W) → per-position rows (N, H·W, O); the inverse of
+/// [`positions_to_image`].
+pub fn image_to_positions(target: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, o, h, w) = target.dims4()?;
+    target.reshape((n, o, h * w))?.transpose(1, 2)?.contiguous()
 }
 
 #[cfg(test)]
@@ -417,5 +480,43 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("does not fit"), "{err}");
+    }
+
+    #[test]
+    fn patches_times_the_flattened_weight_is_the_convolution() {
+        // Reference: the convolution itself (checked against candle above), in f64; 3×3 with
+        // padding 1 (diffusers' conv_out, ADM's out.2) and 1×1 without padding.
+        for &(k, p) in &[(3usize, 1usize), (1, 0)] {
+            let x = data(&[2, 3, 5, 5], 12, DType::F64);
+            let conv = Conv2d::new(
+                data(&[4, 3, k, k], 13, DType::F64),
+                Some(data(&[4], 14, DType::F64)),
+                1,
+                p,
+            );
+            let phi = conv.patches(&x).unwrap();
+            assert_eq!(phi.dims(), &[2, 25, 3 * k * k]);
+            let (w, b) = conv.as_linear().unwrap();
+            let lin = phi
+                .broadcast_matmul(&w.t().unwrap())
+                .unwrap()
+                .broadcast_add(&b.unwrap())
+                .unwrap();
+            let img = positions_to_image(&lin).unwrap();
+            let direct = conv.forward(&x).unwrap();
+            assert!(max_rel(&img, &direct) < 1e-14, "k{k} p{p}");
+            let back = image_to_positions(&direct).unwrap();
+            assert!(max_rel(&back, &lin) < 1e-14, "k{k} p{p}");
+        }
+        let strided = Conv2d::new(data(&[4, 3, 3, 3], 1, DType::F64), None, 2, 1);
+        let e = strided
+            .patches(&data(&[1, 3, 4, 4], 2, DType::F64))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stride 2"), "{e}");
+        let e = positions_to_image(&data(&[1, 5, 2], 3, DType::F64))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("square"), "{e}");
     }
 }

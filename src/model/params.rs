@@ -83,6 +83,8 @@ pub struct ParamSource {
     fans: Mutex<HashMap<String, usize>>,
     /// Label for messages ("checkpoint dir/model.safetensors").
     what: String,
+    /// Record names and shapes only; every tensor is a broadcast zero (no memory).
+    shapes_only: bool,
 }
 
 impl ParamSource {
@@ -100,7 +102,18 @@ impl ParamSource {
             asked: Mutex::new(BTreeMap::new()),
             fans: Mutex::new(HashMap::new()),
             what: what.into(),
+            shapes_only: false,
         }
+    }
+
+    /// No values at all: every parameter is a zero broadcast to its shape (no allocation), so a
+    /// network of any size can be built just to list the tensors it asks for ([`Self::asked`]);
+    /// the full-size checkpoint layouts are checked this way without their weights.
+    pub fn shapes_only() -> Self {
+        let mut s = Self::load(Vec::new(), "shape listing");
+        s.tensors = None;
+        s.shapes_only = true;
+        s
     }
 
     /// A fresh, seeded initialisation, registered as trainable variables in `varmap`.
@@ -112,6 +125,7 @@ impl ParamSource {
             asked: Mutex::new(BTreeMap::new()),
             fans: Mutex::new(HashMap::new()),
             what: "fresh initialisation".into(),
+            shapes_only: false,
         }
     }
 
@@ -177,6 +191,9 @@ impl SimpleBackend for Shared {
             .lock()
             .expect("parameter registry poisoned")
             .insert(name.to_string(), s.dims().to_vec());
+        if me.shapes_only {
+            return Tensor::zeros((), dtype, dev)?.broadcast_as(s);
+        }
         let value = match me.tensors.as_ref().and_then(|t| t.get(name)) {
             Some(t) => {
                 if t.dims() != s.dims() {

@@ -874,41 +874,18 @@ impl LastLayerNetwork for UNet2D {
         mode: &mut Mode<'_>,
     ) -> candle_core::Result<Tensor> {
         let h = self.trunk(x, t, labels, mode)?;
-        let (n, c, hh, ww) = h.dims4()?;
-        let p = h.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
-        let mut cols = Vec::with_capacity(9);
-        for ky in 0..3 {
-            for kx in 0..3 {
-                cols.push(p.narrow(2, ky, hh)?.narrow(3, kx, ww)?);
-            }
-        }
-        // (N, C, 9, H, W) → (N, H·W, C·9)
-        Tensor::stack(&cols, 2)?
-            .reshape((n, c * 9, hh * ww))?
-            .transpose(1, 2)?
-            .contiguous()
+        self.conv_out.patches(&h)
     }
 
     fn last_layer(&self) -> candle_core::Result<(Tensor, Option<Tensor>)> {
-        let w = self.conv_out.weight();
-        let o = w.dim(0)?;
-        Ok((
-            w.reshape((o, w.elem_count() / o))?,
-            self.conv_out.bias().cloned(),
-        ))
+        self.conv_out.as_linear()
     }
 
     fn assemble(&self, out: &Tensor) -> candle_core::Result<Tensor> {
-        let (n, p, o) = out.dims3()?;
-        let s = (p as f64).sqrt().round() as usize;
-        if s * s != p {
-            candle_core::bail!("{p} output positions do not form a square image");
-        }
-        out.transpose(1, 2)?.reshape((n, o, s, s))
+        super::conv::positions_to_image(out)
     }
 
     fn disassemble(&self, target: &Tensor) -> candle_core::Result<Tensor> {
-        let (n, o, h, w) = target.dims4()?;
-        target.reshape((n, o, h * w))?.transpose(1, 2)?.contiguous()
+        super::conv::image_to_positions(target)
     }
 }
