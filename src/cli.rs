@@ -141,7 +141,8 @@ pub enum ModelCommand {
     /// Evaluate a network on given inputs and write its raw output (.npy), to compare a
     /// checkpoint with a PyTorch reference or one kernel/device with another
     Eval {
-        /// A diffusers UNet2DModel directory (or its weight file), or a diffuq model directory
+        /// A diffusers UNet2DModel directory (or its weight file), a guided-diffusion ADM checkpoint
+        /// (model.pt + config.json of its flags, or the directory), or a diffuq model directory
         checkpoint: PathBuf,
         /// Inputs x, an .npy of shape (N, C, H, W), f32 or f64
         #[arg(long, value_name = "FILE")]

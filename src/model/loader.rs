@@ -2,6 +2,10 @@
 //!
 //! - a diffusers model directory (`config.json` with `_class_name = "UNet2DModel"` beside
 //!   `diffusion_pytorch_model.safetensors` or `.bin`), or such a weight file;
+//! - a guided-diffusion ADM checkpoint: a `.pt` state dict with its model flags in `<stem>.json`
+//!   or `config.json` beside it, or a directory holding `config.json` and `model.pt` (an ADM
+//!   config is one with `"architecture": "adm"`, or with `num_res_blocks` /
+//!   `attention_resolutions` and no diffusers `_class_name`);
 //! - a diffuq model-cache entry (`recipe.json`, `manifest.json`, `ema.safetensors`,
 //!   `model.safetensors`), EMA weights unless `model.safetensors` itself is named.
 //!
@@ -11,6 +15,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 
+use super::adm::AdmUNet;
 use super::cache::ModelCache;
 use super::network::Network;
 use super::recipe::{self, ImageModelRecipe};
@@ -52,12 +57,15 @@ pub fn load_network(path: &Path, device: &Device) -> Result<Box<dyn Network>> {
             &recipe, &model, ema, device,
         )?));
     }
+    if AdmUNet::config_for(path).is_some() {
+        return Ok(Box::new(AdmUNet::load(path, DType::F32, device)?));
+    }
     let cfg = dir.join("config.json");
     if cfg.exists() {
         return Ok(Box::new(UNet2D::load(path, DType::F32, device)?));
     }
     Err(Error::invalid(
         format!("checkpoint {}", path.display()),
-        "unknown architecture: expected a diffusers UNet2DModel directory (config.json + diffusion_pytorch_model.safetensors/.bin) or a diffuq model directory (recipe.json + ema.safetensors)",
+        "unknown architecture: expected a diffusers UNet2DModel directory (config.json + diffusion_pytorch_model.safetensors/.bin), a guided-diffusion ADM checkpoint (model.pt + config.json with its model flags) or a diffuq model directory (recipe.json + ema.safetensors)",
     ))
 }
