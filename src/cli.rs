@@ -281,6 +281,18 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
             println!("# config hash {}", v.hash);
             println!("# run directory {}", v.run_dir.display());
             print!("{}", v.toml);
+            if !v.inputs.is_empty() {
+                println!(
+                    "# input files ({} under {} unless absolute):",
+                    v.inputs.len(),
+                    experiments::inputs::paper_dir().display()
+                );
+                for f in &v.inputs {
+                    println!("#   {}", experiments::inputs::describe(f));
+                }
+            }
+            // The configuration is valid; missing files are exit 2 with one line naming them.
+            experiments::inputs::require(&v.inputs)?;
             Ok(EXIT_OK)
         }
         Command::Model(ModelCommand::Eval {

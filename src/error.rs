@@ -92,6 +92,10 @@ pub enum Error {
     /// A numeric input that violates a documented precondition (non-finite values, bad shapes).
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },
+
+    /// Files a paper profile names (`weights.*`, `data.*`, `reference.*`) are not there.
+    #[error("{count} missing input file(s), nothing computed: {list}; `diffuq validate <artifact> --scale <scale>` lists every file and where it is published")]
+    MissingInputs { count: usize, list: String },
 }
 
 impl Error {

@@ -315,6 +315,42 @@ impl RunDir {
     }
 }
 
+/// SHA-256 (hex) of a file's bytes, streamed; of a directory, of its files' names and bytes in
+/// name order (a diffusers model directory). Identifies an input file (a checkpoint) without
+/// trusting its name.
+pub fn sha256_path(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    fn feed(h: &mut Sha256, path: &Path) -> Result<()> {
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+            if n == 0 {
+                return Ok(());
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    let mut h = Sha256::new();
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| Error::io(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        for f in files {
+            h.update(f.file_name().unwrap_or_default().as_encoded_bytes());
+            h.update([0u8]);
+            feed(&mut h, &f)?;
+        }
+    } else {
+        feed(&mut h, path)?;
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@
 //! panel; the verdict is the trained panel's when there is one (the paper's curve is a trained
 //! model's), and the analytic panel's otherwise.
 
+use crate::experiments::inputs::{self, FileKeys, InputFile, Tables};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -58,6 +59,11 @@ pub struct Config {
     /// configuration when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trained: Option<TrainedConfig>,
+    /// `[weights]`: the paper checkpoint of the trained panel
+    /// ([`crate::experiments::inputs`]; `[data]` is the analytic mixture here). Left out of the
+    /// resolved configuration when empty.
+    #[serde(default, skip_serializing_if = "FileKeys::is_empty")]
+    pub weights: FileKeys,
 }
 
 /// `[trained]`: the trained-network panel.
@@ -368,26 +374,26 @@ fn run_seed(c: &Config, seed: u64, run: &RunDir) -> Result<f64> {
 fn run_seed_trained(
     c: &Config,
     tr: &TrainedConfig,
-    recipe: &crate::model::recipe::ImageModelRecipe,
-    net: &crate::model::unet2d::UNet2D,
+    model: &kit::ImageModel,
     seed: u64,
     run: &RunDir,
     dev: &Device,
 ) -> Result<()> {
     let streams = SeedStreams::new(seed);
-    let schedule = recipe.schedule.build();
-    let s = recipe.data.image_size;
-    let d = s * s;
+    let schedule = model.schedule.clone();
+    let [ch, h, w] = model.shape;
+    let d = ch * h * w;
     let steps = c.sampler.observed_steps();
     let times = c.sampler.model_times(&schedule);
     let (mut s_sample, mut s_step, mut s_t, mut s_u) = (vec![], vec![], vec![], vec![]);
     let all: Vec<u64> = (0..tr.samples as u64).collect();
     for idx in all.chunks(tr.batch_size) {
-        let x_t = kit::initial_noise(&streams, idx, &[1, s, s], dev)?;
-        let y = kit::cycled_labels(idx, 10);
-        let bound = crate::model::Bound::new(net)
-            .with_labels(Tensor::from_vec(y, idx.len(), dev).ctx("labels")?)
-            .with_schedule(&schedule);
+        let x_t = kit::initial_noise(&streams, idx, &model.shape, dev)?;
+        let mut bound = crate::model::Bound::new(model.net.as_ref()).with_schedule(&schedule);
+        if model.conditional() {
+            let y = kit::cycled_labels(idx, model.classes);
+            bound = bound.with_labels(Tensor::from_vec(y, idx.len(), dev).ctx("labels")?);
+        }
         let noise = crate::sampler::ImageNoise {
             inner: StreamNoise {
                 purpose: streams.purpose(kit::streams::SAMPLER_NOISE),
@@ -395,7 +401,7 @@ fn run_seed_trained(
                 dim: d,
                 device: dev,
             },
-            shape: (1, s, s),
+            shape: (ch, h, w),
         };
         let mut obs = AuObserver::new(
             &bound,
@@ -442,14 +448,10 @@ impl Config {
         let Some(tr) = &self.trained else {
             return Ok(None);
         };
-        if tr.from != super::mini_model::MiniModel::NAME {
-            return Err(Error::invalid(
-                "trained.from",
-                format!(
-                    "`{}`: the paper's weights are missing — this diffuq has no loader for the papers' checkpoints yet (paper-scale loaders); \"mini-model\" is the recipe diffuq trains",
-                    tr.from
-                ),
-            ));
+        if let Some(name) = tr.from.strip_prefix("checkpoint:") {
+            // A paper checkpoint: no recipe to train; the name must be catalogued.
+            crate::model::catalog::find(name)?;
+            return Ok(None);
         }
         kit::image_recipe(
             "trained.from",
@@ -468,6 +470,15 @@ impl Experiment for AuFig3 {
         "AU Fig. 3: step-wise pixel uncertainty (Alg. 1) along the trajectory, mean ± std";
     type Config = Config;
 
+    fn inputs(cfg: &Config) -> Result<Vec<InputFile>> {
+        let none = FileKeys::new();
+        inputs::list(Tables {
+            weights: &cfg.weights,
+            data: &none,
+            reference: &none,
+        })
+    }
+
     fn run(
         cfg: &Resolved<Config>,
         run: &RunDir,
@@ -483,18 +494,22 @@ impl Experiment for AuFig3 {
         let Some(tr) = &c.trained else {
             return Ok(());
         };
-        let Some(recipe) = c.trained_recipe(&kit::experiments_dir(&cfg.file), &cfg.scale)? else {
-            return Ok(());
-        };
         let dev = opts.device.open()?;
         let t = Instant::now();
-        let cache = crate::model::recipe::model_cache(None);
-        let model = crate::model::recipe::train_with_progress(&recipe, &cache, &dev, false)?;
-        let net = crate::model::recipe::load_network(&recipe, &model, tr.use_ema, &dev)?;
+        let model = kit::image_model(
+            "trained.from",
+            &tr.from,
+            tr.use_ema,
+            &c.weights,
+            &[super::mini_model::MiniModel::NAME],
+            &kit::experiments_dir(&cfg.file),
+            &cfg.scale,
+            &dev,
+        )?;
         manifest
             .wall_seconds
             .insert("train-or-load".into(), t.elapsed().as_secs_f64());
-        run.log(&format!("model {} from {}", model.key, model.dir.display()))?;
+        run.log(&model.origin)?;
         for &seed in &c.seeds {
             let rel = format!("seeds/seed-{seed}/stepwise_trained.parquet");
             if run.has(&rel) {
@@ -502,7 +517,7 @@ impl Experiment for AuFig3 {
                 continue;
             }
             let t = Instant::now();
-            run_seed_trained(c, tr, &recipe, &net, seed, run, &dev)?;
+            run_seed_trained(c, tr, &model, seed, run, &dev)?;
             let secs = t.elapsed().as_secs_f64();
             manifest
                 .wall_seconds

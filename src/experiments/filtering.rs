@@ -29,6 +29,7 @@
 //! (the mean paired difference over seeds exceeds twice its standard error); a difference within
 //! the noise is *not reproduced*, and a run in raw-pixel features (smoke) is *not checked*.
 
+use crate::experiments::inputs::{self, FileKeys, InputFile, Tables};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -138,6 +139,15 @@ pub struct Config {
     #[serde(default)]
     pub claims: Vec<Claim>,
     pub features: FeaturesConfig,
+    /// `[weights]`, `[data]`, `[reference]`: the external files of a paper profile (checkpoints,
+    /// images, FID reference batches; [`crate::experiments::inputs`]). Left out of the resolved
+    /// configuration when empty.
+    #[serde(default, skip_serializing_if = "FileKeys::is_empty")]
+    pub weights: FileKeys,
+    #[serde(default, skip_serializing_if = "FileKeys::is_empty")]
+    pub data: FileKeys,
+    #[serde(default, skip_serializing_if = "FileKeys::is_empty")]
+    pub reference: FileKeys,
 }
 
 /// `[model]`: which trained model the samples come from.
@@ -416,9 +426,15 @@ impl Validate for Config {
         check(
             &mut v,
             MINI_MODELS.contains(&self.model.from.as_str())
-                || self.model.checkpoint().is_some_and(|n| !n.is_empty()),
+                || self
+                    .model
+                    .checkpoint()
+                    .is_some_and(|n| crate::model::catalog::find(n).is_ok()),
             "model.from",
-            "must be \"mini-model\" or \"mini-flow\" (recipes diffuq trains) or \"checkpoint:<name>\" (a paper checkpoint)",
+            &format!(
+                "must be \"mini-model\" or \"mini-flow\" (recipes diffuq trains) or \"checkpoint:<name>\", a paper checkpoint ({})",
+                crate::model::catalog::names().join(", ")
+            ),
         );
         check(&mut v, self.samples >= 4, "samples", "must be ≥ 4");
         check(&mut v, self.batch_size >= 1, "batch_size", "must be ≥ 1");
@@ -629,11 +645,11 @@ impl Validate for Config {
 
 impl Config {
     /// The class labels of samples `indices` (`labels`).
-    fn labels_of(&self, streams: &SeedStreams, indices: &[u64]) -> Vec<u32> {
+    fn labels_of(&self, streams: &SeedStreams, indices: &[u64], classes: usize) -> Vec<u32> {
         if self.labels == "random" {
-            kit::stream_labels(streams, indices, 10)
+            kit::stream_labels(streams, indices, classes)
         } else {
-            kit::cycled_labels(indices, 10)
+            kit::cycled_labels(indices, classes)
         }
     }
 
@@ -720,8 +736,7 @@ impl Config {
 
     /// A flow-matching recipe needs flow samplers (main and GU's) and flow-capable scores; a
     /// diffusion recipe needs diffusion samplers. One-line errors naming the key.
-    fn check_model_kind(&self, recipe: &ImageModelRecipe) -> Result<()> {
-        let flow = recipe.objective == crate::model::recipe::Objective::FlowMatching;
+    fn check_model_kind(&self, flow: bool) -> Result<()> {
         let name = |k: crate::sampler::spec::SamplerKind| {
             serde_json::to_string(&k)
                 .unwrap_or_default()
@@ -941,6 +956,14 @@ impl Experiment for Filtering {
         "filtering: score N samples, keep the K lowest, FID/precision/recall of the kept set";
     type Config = Config;
 
+    fn inputs(cfg: &Config) -> Result<Vec<InputFile>> {
+        inputs::list(Tables {
+            weights: &cfg.weights,
+            data: &cfg.data,
+            reference: &cfg.reference,
+        })
+    }
+
     fn run(
         cfg: &Resolved<Config>,
         run: &RunDir,
@@ -998,9 +1021,11 @@ fn metric_features(
             Ok((v, d))
         }
         Space::Inception => {
+            // Grayscale (Fashion-MNIST) to 3 identical channels; RGB as it is.
+            let reps = if images.dim(1).ctx(what)? == 1 { 3 } else { 1 };
             let rgb = images
                 .to_device(&Device::Cpu)
-                .and_then(|t| t.repeat((1, 3, 1, 1)))
+                .and_then(|t| t.repeat((1, reps, 1, 1)))
                 .ctx(what)?;
             embedder.features_of(MetricInput::Images(rgb), Path::new(what))
         }
@@ -1068,19 +1093,22 @@ fn semantic_rows(
 /// The last-layer Laplace posterior fitted on `laplace.fit_images` noised training images.
 pub(crate) fn fit_posterior(
     laplace: &LaplaceConfig,
-    recipe: &ImageModelRecipe,
-    net: &crate::model::unet2d::UNet2D,
+    model: &kit::ImageModel,
+    net: &dyn crate::model::Network,
     train: &(Tensor, Vec<u32>),
     dev: &Device,
 ) -> Result<DiagPosterior> {
-    let schedule = recipe.schedule.build();
+    let schedule = model.schedule.clone();
+    let learned_variance = net.prediction() == crate::model::Prediction::EpsilonLearnedVariance;
     let spec = LaplaceSpec {
         sigma: laplace.sigma,
         prior_precision: laplace.prior_precision,
         ef_scale: laplace.ef_scale,
-        channels: None,
+        // A learned-variance network (ADM: ε then the variance interpolation) is fitted on its
+        // ε channels only; the variance outputs get no gradient, as in BayesDiff's and GU's fits.
+        channels: learned_variance.then_some(model.shape[0]),
     };
-    let purpose = SeedStreams::new(recipe.seed).purpose(kit::streams::LAPLACE_FIT);
+    let purpose = SeedStreams::new(model.seed).purpose(kit::streams::LAPLACE_FIT);
     let n = laplace
         .fit_images
         .min(train.0.dim(0).ctx("training images")?);
@@ -1100,7 +1128,7 @@ pub(crate) fn fit_posterior(
         let y: Vec<u32> = idx.iter().map(|&i| train.1[i as usize]).collect();
         let eps = Tensor::from_vec(purpose.normals(idx, Some(1), f), (b, s, h, w), dev)
             .ctx("Laplace fit noise")?;
-        let flow = recipe.objective == crate::model::recipe::Objective::FlowMatching;
+        let flow = model.flow;
         // Per item: (coefficient of x₀, coefficient of ε, model time). A diffusion model is fitted
         // on x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε at t uniform over the schedule with target ε (its
         // training loss); a flow-matching model on x_t = (1 − t) x₀ + t ε at t ~ U[0, 1) with target
@@ -1127,12 +1155,16 @@ pub(crate) fn fit_posterior(
             (x0.broadcast_mul(&a).ctx("x_t")? + eps.broadcast_mul(&sg).ctx("x_t")?).ctx("x_t")?;
         let target = if flow {
             (&eps - &x0).ctx("velocity target")?
+        } else if learned_variance {
+            // The raw output layout (2C channels); the variance half is masked in the fit.
+            Tensor::cat(&[&eps, &eps.zeros_like().ctx("target")?], 1).ctx("target")?
         } else {
             eps.clone()
         };
-        let bound = Bound::new(net)
-            .with_labels(Tensor::from_vec(y, b, dev).ctx("labels")?)
-            .with_schedule(&schedule);
+        let mut bound = Bound::new(net).with_schedule(&schedule);
+        if model.conditional() {
+            bound = bound.with_labels(Tensor::from_vec(y, b, dev).ctx("labels")?);
+        }
         let t_model: Vec<f64> = coef.iter().map(|c| c.2).collect();
         // The network is bound to each batch's labels, so each batch has its own accumulator;
         // the empirical Fisher is a sum over items, so the fits merge.
@@ -1325,8 +1357,8 @@ impl ScoreStore {
 #[allow(clippy::too_many_arguments)]
 fn run_seed(
     c: &Config,
-    recipe: &ImageModelRecipe,
-    net: &crate::model::unet2d::UNet2D,
+    model: &kit::ImageModel,
+    net: &dyn crate::model::Network,
     ctx: &ScoreContext<'_>,
     seed: u64,
     dev: &Device,
@@ -1337,10 +1369,10 @@ fn run_seed(
     progress: &indicatif::MultiProgress,
 ) -> Result<kit::PartTimes> {
     let store = ScoreStore::new(c, model_key, seed)?;
-    let schedule = recipe.schedule.build();
+    let schedule = model.schedule.clone();
     let streams = SeedStreams::new(seed);
     let all: Vec<u64> = (0..c.samples as u64).collect();
-    let labels = c.labels_of(&streams, &all);
+    let labels = c.labels_of(&streams, &all, model.classes);
     let mut times = vec![];
     let scores: Vec<Box<dyn SampleScore + '_>> = c
         .scores
@@ -1381,7 +1413,7 @@ fn run_seed(
     if let (Some(i), true) = (observer_first, early.is_none()) {
         let (r, samples) = generate_score(
             c,
-            recipe,
+            model,
             net,
             scores[i].as_ref(),
             &c.scores[i],
@@ -1404,7 +1436,7 @@ fn run_seed(
     // largest batch count is recorded when it runs here.
     let mut plain_nfe = crate::uq::scores::sampler_nfe(&c.sampler);
     for idx in all.chunks(c.batch_size).filter(|_| sample_now) {
-        let out = with_batch(c, recipe, net, &schedule, &streams, idx, dev, |batch| {
+        let out = with_batch(c, model, net, &schedule, &streams, idx, dev, |batch| {
             batch.sample(&mut NoObserver, "plain samples")
         })?;
         plain_nfe = plain_nfe.max(out.nfe);
@@ -1528,7 +1560,7 @@ fn run_seed(
                 &format!("seed {seed}: {} calibration", c.scores[si]),
             );
             for idx in all.chunks(c.batch_size) {
-                with_batch(c, recipe, net, &schedule, &streams, idx, dev, |batch| {
+                with_batch(c, model, net, &schedule, &streams, idx, dev, |batch| {
                     cal.observe(batch)
                 })?;
                 pb.inc(idx.len() as u64);
@@ -1553,7 +1585,7 @@ fn run_seed(
         }
         let (r, _) = generate_score(
             c,
-            recipe,
+            model,
             net,
             score.as_ref(),
             &c.scores[si],
@@ -1612,8 +1644,15 @@ fn run_seed(
     let mut m_keep = vec![];
     let mut m_k = vec![];
     let mut m_vals: BTreeMap<&str, Vec<f64>> = METRICS.iter().map(|&m| (m, vec![])).collect();
-    let mut m_class: Vec<Vec<u64>> = vec![vec![]; 10];
-    let all_counts = class_counts(&labels, &(0..c.samples).collect::<Vec<_>>());
+    // Per-class counts of the kept sets go into the frame for up to [`MAX_CLASS_COLUMNS`] classes
+    // (Fashion-MNIST's 10); ImageNet's 1000 are summarised by `class_tv` alone.
+    let classes = model.classes;
+    let mut m_class: Vec<Vec<u64>> = if classes <= MAX_CLASS_COLUMNS {
+        vec![vec![]; classes]
+    } else {
+        vec![]
+    };
+    let all_counts = class_counts(&labels, &(0..c.samples).collect::<Vec<_>>(), classes);
     let ends: &[bool] = if c.filter.also_highest {
         &[false, true]
     } else {
@@ -1647,7 +1686,7 @@ fn run_seed(
                 Rows::new(&rows, d),
                 &opts,
             )?;
-            let counts = class_counts(&labels, &kept);
+            let counts = class_counts(&labels, &kept, classes);
             m_score.push(if other_end {
                 format!("{}{OTHER_END}", r.name)
             } else {
@@ -1730,20 +1769,20 @@ fn run_seed(
 #[allow(clippy::too_many_arguments)]
 fn with_batch<R>(
     c: &Config,
-    recipe: &ImageModelRecipe,
-    net: &crate::model::unet2d::UNet2D,
+    model: &kit::ImageModel,
+    net: &dyn crate::model::Network,
     schedule: &crate::schedule::NoiseSchedule,
     streams: &SeedStreams,
     idx: &[u64],
     dev: &Device,
     f: impl FnOnce(&ScoreBatch<'_>) -> Result<R>,
 ) -> Result<R> {
-    let s = recipe.data.image_size;
-    let x_t = kit::initial_noise(streams, idx, &[1, s, s], dev)?;
-    let y = c.labels_of(streams, idx);
-    let bound = Bound::new(net)
-        .with_labels(Tensor::from_vec(y, idx.len(), dev).ctx("labels")?)
-        .with_schedule(schedule);
+    let x_t = kit::initial_noise(streams, idx, &model.shape, dev)?;
+    let mut bound = Bound::new(net).with_schedule(schedule);
+    if model.conditional() {
+        let y = c.labels_of(streams, idx, model.classes);
+        bound = bound.with_labels(Tensor::from_vec(y, idx.len(), dev).ctx("labels")?);
+    }
     f(&ScoreBatch {
         net: &bound,
         schedule,
@@ -1760,8 +1799,8 @@ fn with_batch<R>(
 #[allow(clippy::too_many_arguments)]
 fn generate_score(
     c: &Config,
-    recipe: &ImageModelRecipe,
-    net: &crate::model::unet2d::UNet2D,
+    model: &kit::ImageModel,
+    net: &dyn crate::model::Network,
     score: &dyn SampleScore,
     name: &str,
     streams: &SeedStreams,
@@ -1773,14 +1812,14 @@ fn generate_score(
     progress: &indicatif::MultiProgress,
 ) -> Result<(ScoreResult, Tensor)> {
     let t0 = Instant::now();
-    let schedule = recipe.schedule.build();
+    let schedule = model.schedule.clone();
     let pb = kit::bar(progress, all.len(), &format!("seed {seed}: {name}"));
     let mut raw = crate::uq::scores::RawScores::default();
     let mut own = vec![];
     let mut max_dev = 0f64;
     let mut nfe = 0;
     for (bi, idx) in all.chunks(c.batch_size).enumerate() {
-        let out = with_batch(c, recipe, net, &schedule, streams, idx, dev, |batch| {
+        let out = with_batch(c, model, net, &schedule, streams, idx, dev, |batch| {
             score.score(batch)
         })?;
         if let Some(plain) = plain {
@@ -1823,11 +1862,14 @@ fn generate_score(
     ))
 }
 
-/// Per-class counts (10 classes) of `kept`.
-fn class_counts(labels: &[u32], kept: &[usize]) -> Vec<u64> {
-    let mut c = vec![0u64; 10];
+/// Class-count columns (`class_<k>`) are written for at most this many classes.
+const MAX_CLASS_COLUMNS: usize = 10;
+
+/// Per-class counts of `kept` over `classes` classes.
+fn class_counts(labels: &[u32], kept: &[usize], classes: usize) -> Vec<u64> {
+    let mut c = vec![0u64; classes];
     for &i in kept {
-        c[labels[i] as usize % 10] += 1;
+        c[labels[i] as usize] += 1;
     }
     c
 }
@@ -1869,7 +1911,8 @@ pub fn keep_indices(
     let count = |n: usize| ((frac * n as f64).round() as usize).clamp(1, n.max(1));
     let mut kept = if balanced {
         let mut out = vec![];
-        for class in 0..10u32 {
+        let classes = labels.iter().max().map_or(0, |&m| m + 1);
+        for class in 0..classes {
             let mut idx: Vec<usize> = (0..scores.len()).filter(|&i| labels[i] == class).collect();
             if idx.is_empty() {
                 continue;
@@ -1890,6 +1933,131 @@ pub fn keep_indices(
     kept
 }
 
+/// The real images of a filtering run: the set samples are compared with (FID reference) and the
+/// training images the Laplace fit and realism's manifold use. A recipe model uses Fashion-MNIST
+/// (test set, training set); a paper checkpoint the `reference.fid` and `data.laplace` files
+/// (uint8 image `.npz`/`.npy`, [`crate::data::images`]).
+struct ImageData<'a> {
+    model: &'a kit::ImageModel,
+    dev: &'a Device,
+    /// Fashion-MNIST's directory (recipe models).
+    fashion: Option<PathBuf>,
+    reference_file: Option<PathBuf>,
+    train_file: Option<PathBuf>,
+    /// For messages and the report.
+    reference_name: String,
+}
+
+impl<'a> ImageData<'a> {
+    fn of(c: &Config, model: &'a kit::ImageModel, dev: &'a Device) -> Result<Self> {
+        if model.recipe.is_some() {
+            return Ok(Self {
+                model,
+                dev,
+                fashion: Some(recipe::fashion_mnist_or_fetch(None)?),
+                reference_file: None,
+                train_file: None,
+                reference_name: "Fashion-MNIST test set".into(),
+            });
+        }
+        let reference_file = inputs::path_of("reference", &c.reference, "fid")?;
+        let train_file = if c.needs_posterior() || c.needs_manifold() {
+            Some(inputs::path_of("data", &c.data, "laplace")?)
+        } else {
+            None
+        };
+        Ok(Self {
+            model,
+            dev,
+            fashion: None,
+            reference_name: format!("reference.fid {}", reference_file.display()),
+            reference_file: Some(reference_file),
+            train_file,
+        })
+    }
+
+    /// The first `subset` reference images (0 = all) as uint8 (N, C, H, W).
+    fn reference(&self, subset: usize) -> Result<Tensor> {
+        let set = match (&self.fashion, &self.reference_file) {
+            (Some(dir), _) => FashionMnist::load(dir, Split::Test)?,
+            (None, Some(f)) => crate::data::images::read_image_set(f)?,
+            (None, None) => unreachable!("ImageData::of sets one source"),
+        };
+        let n = if subset == 0 {
+            set.len()
+        } else {
+            subset.min(set.len())
+        };
+        let what = &self.reference_name;
+        if self.fashion.is_some() {
+            let s = self.model.shape[1];
+            return set
+                .to_tensor(s, "model.data.image_size", self.dev)?
+                .narrow(0, 0, n)
+                .and_then(|t| to_u8(&t))
+                .ctx("reference images");
+        }
+        if set.channels != self.model.shape[0] {
+            return Err(Error::invalid(
+                what,
+                format!(
+                    "{}-channel images; the model samples {} channels",
+                    set.channels, self.model.shape[0]
+                ),
+            ));
+        }
+        Tensor::from_slice(
+            &set.images,
+            (set.n, set.channels, set.height, set.width),
+            self.dev,
+        )
+        .and_then(|t| t.narrow(0, 0, n))
+        .ctx(what)
+    }
+
+    /// Training images in [−1, 1] at the model's size, with their labels.
+    fn training(&self) -> Result<(Tensor, Vec<u32>)> {
+        if let (Some(dir), Some(r)) = (&self.fashion, &self.model.recipe) {
+            return recipe::training_data(&r.data, dir, self.dev);
+        }
+        let Some(f) = &self.train_file else {
+            unreachable!("ImageData::of sets the training file when a score needs it")
+        };
+        let set = crate::data::images::read_image_set(f)?;
+        let what = format!("data.laplace {}", f.display());
+        let [c, h, _] = self.model.shape;
+        if set.channels != c {
+            return Err(Error::invalid(
+                what,
+                format!("{}-channel images; the model takes {c}", set.channels),
+            ));
+        }
+        let labels = match (&set.labels, self.model.conditional()) {
+            (Some(l), true) => {
+                if let Some(&bad) = l.iter().find(|&&y| y as usize >= self.model.classes) {
+                    return Err(Error::invalid(
+                        what,
+                        format!(
+                            "label {bad} in `arr_1`; the model has {} classes",
+                            self.model.classes
+                        ),
+                    ));
+                }
+                l.clone()
+            }
+            (None, true) => {
+                return Err(Error::invalid(
+                    what,
+                    "has no labels (`arr_1`); the model is class-conditional",
+                ))
+            }
+            (_, false) => vec![0; set.len()],
+        };
+        let x = set.to_tensor(h, &what, self.dev)?;
+        Ok((x, labels))
+    }
+}
+
 fn run_impl(
     cfg: &Resolved<Config>,
     run: &RunDir,
@@ -1897,50 +2065,40 @@ fn run_impl(
     opts: &RunOptions,
 ) -> Result<()> {
     let c = &cfg.config;
-    if let Some(name) = c.model.checkpoint() {
-        return Err(Error::invalid(
-            "model.from",
-            format!(
-                "`checkpoint:{name}`: the paper's weights are missing — this diffuq has no loader for the papers' checkpoints yet (paper-scale loaders), so the paper profile validates but cannot run"
-            ),
-        ));
-    }
     let dev = opts.device.open()?;
     let exp_dir = kit::experiments_dir(&cfg.file);
-    let recipe = c.recipe(&exp_dir, &cfg.scale)?;
-    c.check_model_kind(&recipe)?;
 
     let t = Instant::now();
-    let cache = recipe::model_cache(None);
-    let model = recipe::train_with_progress(&recipe, &cache, &dev, false)?;
-    let net = recipe::load_network(&recipe, &model, c.model.use_ema, &dev)?;
+    let model = kit::image_model(
+        "model.from",
+        &c.model.from,
+        c.model.use_ema,
+        &c.weights,
+        MINI_MODELS,
+        &exp_dir,
+        &cfg.scale,
+        &dev,
+    )?;
+    c.check_model_kind(model.flow)?;
+    let net: &dyn crate::model::Network = model.net.as_ref();
     manifest
         .wall_seconds
         .insert("train-or-load".into(), t.elapsed().as_secs_f64());
-    run.log(&format!("model {} from {}", model.key, model.dir.display()))?;
+    run.log(&model.origin)?;
     run.write_manifest(manifest)?;
 
-    let data_dir = recipe::fashion_mnist_or_fetch(None)?;
     if c.eval.metric_features == Space::Inception && c.features.inception_path.is_empty() {
         crate::fetch::fetch_inception(&crate::fetch::default_cache_dir())?;
     }
     let embedder = Embedder::new(c.features.clone(), c.eval.inception_batch);
 
-    // Reference set: test images in the metric space (features and Gaussian statistics).
+    // Reference set: real images in the metric space (features and Gaussian statistics) — the
+    // Fashion-MNIST test set, or at paper scale the `reference.fid` batch.
     let t = Instant::now();
-    let test = FashionMnist::load(&data_dir, Split::Test)?;
-    let n_ref = if c.eval.reference_subset == 0 {
-        test.len()
-    } else {
-        c.eval.reference_subset.min(test.len())
-    };
-    let ref_imgs = test
-        .to_tensor(recipe.data.image_size, "model.data.image_size", &dev)?
-        .narrow(0, 0, n_ref)
-        .and_then(|t| to_u8(&t))
-        .ctx("reference images")?;
-    let (rf, rd) = metric_features(c, &embedder, &ref_imgs, "Fashion-MNIST test set")?;
-    let rstats = GaussianStats::from_features(Rows::new(&rf, rd), "Fashion-MNIST test set")?;
+    let data = ImageData::of(c, &model, &dev)?;
+    let ref_imgs = data.reference(c.eval.reference_subset)?;
+    let (rf, rd) = metric_features(c, &embedder, &ref_imgs, &data.reference_name)?;
+    let rstats = GaussianStats::from_features(Rows::new(&rf, rd), &data.reference_name)?;
     let reference = (rf, rd, rstats);
     manifest
         .wall_seconds
@@ -1950,14 +2108,14 @@ fn run_impl(
     let t = Instant::now();
     let needs_train = c.needs_posterior() || c.needs_manifold();
     let train = if needs_train {
-        Some(recipe::training_data(&recipe.data, &data_dir, &dev)?)
+        Some(data.training()?)
     } else {
         None
     };
     let mut posteriors = vec![];
     if let (Some(tr), true) = (&train, c.needs_posterior()) {
         for l in c.laplace_settings()? {
-            let p = fit_posterior(&l, &recipe, &net, tr, &dev)?;
+            let p = fit_posterior(&l, &model, net, tr, &dev)?;
             posteriors.push((l, p));
         }
     }
@@ -2024,7 +2182,7 @@ fn run_impl(
     // feature networks load lazily into state a thread cannot share.
     parts.run_each(manifest, |seed, progress| {
         run_seed(
-            c, &recipe, &net, &ctx, seed, &dev, run, &embedder, &reference, &model.key, progress,
+            c, &model, net, &ctx, seed, &dev, run, &embedder, &reference, &model.key, progress,
         )
     })
 }
@@ -2057,7 +2215,11 @@ fn read_metrics(run: &RunDir) -> Result<Vec<(u64, MetricRow)>> {
     for m in METRICS {
         vals.insert((*m).to_string(), kit::column_f64(&f, m)?);
     }
-    let classes: Vec<Vec<u64>> = (0..10)
+    // Class columns exist for runs of at most MAX_CLASS_COLUMNS classes (Fashion-MNIST's 10).
+    let n_class = (0..MAX_CLASS_COLUMNS)
+        .take_while(|c| f.column(&format!("class_{c}")).is_ok())
+        .count();
+    let classes: Vec<Vec<u64>> = (0..n_class)
         .map(|c| kit::column_u64(&f, &format!("class_{c}")))
         .collect::<Result<_>>()?;
     Ok((0..seed.len())
@@ -2247,12 +2409,16 @@ fn report_impl(c: &Config, run: &RunDir) -> Result<Verdict> {
     }
 
     // Class composition of the kept sets at the table's fraction (mean over seeds).
-    let mut comp = Table::new(
-        std::iter::once("score (kept at table fraction)".to_string())
-            .chain(CLASS_NAMES.iter().map(|s| s.to_string())),
-    );
-    for s in &shown {
-        let mut tot = [0f64; 10];
+    let n_class = rows.first().map_or(0, |(_, r)| r.classes.len());
+    let names: Vec<String> = if n_class == CLASS_NAMES.len() {
+        CLASS_NAMES.iter().map(|s| s.to_string()).collect()
+    } else {
+        (0..n_class).map(|k| format!("class {k}")).collect()
+    };
+    let mut comp =
+        Table::new(std::iter::once("score (kept at table fraction)".to_string()).chain(names));
+    for s in shown.iter().filter(|_| n_class > 0) {
+        let mut tot = vec![0f64; n_class];
         let mut n = 0f64;
         for (_, r) in rows
             .iter()
@@ -2442,18 +2608,27 @@ fn report_impl(c: &Config, run: &RunDir) -> Result<Verdict> {
     }
 
     let text = format!(
-        "{title}\n\nKept {pct:.1}% of N = {n} samples per seed ({seeds} seeds, mean ± std), {which} scores{bal}; metrics in {space} against {nref} Fashion-MNIST test images.\n\n{table}{full}{curves}\nClass composition of the kept sets:\n\n{comp}{sp}\nClaims:\n{claims}\n\n{summary}\n",
+        "{title}\n\nKept {pct:.1}% of N = {n} samples per seed ({seeds} seeds, mean ± std), {which} scores{bal}; metrics in {space} against {nref}.\n\n{table}{full}{curves}\nClass composition of the kept sets:\n\n{comp}{sp}\nClaims:\n{claims}\n\n{summary}\n",
         title = c.title,
         pct = 100.0 * tk,
         n = c.samples,
         seeds = seeds.len(),
         which = if c.filter.keep_highest { "highest" } else { "lowest" },
         bal = if c.filter.class_balanced { ", the same fraction per class" } else { "" },
-        nref = if c.eval.reference_subset == 0 { 10_000 } else { c.eval.reference_subset },
+        nref = match (c.model.checkpoint(), c.eval.reference_subset) {
+            (None, 0) => "10000 Fashion-MNIST test images".to_string(),
+            (None, k) => format!("{k} Fashion-MNIST test images"),
+            (Some(_), 0) => "the `reference.fid` images".to_string(),
+            (Some(_), k) => format!("the first {k} `reference.fid` images"),
+        },
         table = table.to_markdown(),
         full = full_line,
         curves = curve_text,
-        comp = comp.to_markdown(),
+        comp = if n_class > 0 {
+            comp.to_markdown()
+        } else {
+            "not tabulated: more classes than columns (the class shift is `class_tv`)\n".to_string()
+        },
         sp = sp_text,
         claims = if claim_lines.is_empty() { "- none (qualitative)".to_string() } else { claim_lines.join("\n") },
     );
@@ -2662,12 +2837,16 @@ fn write_grids(c: &Config, run: &RunDir, figures: &Path) -> Result<()> {
 fn write_class_bars(c: &Config, run: &RunDir, figures: &Path) -> Result<()> {
     let scores = run.read_parquet("scores.parquet")?;
     let labels = kit::column_u64(&scores, "label")?;
-    let x: Vec<f64> = (0..10).map(|k| k as f64).collect();
+    let n_class = labels.iter().max().map_or(0, |&m| m + 1);
+    let x: Vec<f64> = (0..n_class).map(|k| k as f64).collect();
     let mut stats = vec![];
-    let mut text = Table::new(
-        std::iter::once("score: (class mean − mean) / std".to_string())
-            .chain(CLASS_NAMES.iter().map(|s| s.to_string())),
-    );
+    let names: Vec<String> = if n_class as usize == CLASS_NAMES.len() {
+        CLASS_NAMES.iter().map(|s| s.to_string()).collect()
+    } else {
+        (0..n_class).map(|k| format!("class {k}")).collect()
+    };
+    let mut text =
+        Table::new(std::iter::once("score: (class mean − mean) / std".to_string()).chain(names));
     for s in &c.scores {
         let v = kit::column_f64(&scores, s)?;
         let finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
@@ -2675,7 +2854,7 @@ fn write_class_bars(c: &Config, run: &RunDir, figures: &Path) -> Result<()> {
         let spread = if spread > 0.0 { spread } else { 1.0 };
         let mut means = vec![];
         let mut stds = vec![];
-        for k in 0..10u64 {
+        for k in 0..n_class {
             let cls: Vec<f64> = v
                 .iter()
                 .zip(&labels)
@@ -2697,7 +2876,11 @@ fn write_class_bars(c: &Config, run: &RunDir, figures: &Path) -> Result<()> {
         &series,
         &crate::report::band::BandSpec {
             title: format!("{}: class-averaged score", c.title),
-            x_label: "class (0 T-shirt … 9 ankle boot)".into(),
+            x_label: if n_class as usize == CLASS_NAMES.len() {
+                "class (0 T-shirt … 9 ankle boot)".into()
+            } else {
+                "class index".into()
+            },
             y_label: "(class mean − overall mean) / overall std".into(),
             highlight: None,
             caption: "± standard error of the class mean; all seeds pooled",

@@ -302,6 +302,87 @@ pub fn image_recipe(
     Ok(r.config.model)
 }
 
+/// The image model an image artifact samples from, whichever way it came: a recipe diffuq
+/// trains (mini scale; the model cache trains it once or finds it committed) or one of the
+/// papers' checkpoints ([`crate::model::catalog`], paper scale).
+pub struct ImageModel {
+    pub net: Box<dyn crate::model::Network>,
+    /// The training noise schedule (also what x₀-/v-predictions are converted with).
+    pub schedule: crate::schedule::NoiseSchedule,
+    /// A flow-matching model (velocity field) rather than a diffusion model.
+    pub flow: bool,
+    /// The seed of model-level streams (the Laplace fit's noise and timesteps).
+    pub seed: u64,
+    /// The shape (C, H, W) the network samples in.
+    pub shape: [usize; 3],
+    /// How many class labels samples draw from (1 for an unconditional network).
+    pub classes: usize,
+    /// The model's identity, keying caches of its samples and scores: the recipe's cache key,
+    /// or the checkpoint name with the SHA-256 of its weight file.
+    pub key: String,
+    /// For logs: where it came from.
+    pub origin: String,
+    /// The recipe of a model diffuq trains (its data set and image size).
+    pub recipe: Option<crate::model::recipe::ImageModelRecipe>,
+}
+
+impl ImageModel {
+    /// Whether the network takes class labels.
+    pub fn conditional(&self) -> bool {
+        self.net.num_classes().is_some()
+    }
+}
+
+/// The model `from` names (`key` is its configuration key, `weights` the `[weights]` table):
+/// one of `recipes` (trained or taken from the model cache) or `checkpoint:<name>` (the file
+/// `weights.model`).
+#[allow(clippy::too_many_arguments)]
+pub fn image_model(
+    key: &str,
+    from: &str,
+    use_ema: bool,
+    weights: &super::inputs::FileKeys,
+    recipes: &[&str],
+    experiments_dir: &std::path::Path,
+    scale: &str,
+    dev: &Device,
+) -> Result<ImageModel> {
+    use crate::model::Network as _;
+    if let Some(name) = from.strip_prefix("checkpoint:") {
+        let cp = crate::model::catalog::find(name)?;
+        let path = super::inputs::path_of("weights", weights, "model")?;
+        let (net, shape, schedule) = cp.load(&path, candle_core::DType::F32, dev)?;
+        let digest = crate::tracking::sha256_path(&path)?;
+        return Ok(ImageModel {
+            schedule,
+            flow: false,
+            seed: 0,
+            shape,
+            classes: net.num_classes().unwrap_or(1),
+            key: format!("{name}-{}", &digest[..16]),
+            origin: format!("checkpoint:{name} from {}", path.display()),
+            recipe: None,
+            net,
+        });
+    }
+    let recipe = image_recipe(key, from, recipes, experiments_dir, scale)?;
+    let cache = crate::model::recipe::model_cache(None);
+    let model = crate::model::recipe::train_with_progress(&recipe, &cache, dev, false)?;
+    let net = crate::model::recipe::load_network(&recipe, &model, use_ema, dev)?;
+    let s = recipe.data.image_size;
+    Ok(ImageModel {
+        classes: net.num_classes().unwrap_or(1),
+        net: Box::new(net),
+        schedule: recipe.schedule.build(),
+        flow: recipe.objective == crate::model::recipe::Objective::FlowMatching,
+        seed: recipe.seed,
+        shape: [1, s, s],
+        origin: format!("model {} from {}", model.key, model.dir.display()),
+        key: model.key,
+        recipe: Some(recipe),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

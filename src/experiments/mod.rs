@@ -5,6 +5,7 @@
 pub mod au_fig3;
 pub mod filtering;
 pub mod gu_fig2;
+pub mod inputs;
 pub mod kit;
 pub mod mini_model;
 pub mod reconstruction;
@@ -78,6 +79,12 @@ pub trait Experiment {
     ) -> Result<Option<String>> {
         Ok(None)
     }
+
+    /// The external files the configuration names (`[weights]`, `[data]`, `[reference]`, see
+    /// [`inputs`]): listed by `validate`, required before `run` computes anything.
+    fn inputs(_cfg: &Self::Config) -> Result<Vec<inputs::InputFile>> {
+        Ok(vec![])
+    }
 }
 
 /// Where experiment files are read from, and where runs go.
@@ -114,6 +121,8 @@ pub struct RunOutcome {
 #[derive(Debug, Clone)]
 pub struct Validated {
     pub file: PathBuf,
+    /// External files the configuration names, with whether each is there.
+    pub inputs: Vec<inputs::InputFile>,
     pub toml: String,
     pub hash: String,
     pub run_dir: PathBuf,
@@ -304,6 +313,7 @@ fn run_path(root: &Path, r: &Resolved<impl Sized>) -> PathBuf {
 fn validate<E: Experiment>(inv: &Invocation, runs_root: &Path) -> Result<Validated> {
     let r = resolve::<E>(inv)?;
     Ok(Validated {
+        inputs: E::inputs(&r.config)?,
         run_dir: run_path(runs_root, &r),
         file: r.file.clone(),
         toml: r.toml.clone(),
@@ -313,6 +323,8 @@ fn validate<E: Experiment>(inv: &Invocation, runs_root: &Path) -> Result<Validat
 
 fn run<E: Experiment>(inv: &Invocation, runs_root: &Path, opts: &RunOptions) -> Result<RunOutcome> {
     let r = resolve::<E>(inv)?;
+    // Missing checkpoints or data stop the run before any compute or run directory.
+    inputs::require(&E::inputs(&r.config)?)?;
     let path = run_path(runs_root, &r);
     if opts.force && path.exists() {
         // Recompute from scratch, but never destroy results: the old run is kept beside it.

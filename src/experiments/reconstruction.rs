@@ -36,6 +36,7 @@
 //! the filtering kind judges them: the mean paired difference over seeds must exceed twice its
 //! standard error.
 
+use crate::experiments::inputs::{self, FileKeys, InputFile, Tables};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
@@ -108,6 +109,15 @@ pub struct Config {
     pub check_claims: bool,
     #[serde(default)]
     pub claims: Vec<Claim>,
+    /// `[weights]`, `[data]`, `[reference]`: the external files of a paper profile (checkpoints,
+    /// images, FID reference batches; [`crate::experiments::inputs`]). Left out of the resolved
+    /// configuration when empty.
+    #[serde(default, skip_serializing_if = "FileKeys::is_empty")]
+    pub weights: FileKeys,
+    #[serde(default, skip_serializing_if = "FileKeys::is_empty")]
+    pub data: FileKeys,
+    #[serde(default, skip_serializing_if = "FileKeys::is_empty")]
+    pub reference: FileKeys,
 }
 
 /// `[noise]`: where the reconstruction starts.
@@ -325,6 +335,14 @@ impl Experiment for Reconstruction {
         "reconstruction: noise test images to T/2, denoise, AUSE/AURG of pixel uncertainty vs error";
     type Config = Config;
 
+    fn inputs(cfg: &Config) -> Result<Vec<InputFile>> {
+        inputs::list(Tables {
+            weights: &cfg.weights,
+            data: &cfg.data,
+            reference: &cfg.reference,
+        })
+    }
+
     fn run(
         cfg: &Resolved<Config>,
         run: &RunDir,
@@ -410,28 +428,62 @@ fn run_impl(
     opts: &RunOptions,
 ) -> Result<()> {
     let c = &cfg.config;
-    if let Some(name) = c.model.checkpoint() {
-        return Err(Error::invalid(
-            "model.from",
-            format!(
-                "`checkpoint:{name}`: the paper's weights are missing — this diffuq has no loader for the papers' checkpoints yet (paper-scale loaders), so the paper profile validates but cannot run"
-            ),
-        ));
-    }
     let dev = opts.device.open()?;
-    let recipe = c.recipe(&kit::experiments_dir(&cfg.file), &cfg.scale)?;
     let t = Instant::now();
-    let cache = recipe::model_cache(None);
-    let model = recipe::train_with_progress(&recipe, &cache, &dev, false)?;
-    let net = recipe::load_network(&recipe, &model, c.model.use_ema, &dev)?;
+    let model = kit::image_model(
+        "model.from",
+        &c.model.from,
+        c.model.use_ema,
+        &c.weights,
+        &[mini_model::MiniModel::NAME],
+        &kit::experiments_dir(&cfg.file),
+        &cfg.scale,
+        &dev,
+    )?;
+    let net: &dyn crate::model::Network = model.net.as_ref();
     manifest
         .wall_seconds
         .insert("train-or-load".into(), t.elapsed().as_secs_f64());
-    run.log(&format!("model {} from {}", model.key, model.dir.display()))?;
-    let data_dir = recipe::fashion_mnist_or_fetch(None)?;
-    let test = FashionMnist::load(&data_dir, Split::Test)?;
-    let images = test.to_tensor(recipe.data.image_size, "model.data.image_size", &dev)?;
-    let labels = test.labels.clone().unwrap_or_default();
+    run.log(&model.origin)?;
+    // Test images: Fashion-MNIST's test set for a recipe model, `data.images` at paper scale.
+    let fashion = match model.recipe {
+        Some(_) => Some(recipe::fashion_mnist_or_fetch(None)?),
+        None => None,
+    };
+    let s = model.shape[1];
+    let (test, what) = match &fashion {
+        Some(dir) => (
+            FashionMnist::load(dir, Split::Test)?,
+            "model.data.image_size".to_string(),
+        ),
+        None => {
+            let f = inputs::path_of("data", &c.data, "images")?;
+            (
+                crate::data::images::read_image_set(&f)?,
+                format!("data.images {}", f.display()),
+            )
+        }
+    };
+    if test.channels != model.shape[0] {
+        return Err(Error::invalid(
+            &what,
+            format!(
+                "{}-channel images; the model takes {}",
+                test.channels, model.shape[0]
+            ),
+        ));
+    }
+    let images = test.to_tensor(s, &what, &dev)?;
+    let labels = match (&test.labels, model.conditional()) {
+        (Some(l), _) => l.clone(),
+        (None, false) => vec![0; test.len()],
+        (None, true) => {
+            return Err(Error::invalid(
+                &what,
+                "has no labels (`arr_1`); the model is class-conditional",
+            ))
+        }
+    };
     if c.images > test.len() {
         return Err(Error::invalid(
             "images",
@@ -440,8 +492,26 @@ fn run_impl(
     }
     let t = Instant::now();
     let posterior = if c.methods.iter().any(|m| m == "bayesdiff") {
-        let train = recipe::training_data(&recipe.data, &data_dir, &dev)?;
-        Some(fit_posterior(&c.laplace, &recipe, &net, &train, &dev)?)
+        let train = match (&fashion, &model.recipe) {
+            (Some(dir), Some(r)) => recipe::training_data(&r.data, dir, &dev)?,
+            _ => {
+                let f = inputs::path_of("data", &c.data, "laplace")?;
+                let what = format!("data.laplace {}", f.display());
+                let set = crate::data::images::read_image_set(&f)?;
+                let y = match (&set.labels, model.conditional()) {
+                    (Some(l), _) => l.clone(),
+                    (None, false) => vec![0; set.len()],
+                    (None, true) => {
+                        return Err(Error::invalid(
+                            what,
+                            "has no labels (`arr_1`); the model is class-conditional",
+                        ))
+                    }
+                };
+                (set.to_tensor(s, &what, &dev)?, y)
+            }
+        };
+        Some(fit_posterior(&c.laplace, &model, net, &train, &dev)?)
     } else {
         None
     };
@@ -453,8 +523,8 @@ fn run_impl(
     parts.run_each(manifest, |seed, progress| {
         run_seed(
             c,
-            &recipe,
-            &net,
+            &model,
+            net,
             posterior.as_ref(),
             &images,
             &labels,
@@ -485,8 +555,8 @@ fn f64_rows(x: &Tensor, what: &str) -> Result<Vec<f64>> {
 #[allow(clippy::too_many_arguments)]
 fn run_seed(
     c: &Config,
-    recipe: &ImageModelRecipe,
-    net: &crate::model::unet2d::UNet2D,
+    model: &kit::ImageModel,
+    net: &dyn crate::model::Network,
     posterior: Option<&crate::uq::laplace::DiagPosterior>,
     images: &Tensor,
     labels: &[u32],
@@ -496,7 +566,7 @@ fn run_seed(
     progress: &indicatif::MultiProgress,
 ) -> Result<kit::PartTimes> {
     let t0 = Instant::now();
-    let schedule = recipe.schedule.build();
+    let schedule = model.schedule.clone();
     let streams = SeedStreams::new(seed);
     // A seeded random subset of the test set.
     let keys = streams.purpose(kit::streams::RECON_IMAGES);
@@ -530,9 +600,10 @@ fn run_seed(
         let xi = Tensor::from_vec(noise.normals(idx, None, f), shape, dev).ctx("noise")?;
         let x_t = ((&x0 * ab.sqrt()).and_then(|a| a + (xi * (1.0 - ab).sqrt())?))
             .ctx("noised test images")?;
-        let bound = Bound::new(net)
-            .with_labels(Tensor::from_vec(y, b, dev).ctx("labels")?)
-            .with_schedule(&schedule);
+        let mut bound = Bound::new(net).with_schedule(&schedule);
+        if model.conditional() {
+            bound = bound.with_labels(Tensor::from_vec(y, b, dev).ctx("labels")?);
+        }
         let gt = unit_rows(&x0)?;
         let au_spec = AuSpec {
             m: c.au.m,

@@ -5,6 +5,7 @@
 
 pub mod adm;
 pub mod cache;
+pub mod catalog;
 pub mod conv;
 pub mod gmm;
 pub mod loader;

@@ -100,10 +100,20 @@ impl Llla<'_> {
         let n = x.dim(0).ctx("x")?;
         let phi = self.model.features(x, &vec![t; n]).ctx("LLLA features")?;
         let (m, v) = self.posterior.predictive(&phi)?;
-        Ok((
+        let (m, v) = (
             self.model.assemble(&m).ctx("LLLA mean")?,
             self.model.assemble(&v).ctx("LLLA variance")?,
-        ))
+        );
+        // A learned-variance network (ADM, DiT) outputs ε and then the variance interpolation:
+        // twice x's channels, of which ε is the first half (as the released code's `[:, :3]`).
+        let c = x.dim(1).ctx("x")?;
+        if m.rank() == x.rank() && m.dim(1).ctx("LLLA mean")? == 2 * c {
+            return Ok((
+                m.narrow(1, 0, c).ctx("LLLA mean")?,
+                v.narrow(1, 0, c).ctx("LLLA variance")?,
+            ));
+        }
+        Ok((m, v))
     }
 }
 

@@ -1,0 +1,246 @@
+//! Paper scale through the binary: the `[weights]`/`[data]`/`[reference]` files of every paper
+//! profile are listed by `diffuq validate`, a missing one stops `validate` and `run` with exit 2
+//! before any compute, and the filtering and reconstruction kinds run on a paper checkpoint
+//! (`model.from = "checkpoint:…"`) end to end.
+//!
+//! The checkpoint is golden/adm/imagenet64_tiny: a random-init guided-diffusion `UNetModel` written
+//! by guided-diffusion's own code (commit 22e0df81, golden/adm_reference.py) with its flags in
+//! config.json, which take precedence over the catalogued ImageNet-64 flags. The reference and
+//! training images are random uint8 arrays written here in ADM's reference-batch layout (`arr_0`
+//! NHWC, `arr_1` labels); nothing here compares numbers with a paper — these runs check the
+//! plumbing (files found, shapes, classes, every score computed and reported), not a claim.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{DType, Device, Tensor};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn diffuq(args: &[&str], cache: &Path) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_diffuq"));
+    cmd.current_dir(ROOT).args(args);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DIFFUQ_")) {
+        cmd.env_remove(k);
+    }
+    // The paper-files directory (and every other cache) under a fresh root.
+    cmd.env("XDG_CACHE_HOME", cache);
+    cmd.output().expect("spawn diffuq")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+fn artifacts() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(Path::new(ROOT).join("experiments"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("experiment.toml").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn validate_lists_every_paper_file_and_missing_ones_are_exit_2() {
+    let cache = tempfile::tempdir().unwrap();
+    let paper_dir = cache.path().join("diffuq/paper");
+    let mut with_files = 0;
+    for a in artifacts() {
+        let out = diffuq(&["validate", &a, "--scale", "paper"], cache.path());
+        let (so, se) = (text(&out.stdout), text(&out.stderr));
+        // The configuration itself is valid at paper scale for every artifact.
+        assert!(so.contains("# config hash "), "{a}: {so}{se}");
+        if !so.contains("# input files") {
+            assert_eq!(out.status.code(), Some(0), "{a}: {se}");
+            continue;
+        }
+        with_files += 1;
+        assert_eq!(out.status.code(), Some(2), "{a}: {se}");
+        assert!(so.contains("weights.model"), "{a}: {so}");
+        assert!(so.contains(&paper_dir.display().to_string()), "{a}: {so}");
+        let listed = so.lines().filter(|l| l.starts_with("#   MISSING")).count();
+        assert!(listed > 0);
+        assert!(
+            so.lines()
+                .filter(|l| l.starts_with("#   MISSING"))
+                .all(|l| l.contains("http")),
+            "{a}: every file says where it is published: {so}"
+        );
+        assert_eq!(se.trim_end().lines().count(), 1, "{a}: {se}");
+        assert!(
+            se.starts_with("error: ") && se.contains(&format!("{listed} missing input file(s)")),
+            "{a}: {se}"
+        );
+        // `run` stops before any compute and writes no run directory.
+        let runs = cache.path().join("runs");
+        let out = diffuq(
+            &[
+                "run",
+                &a,
+                "--scale",
+                "paper",
+                "--runs-dir",
+                runs.to_str().unwrap(),
+            ],
+            cache.path(),
+        );
+        assert_eq!(out.status.code(), Some(2), "{a}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("missing input file(s), nothing computed"));
+        assert!(!runs.join(&a).exists(), "{a}: a run directory was created");
+    }
+    // Every image artifact of the papers names its checkpoint (au-table1..3, the gu-* filtering
+    // family, gu-c7, au-fig3's trained panel).
+    assert!(with_files >= 11, "{with_files}");
+
+    // With the files in place (any file: validate checks presence), validate passes.
+    std::fs::create_dir_all(&paper_dir).unwrap();
+    for f in ["64x64_diffusion.pt", "VIRTUAL_imagenet64_labeled.npz"] {
+        std::fs::write(paper_dir.join(f), b"x").unwrap();
+    }
+    let out = diffuq(&["validate", "au-table3", "--scale", "paper"], cache.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("#   found   weights.model"));
+    // An absolute override replaces the published name.
+    let out = diffuq(
+        &[
+            "validate",
+            "au-table3",
+            "--scale",
+            "paper",
+            "weights.model=/nonexistent/adm.pt",
+        ],
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("weights.model = /nonexistent/adm.pt"));
+}
+
+/// Random uint8 images (N, 16, 16, 3) with labels < 10 in ADM's reference-batch layout.
+fn write_batch(path: &Path, n: usize, seed: u8) {
+    let px: Vec<u8> = (0..n * 16 * 16 * 3)
+        .map(|i| ((i as u64 * 2654435761 + seed as u64 * 97) >> 7) as u8)
+        .collect();
+    let x = Tensor::from_vec(px, (n, 16, 16, 3), &Device::Cpu).unwrap();
+    let y = Tensor::from_vec(
+        (0..n as i64).map(|i| i % 10).collect::<Vec<_>>(),
+        n,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(x.dtype(), DType::U8);
+    Tensor::write_npz(&[("arr_0", &x), ("arr_1", &y)], path).unwrap();
+}
+
+/// An experiments directory holding `artifact`'s file with its smoke profile pointed at the tiny
+/// ADM checkpoint and the two image batches.
+fn experiments_with_checkpoint(tmp: &Path, artifact: &str, extra: &str) -> PathBuf {
+    let exp = tmp.join("experiments");
+    std::fs::create_dir_all(exp.join(artifact)).unwrap();
+    let text = std::fs::read_to_string(
+        Path::new(ROOT)
+            .join("experiments")
+            .join(artifact)
+            .join("experiment.toml"),
+    )
+    .unwrap();
+    let ckpt = Path::new(ROOT).join("golden/adm/imagenet64_tiny/model.pt");
+    let text = format!(
+        "{text}\n[smoke.model]\nfrom = \"checkpoint:adm-imagenet64\"\nuse_ema = true\n[smoke.weights]\nmodel = \"{}\"\n{extra}",
+        ckpt.display()
+    );
+    std::fs::write(exp.join(artifact).join("experiment.toml"), text).unwrap();
+    write_batch(&tmp.join("ref.npz"), 24, 1);
+    write_batch(&tmp.join("train.npz"), 16, 2);
+    exp
+}
+
+#[test]
+fn filtering_runs_on_a_paper_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let extra = format!(
+        "[smoke.data]\nlaplace = \"{}\"\n[smoke.reference]\nfid = \"{}\"\n",
+        t.join("train.npz").display(),
+        t.join("ref.npz").display()
+    );
+    let exp = experiments_with_checkpoint(t, "au-table1", &extra);
+    let runs = t.join("runs");
+    let out = diffuq(
+        &[
+            "--experiments",
+            exp.to_str().unwrap(),
+            "run",
+            "au-table1",
+            "--scale",
+            "smoke",
+            "--runs-dir",
+            runs.to_str().unwrap(),
+        ],
+        t,
+    );
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{so}\n{se}");
+    let dir = std::fs::read_dir(runs.join("au-table1/smoke"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let table = std::fs::read_to_string(dir.join("table.md")).unwrap();
+    // Every score of AU Table 1 was computed on the 3-channel 16² class-conditional network.
+    for s in ["AU", "BayesDiff", "MC-Dropout", "random"] {
+        assert!(table.contains(s), "{s} missing from {table}");
+    }
+    assert!(table.contains("`reference.fid` images"), "{table}");
+    assert!(
+        table.contains("not tabulated") || table.contains("class"),
+        "{table}"
+    );
+    let log = std::fs::read_to_string(dir.join("log.txt")).unwrap_or_default();
+    assert!(log.contains("checkpoint:adm-imagenet64"), "{log}");
+    let samples =
+        candle_core::safetensors::load(dir.join("seeds/seed-0/samples.safetensors"), &Device::Cpu)
+            .unwrap();
+    let dims: Vec<Vec<usize>> = samples.values().map(|t| t.dims().to_vec()).collect();
+    assert!(
+        dims.iter().any(|d| d[1..] == [3, 16, 16]),
+        "samples are 3×16×16: {dims:?}"
+    );
+}
+
+#[test]
+fn a_class_conditional_checkpoint_needs_labelled_training_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let unlabelled = t.join("unlabelled.npz");
+    let x = Tensor::zeros((4, 16, 16, 3), DType::U8, &Device::Cpu).unwrap();
+    Tensor::write_npz(&[("arr_0", &x)], &unlabelled).unwrap();
+    let extra = format!(
+        "[smoke.data]\nlaplace = \"{}\"\n[smoke.reference]\nfid = \"{}\"\n",
+        unlabelled.display(),
+        t.join("ref.npz").display()
+    );
+    let exp = experiments_with_checkpoint(t, "au-table1", &extra);
+    let out = diffuq(
+        &[
+            "--experiments",
+            exp.to_str().unwrap(),
+            "run",
+            "au-table1",
+            "--scale",
+            "smoke",
+            "--runs-dir",
+            t.join("runs").to_str().unwrap(),
+        ],
+        t,
+    );
+    let se = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{se}");
+    assert!(
+        se.contains("data.laplace") && se.contains("arr_1") && se.contains("class-conditional"),
+        "{se}"
+    );
+}
