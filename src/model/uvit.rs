@@ -833,7 +833,10 @@ mod tests {
         assert_eq!(parsed, UViTConfig::imagenet256_huge());
         // Constructor defaults; int(D · mlp_ratio) truncates; qk_scale 0 is Python-falsy.
         let d = UViTConfig::default();
-        assert_eq!((d.img_size, d.patch_size, d.embed_dim, d.depth), (224, 16, 768, 12));
+        assert_eq!(
+            (d.img_size, d.patch_size, d.embed_dim, d.depth),
+            (224, 16, 768, 12)
+        );
         assert!(d.conv && d.skip && d.classes().is_none() && d.extras() == 1);
         let c = UViTConfig::from_json(
             serde_json::json!({"embed_dim": 48, "num_heads": 3, "mlp_ratio": 2.5, "qk_scale": 0}),
@@ -842,7 +845,9 @@ mod tests {
         .unwrap();
         assert_eq!(c.mlp_hidden(), 120);
         assert_eq!(c.attention_scale(), 0.25);
-        assert!(!is_uvit_json(&serde_json::json!({"architecture": "adm", "name": "uvit"})));
+        assert!(!is_uvit_json(
+            &serde_json::json!({"architecture": "adm", "name": "uvit"})
+        ));
         assert!(!is_uvit_json(&serde_json::json!({"name": "uvit_t2i"})));
     }
 
@@ -854,9 +859,15 @@ mod tests {
                 .to_string()
         };
         let e = err(serde_json::json!({"embed_dims": 64}));
-        assert!(e.contains("x/config.json") && e.contains("`embed_dims`"), "{e}");
+        assert!(
+            e.contains("x/config.json") && e.contains("`embed_dims`"),
+            "{e}"
+        );
         let e = err(serde_json::json!({"img_size": 30, "patch_size": 4}));
-        assert!(e.contains("`img_size`") && e.contains("patch_size 4"), "{e}");
+        assert!(
+            e.contains("`img_size`") && e.contains("patch_size 4"),
+            "{e}"
+        );
         let e = err(serde_json::json!({"embed_dim": 64, "num_heads": 3}));
         assert!(e.contains("`num_heads`") && e.contains("64"), "{e}");
         let e = err(serde_json::json!({"mlp_ratio": 0.0}));
@@ -870,7 +881,10 @@ mod tests {
         let e = err(serde_json::json!({"depth": "28"}));
         assert!(e.contains("x/config.json") && e.contains("`depth`"), "{e}");
         let e = err(serde_json::json!([1, 2]));
-        assert!(e.contains("x/config.json") && e.contains("not a U-ViT"), "{e}");
+        assert!(
+            e.contains("x/config.json") && e.contains("not a U-ViT"),
+            "{e}"
+        );
     }
 
     /// A small U-ViT in f64 with seeded parameters.
@@ -999,7 +1013,10 @@ mod tests {
         assert!(e.contains("label 4") && e.contains("4 classes"), "{e}");
         assert!(err(&x, None).contains("labels are required"));
         let e = err(&x.narrow(2, 0, 4).unwrap(), None);
-        assert!(e.contains("(N, 3, 8, 8)") && e.contains("[2, 3, 4, 8]"), "{e}");
+        assert!(
+            e.contains("(N, 3, 8, 8)") && e.contains("[2, 3, 4, 8]"),
+            "{e}"
+        );
         let e = net
             .forward(&x, &[1.0, 2.0, 3.0], Some(&y), &mut Mode::Eval)
             .unwrap_err()
