@@ -18,6 +18,7 @@ pub mod toy_mlp;
 pub mod train;
 pub mod trainer;
 pub mod unet2d;
+pub mod uvit;
 
 pub use network::{
     Bound, DropoutDenoiser, LastLayerModel, LastLayerNetwork, MaskSource, Mode, Network,
