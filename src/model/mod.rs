@@ -17,6 +17,7 @@ pub mod toy_mlp;
 pub mod train;
 pub mod trainer;
 pub mod unet2d;
+pub mod vae;
 
 pub use network::{
     Bound, DropoutDenoiser, LastLayerModel, LastLayerNetwork, MaskSource, Mode, Network,
