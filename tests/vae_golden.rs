@@ -277,7 +277,10 @@ fn bad_configs_and_latents_give_one_line_errors() {
     // An unknown key names the key and the file.
     v["num_res_block"] = 2.into();
     let e = load(&v).unwrap();
-    assert!(e.contains("vae.json") && e.contains("`num_res_block`"), "{e}");
+    assert!(
+        e.contains("vae.json") && e.contains("`num_res_block`"),
+        "{e}"
+    );
     assert!(!e.contains('\n'), "{e}");
     // A config that does not match the weights names the file and the tensor.
     v.as_object_mut().unwrap().remove("num_res_block");
@@ -300,7 +303,10 @@ fn bad_configs_and_latents_give_one_line_errors() {
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("none.pth") && e.contains("does not exist"), "{e}");
+    assert!(
+        e.contains("none.pth") && e.contains("does not exist"),
+        "{e}"
+    );
 
     // Latents with the wrong channel count or rank.
     let vae = VaeDecoder::load(&golden("diffusers_tiny"), DType::F32, &Device::Cpu).unwrap();

@@ -251,13 +251,13 @@ impl DiffusersVaeConfig {
         .ok_or_else(|| {
             bad(
                 "sample_size",
-                format!("{} (expected an integer or a list of integers)", self.sample_size),
+                format!(
+                    "{} (expected an integer or a list of integers)",
+                    self.sample_size
+                ),
             )
         })? as usize;
-        let ch = self
-            .block_out_channels
-            .iter()
-            .fold(0, |g, &c| gcd(g, c));
+        let ch = self.block_out_channels.iter().fold(0, |g, &c| gcd(g, c));
         Ok(VaeConfig {
             double_z: true,
             z_channels: self.latent_channels,
@@ -451,7 +451,13 @@ fn silu(x: &Tensor) -> candle_core::Result<Tensor> {
     candle_nn::ops::silu(x)
 }
 
-fn conv(vb: &VarBuilder, cin: usize, cout: usize, k: usize, name: &str) -> candle_core::Result<Conv2d> {
+fn conv(
+    vb: &VarBuilder,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    name: &str,
+) -> candle_core::Result<Conv2d> {
     let vb = vb.pp(name);
     let w = vb.get((cout, cin, k, k), "weight")?;
     let b = vb.get(cout, "bias")?;
@@ -489,7 +495,12 @@ struct ResnetBlock {
 }
 
 impl ResnetBlock {
-    fn new(vb: &VarBuilder, cin: usize, cout: usize, naming: VaeNaming) -> candle_core::Result<Self> {
+    fn new(
+        vb: &VarBuilder,
+        cin: usize,
+        cout: usize,
+        naming: VaeNaming,
+    ) -> candle_core::Result<Self> {
         Ok(Self {
             norm1: group_norm(vb, cin, "norm1")?,
             conv1: conv(vb, cin, cout, 3, "conv1")?,
@@ -563,8 +574,8 @@ impl AttnBlock {
         let k = self.k.forward(&h)?;
         let v = self.v.forward(&h)?;
         let w = (q.matmul(&k.t()?.contiguous()?)? * self.scale)?; // (B, L_q, L_k)
-        // candle_nn's softmax (not softmax_last_dim, which has no backward): the decoder stays
-        // differentiable in z.
+                                                                  // candle_nn's softmax (not softmax_last_dim, which has no backward): the decoder stays
+                                                                  // differentiable in z.
         let w = candle_nn::ops::softmax(&w, D::Minus1)?;
         let a = self.proj.forward(&w.matmul(&v)?)?; // (B, L, C)
         x + a.transpose(1, 2)?.reshape((b, c, hh, ww))?
@@ -930,7 +941,10 @@ mod tests {
             "x",
         )
         .unwrap();
-        assert_eq!((c.ch, c.ch_mult.clone(), c.scale_factor), (32, vec![2, 1], 0.13025));
+        assert_eq!(
+            (c.ch, c.ch_mult.clone(), c.scale_factor),
+            (32, vec![2, 1], 0.13025)
+        );
     }
 
     #[test]
@@ -952,7 +966,8 @@ mod tests {
         assert!(e.contains("`norm_num_groups`"), "{e}");
         let e = err(serde_json::json!({"_class_name": "AutoencoderKL", "up_block_types": ["X"]}));
         assert!(e.contains("`up_block_types`"), "{e}");
-        let e = err(serde_json::json!({"_class_name": "AutoencoderKL", "use_post_quant_conv": false}));
+        let e =
+            err(serde_json::json!({"_class_name": "AutoencoderKL", "use_post_quant_conv": false}));
         assert!(e.contains("`use_post_quant_conv`"), "{e}");
         let e = err(serde_json::json!({"_class_name": "AutoencoderKL", "latent_chanels": 4}));
         assert!(e.contains("`latent_chanels`"), "{e}");
