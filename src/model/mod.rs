@@ -19,6 +19,7 @@ pub mod train;
 pub mod trainer;
 pub mod unet2d;
 pub mod uvit;
+pub mod vae;
 
 pub use network::{
     Bound, DropoutDenoiser, LastLayerModel, LastLayerNetwork, MaskSource, Mode, Network,

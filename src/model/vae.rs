@@ -1,0 +1,1010 @@
+//! The decoder of Stable Diffusion's KL-f8 autoencoder (LDM's `AutoencoderKL`, Rombach et al.
+//! 2022), which turns the 4-channel latents of a latent diffusion model into images.
+//!
+//! Both papers run latent diffusion models whose samples are latents: U-ViT on ImageNet 256² and
+//! 512² (AU, De Vita & Belagiannis 2025, and GU, Jazbec et al. 2025, Fig. 3) and DiT (GU C.7).
+//! Their images are `decode(z / 0.18215)` with this VAE (ImageNet 256² → latents 4×32×32, 512² →
+//! 4×64×64), which [`VaeDecoder::decode`] computes from the *scaled* latent z the sampler returns.
+//! The encoder is out of scope: nothing here maps images to latents, and its tensors in a
+//! checkpoint are skipped.
+//!
+//! Decode, as U-ViT's `libs/autoencoder.py` (`FrozenAutoencoderKL.decode`, `Decoder.forward`; a
+//! copy of LDM's) and diffusers' `AutoencoderKL.decode` after a pipeline's `z / scaling_factor`:
+//!
+//!   h = conv_in(post_quant_conv(z / scale_factor))          (1×1, then 3×3 to ch·ch_mult[-1])
+//!   mid: ResnetBlock → AttnBlock → ResnetBlock
+//!   up, from the last level to level 0: (num_res_blocks + 1) × ResnetBlock [→ AttnBlock where
+//!       the level's nominal resolution is in `attn_resolutions`], then, except at level 0,
+//!       nearest ×2 and a 3×3 conv
+//!   image = conv_out(swish(norm_out(h)))
+//!
+//! ResnetBlock(x) = shortcut(x) + conv2(swish(N₂(conv1(swish(N₁ x))))) (no time embedding; the
+//! shortcut is a 1×1 conv when the channel count changes), AttnBlock(x) = x + proj_out(softmax(QKᵀ
+//! /√C) V) with Q, K, V 1×1 projections of N(x) over the H·W positions (one head of all C
+//! channels); every norm is a 32-group GroupNorm with eps 1e-6, swish is SiLU.
+//!
+//! Output: the decoder's native range, ≈ [−1, 1] for a trained VAE, *not clamped*; samplers'
+//! image code maps it to pixels with clamp((x + 1) / 2, 0, 1) as U-ViT and diffusers do.
+//!
+//! Checkpoints (the naming is detected from the tensor names):
+//! - LDM/CompVis naming, as U-ViT's `autoencoder_kl_ema.pth` (a `torch.save`d state dict):
+//!   `decoder.conv_in`, `decoder.mid.block_{1,2}.{norm1,conv1,norm2,conv2}`,
+//!   `decoder.mid.attn_1.{norm,q,k,v,proj_out}` (1×1 convs), `decoder.up.{i}.block.{j}.{…,
+//!   nin_shortcut}`, `decoder.up.{i}.attn.{j}`, `decoder.up.{i}.upsample.conv`,
+//!   `decoder.norm_out`, `decoder.conv_out`, `post_quant_conv`, with `up.0` the full-resolution
+//!   level; the same under `first_stage_model.` (a Stable Diffusion `.ckpt`, whose
+//!   `state_dict.` wrapper is removed first; everything outside the prefix is skipped);
+//! - diffusers' `AutoencoderKL` naming, a directory with `config.json` and
+//!   `diffusion_pytorch_model.safetensors` (or `.bin`): `decoder.mid_block.resnets.{0,1}`,
+//!   `decoder.mid_block.attentions.0.{group_norm,to_q,to_k,to_v,to_out.0}` (Linear; the pre-0.14
+//!   `query/key/value/proj_attn` names are renamed), `decoder.up_blocks.{i}.resnets.{j}.{…,
+//!   conv_shortcut}`, `decoder.up_blocks.{i}.upsamplers.0.conv`, `decoder.conv_norm_out`, with
+//!   the block order reversed: `up_blocks.0` is LDM's last level `up.{L−1}`.
+//!
+//! `encoder.*`, `quant_conv.*` and LDM's `loss.*` are skipped; any other tensor, or a decoder
+//! tensor the config does not ask for, is an error naming it.
+//!
+//! Precision: computed in the dtype of [`VaeDecoder::load`] (f32 or f64 on the CPU). In f64 the
+//! attention softmax is f64 here; U-ViT's own `.double()` model agrees. float16 is known to
+//! overflow in this VAE at high resolution (diffusers' `force_upcast`), so f32 is the default.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+
+use super::conv::Conv2d;
+use super::norm::GroupNorm;
+use super::params::ParamSource;
+use crate::error::{Error, Result};
+
+/// Stable Diffusion's latent scale (LDM `scale_factor`, diffusers `scaling_factor`): the latents a
+/// diffusion model samples are z = 0.18215 · (VAE latent).
+pub const SD_SCALE_FACTOR: f64 = 0.18215;
+/// LDM's `Normalize`: GroupNorm with 32 groups and eps 1e-6.
+const GROUPS: usize = 32;
+const NORM_EPS: f64 = 1e-6;
+
+/// An LDM autoencoder config: the `ddconfig` keys of LDM's `AutoencoderKL` (what U-ViT's
+/// `get_model` and SD's `first_stage_config.params.ddconfig` set), plus `embed_dim` (the latent
+/// channels `post_quant_conv` reads) and `scale_factor`. The default is Stable Diffusion's KL-f8
+/// (U-ViT's `get_model`): ch 128, ch_mult [1, 2, 4, 4], 2 ResnetBlocks per level, no attention
+/// in the up levels, 4 latent channels, scale 0.18215. `double_z`, `in_channels` and `dropout`
+/// concern the encoder or training only and are read but not used. Any other key is an error
+/// naming it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VaeConfig {
+    pub double_z: bool,
+    pub z_channels: usize,
+    /// The nominal image size; only `attn_resolutions` refers to it.
+    pub resolution: usize,
+    pub in_channels: usize,
+    pub out_ch: usize,
+    pub ch: usize,
+    pub ch_mult: Vec<usize>,
+    pub num_res_blocks: usize,
+    /// Nominal resolutions (from `resolution`, halved per level) whose up level has an
+    /// AttnBlock after each ResnetBlock (SD: none).
+    pub attn_resolutions: Vec<usize>,
+    pub dropout: f64,
+    pub embed_dim: usize,
+    pub scale_factor: f64,
+}
+
+impl Default for VaeConfig {
+    /// U-ViT's `libs/autoencoder.get_model` (Stable Diffusion's KL-f8 VAE) with LDM's default
+    /// scale factor.
+    fn default() -> Self {
+        Self {
+            double_z: true,
+            z_channels: 4,
+            resolution: 256,
+            in_channels: 3,
+            out_ch: 3,
+            ch: 128,
+            ch_mult: vec![1, 2, 4, 4],
+            num_res_blocks: 2,
+            attn_resolutions: vec![],
+            dropout: 0.0,
+            embed_dim: 4,
+            scale_factor: SD_SCALE_FACTOR,
+        }
+    }
+}
+
+/// diffusers' `AutoencoderKL` config.json (all of diffusers 0.31's keys, with its defaults).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct DiffusersVaeConfig {
+    in_channels: usize,
+    out_channels: usize,
+    down_block_types: Vec<String>,
+    up_block_types: Vec<String>,
+    block_out_channels: Vec<usize>,
+    layers_per_block: usize,
+    act_fn: String,
+    latent_channels: usize,
+    norm_num_groups: usize,
+    sample_size: serde_json::Value,
+    scaling_factor: f64,
+    shift_factor: Option<f64>,
+    latents_mean: Option<Vec<f64>>,
+    latents_std: Option<Vec<f64>>,
+    force_upcast: serde_json::Value,
+    use_quant_conv: bool,
+    use_post_quant_conv: bool,
+    mid_block_add_attention: bool,
+}
+
+impl Default for DiffusersVaeConfig {
+    fn default() -> Self {
+        Self {
+            in_channels: 3,
+            out_channels: 3,
+            down_block_types: vec!["DownEncoderBlock2D".into()],
+            up_block_types: vec!["UpDecoderBlock2D".into()],
+            block_out_channels: vec![64],
+            layers_per_block: 1,
+            act_fn: "silu".into(),
+            latent_channels: 4,
+            norm_num_groups: 32,
+            sample_size: 32.into(),
+            scaling_factor: SD_SCALE_FACTOR,
+            shift_factor: None,
+            latents_mean: None,
+            latents_std: None,
+            force_upcast: true.into(),
+            use_quant_conv: true,
+            use_post_quant_conv: true,
+            mid_block_add_attention: true,
+        }
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+impl DiffusersVaeConfig {
+    /// The same network as an LDM config: ch = gcd(block_out_channels), ch_mult = channels / ch,
+    /// num_res_blocks = layers_per_block, z_channels = embed_dim = latent_channels. The encoder's
+    /// keys (`down_block_types`, `use_quant_conv`) and `force_upcast` (a precision hint) are not
+    /// used; what diffuq does not implement is an error naming the key.
+    fn to_ldm(&self, what: &str) -> Result<VaeConfig> {
+        let bad = |key: &str, reason: String| Error::invalid(format!("{what} `{key}`"), reason);
+        if self.block_out_channels.is_empty() || self.block_out_channels.contains(&0) {
+            return Err(bad(
+                "block_out_channels",
+                format!(
+                    "{:?} (expected positive channel counts)",
+                    self.block_out_channels
+                ),
+            ));
+        }
+        if self.up_block_types.len() != self.block_out_channels.len()
+            || self.up_block_types.iter().any(|t| t != "UpDecoderBlock2D")
+        {
+            return Err(bad(
+                "up_block_types",
+                format!(
+                    "{:?} is not implemented (expected one \"UpDecoderBlock2D\" per block_out_channels entry)",
+                    self.up_block_types
+                ),
+            ));
+        }
+        if self.act_fn != "silu" && self.act_fn != "swish" {
+            return Err(bad(
+                "act_fn",
+                format!("{:?} is not implemented (expected \"silu\")", self.act_fn),
+            ));
+        }
+        if self.norm_num_groups != GROUPS {
+            return Err(bad(
+                "norm_num_groups",
+                format!(
+                    "{} is not implemented (expected {GROUPS}, LDM's)",
+                    self.norm_num_groups
+                ),
+            ));
+        }
+        if self.shift_factor.is_some_and(|s| s != 0.0) {
+            return Err(bad(
+                "shift_factor",
+                format!(
+                    "{:?} is not implemented (expected null: the KL-f8 VAE has none)",
+                    self.shift_factor
+                ),
+            ));
+        }
+        if self.latents_mean.is_some() || self.latents_std.is_some() {
+            return Err(bad(
+                if self.latents_mean.is_some() {
+                    "latents_mean"
+                } else {
+                    "latents_std"
+                },
+                "per-channel latent statistics are not implemented (expected null)".into(),
+            ));
+        }
+        if !self.use_post_quant_conv {
+            return Err(bad(
+                "use_post_quant_conv",
+                "false is not implemented (expected true)".into(),
+            ));
+        }
+        if !self.mid_block_add_attention {
+            return Err(bad(
+                "mid_block_add_attention",
+                "false is not implemented (expected true)".into(),
+            ));
+        }
+        let resolution = match &self.sample_size {
+            serde_json::Value::Number(n) => n.as_u64(),
+            serde_json::Value::Array(a) => a.first().and_then(|n| n.as_u64()),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            bad(
+                "sample_size",
+                format!(
+                    "{} (expected an integer or a list of integers)",
+                    self.sample_size
+                ),
+            )
+        })? as usize;
+        let ch = self.block_out_channels.iter().fold(0, |g, &c| gcd(g, c));
+        Ok(VaeConfig {
+            double_z: true,
+            z_channels: self.latent_channels,
+            resolution,
+            in_channels: self.in_channels,
+            out_ch: self.out_channels,
+            ch,
+            ch_mult: self.block_out_channels.iter().map(|c| c / ch).collect(),
+            num_res_blocks: self.layers_per_block,
+            attn_resolutions: vec![],
+            dropout: 0.0,
+            embed_dim: self.latent_channels,
+            scale_factor: self.scaling_factor,
+        })
+    }
+}
+
+impl VaeConfig {
+    /// Read a config JSON: LDM's keys ([`VaeConfig`]) or a diffusers `AutoencoderKL`
+    /// `config.json` (recognised by `_class_name`).
+    pub fn from_json_file(path: &Path) -> Result<Self> {
+        let what = format!("VAE config {}", path.display());
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::invalid(what.clone(), format!("not JSON ({e})")))?;
+        Self::from_json(v, &what)
+    }
+
+    /// A config from a JSON object (`what` names its source in errors).
+    pub fn from_json(mut v: serde_json::Value, what: &str) -> Result<Self> {
+        let class = v
+            .get("_class_name")
+            .and_then(|c| c.as_str())
+            .map(String::from);
+        let cfg = match class {
+            Some(c) if c != "AutoencoderKL" => {
+                return Err(Error::invalid(
+                    what.to_string(),
+                    format!("`_class_name` is {c:?}; expected \"AutoencoderKL\""),
+                ))
+            }
+            Some(_) => {
+                if let Some(map) = v.as_object_mut() {
+                    map.retain(|k, _| !k.starts_with('_'));
+                }
+                let d: DiffusersVaeConfig = serde_json::from_value(v).map_err(|e| {
+                    Error::invalid(
+                        what.to_string(),
+                        format!("not a diffusers AutoencoderKL config ({e})"),
+                    )
+                })?;
+                d.to_ldm(what)?
+            }
+            None => serde_json::from_value(v).map_err(|e| {
+                Error::invalid(
+                    what.to_string(),
+                    format!("not an LDM autoencoder config ({e})"),
+                )
+            })?,
+        };
+        cfg.validate_in(what)?;
+        Ok(cfg)
+    }
+
+    /// Everything this implementation does not cover is an error naming the key.
+    pub fn validate(&self) -> Result<()> {
+        self.validate_in("VAE config")
+    }
+
+    fn validate_in(&self, what: &str) -> Result<()> {
+        let bad = |key: &str, reason: String| Error::invalid(format!("{what} `{key}`"), reason);
+        for (key, v) in [
+            ("z_channels", self.z_channels),
+            ("out_ch", self.out_ch),
+            ("ch", self.ch),
+            ("embed_dim", self.embed_dim),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "must be ≥ 1".into()));
+            }
+        }
+        if self.ch_mult.is_empty() {
+            return Err(bad("ch_mult", "must list at least one level".into()));
+        }
+        for c in self.level_channels() {
+            if c == 0 || c % GROUPS != 0 {
+                return Err(bad(
+                    "ch_mult",
+                    format!(
+                        "a level of {c} channels: every GroupNorm has {GROUPS} groups, so ch · ch_mult must be positive multiples of {GROUPS}"
+                    ),
+                ));
+            }
+        }
+        if !(self.scale_factor.is_finite() && self.scale_factor > 0.0) {
+            return Err(bad(
+                "scale_factor",
+                format!("must be finite and > 0, got {}", self.scale_factor),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(bad(
+                "dropout",
+                format!("must lie in [0, 1), got {}", self.dropout),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Channels of each level, ch · ch_mult (level 0 the full resolution).
+    pub fn level_channels(&self) -> Vec<usize> {
+        self.ch_mult.iter().map(|m| self.ch * m).collect()
+    }
+
+    /// Spatial upsampling factor latent → image, 2^(levels − 1) (8 for KL-f8).
+    pub fn downsampling_factor(&self) -> usize {
+        1 << self.ch_mult.len().saturating_sub(1)
+    }
+}
+
+/// Which state-dict naming a checkpoint uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VaeNaming {
+    /// LDM/CompVis (`decoder.mid.block_1`, `decoder.up.{i}` with i = 0 the full resolution).
+    Ldm,
+    /// diffusers `AutoencoderKL` (`decoder.mid_block.resnets.0`, `decoder.up_blocks.{i}` with i =
+    /// 0 the lowest resolution).
+    Diffusers,
+}
+
+impl VaeNaming {
+    fn mid_block(self, j: usize) -> String {
+        match self {
+            VaeNaming::Ldm => format!("decoder.mid.block_{}", j + 1),
+            VaeNaming::Diffusers => format!("decoder.mid_block.resnets.{j}"),
+        }
+    }
+
+    fn mid_attn(self) -> &'static str {
+        match self {
+            VaeNaming::Ldm => "decoder.mid.attn_1",
+            VaeNaming::Diffusers => "decoder.mid_block.attentions.0",
+        }
+    }
+
+    /// ResnetBlock `j` of LDM level `level` (of `levels`).
+    fn up_block(self, level: usize, levels: usize, j: usize) -> String {
+        match self {
+            VaeNaming::Ldm => format!("decoder.up.{level}.block.{j}"),
+            VaeNaming::Diffusers => {
+                format!("decoder.up_blocks.{}.resnets.{j}", levels - 1 - level)
+            }
+        }
+    }
+
+    fn up_attn(self, level: usize, j: usize) -> String {
+        // diffusers' UpDecoderBlock2D has no attention; configs from diffusers never ask for it.
+        format!("decoder.up.{level}.attn.{j}")
+    }
+
+    fn upsample(self, level: usize, levels: usize) -> String {
+        match self {
+            VaeNaming::Ldm => format!("decoder.up.{level}.upsample.conv"),
+            VaeNaming::Diffusers => {
+                format!("decoder.up_blocks.{}.upsamplers.0.conv", levels - 1 - level)
+            }
+        }
+    }
+
+    fn norm_out(self) -> &'static str {
+        match self {
+            VaeNaming::Ldm => "decoder.norm_out",
+            VaeNaming::Diffusers => "decoder.conv_norm_out",
+        }
+    }
+
+    fn shortcut(self) -> &'static str {
+        match self {
+            VaeNaming::Ldm => "nin_shortcut",
+            VaeNaming::Diffusers => "conv_shortcut",
+        }
+    }
+}
+
+/// A candle error's message without the backtrace candle appends when RUST_BACKTRACE is set.
+fn first_line(e: &candle_core::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
+fn silu(x: &Tensor) -> candle_core::Result<Tensor> {
+    candle_nn::ops::silu(x)
+}
+
+fn conv(
+    vb: &VarBuilder,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    name: &str,
+) -> candle_core::Result<Conv2d> {
+    let vb = vb.pp(name);
+    let w = vb.get((cout, cin, k, k), "weight")?;
+    let b = vb.get(cout, "bias")?;
+    Ok(Conv2d::new(w, Some(b), 1, k / 2))
+}
+
+fn group_norm(vb: &VarBuilder, c: usize, name: &str) -> candle_core::Result<GroupNorm> {
+    let vb = vb.pp(name);
+    GroupNorm::new(
+        vb.get(c, "weight")?,
+        vb.get(c, "bias")?,
+        c,
+        GROUPS,
+        NORM_EPS,
+    )
+}
+
+/// Nearest-neighbour ×2 (`F.interpolate(scale_factor=2, mode="nearest")`) as a broadcast, which
+/// is differentiable (candle 0.11's `upsample_nearest2d` backward overwrites accumulated
+/// gradients; see adm.rs).
+fn upsample2x(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    x.reshape((n, c, h, 1, w, 1))?
+        .broadcast_as((n, c, h, 2, w, 2))?
+        .reshape((n, c, 2 * h, 2 * w))
+}
+
+/// LDM's `ResnetBlock` without time embedding (diffusers' `ResnetBlock2D` with temb None).
+struct ResnetBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    shortcut: Option<Conv2d>,
+}
+
+impl ResnetBlock {
+    fn new(
+        vb: &VarBuilder,
+        cin: usize,
+        cout: usize,
+        naming: VaeNaming,
+    ) -> candle_core::Result<Self> {
+        Ok(Self {
+            norm1: group_norm(vb, cin, "norm1")?,
+            conv1: conv(vb, cin, cout, 3, "conv1")?,
+            norm2: group_norm(vb, cout, "norm2")?,
+            conv2: conv(vb, cout, cout, 3, "conv2")?,
+            shortcut: if cin != cout {
+                Some(conv(vb, cin, cout, 1, naming.shortcut())?)
+            } else {
+                None
+            },
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.conv1.forward(&silu(&self.norm1.forward(x)?)?)?;
+        let h = self.conv2.forward(&silu(&self.norm2.forward(&h)?)?)?;
+        match &self.shortcut {
+            Some(s) => s.forward(x)? + h,
+            None => x + h,
+        }
+    }
+}
+
+/// LDM's `AttnBlock` (diffusers' single-head `Attention` of the mid block): one head over all C
+/// channels and the H·W positions, scores scaled by C^(−1/2).
+struct AttnBlock {
+    norm: GroupNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    proj: Linear,
+    scale: f64,
+}
+
+impl AttnBlock {
+    fn new(vb: &VarBuilder, c: usize, naming: VaeNaming) -> candle_core::Result<Self> {
+        // LDM: 1×1 convs (C, C, 1, 1); diffusers: Linear (C, C). Both act on each position.
+        let proj = |name: &str| -> candle_core::Result<Linear> {
+            let vb = vb.pp(name);
+            let w = match naming {
+                VaeNaming::Ldm => vb.get((c, c, 1, 1), "weight")?.reshape((c, c))?,
+                VaeNaming::Diffusers => vb.get((c, c), "weight")?,
+            };
+            Ok(Linear::new(w, Some(vb.get(c, "bias")?)))
+        };
+        let (norm, q, k, v, out) = match naming {
+            VaeNaming::Ldm => ("norm", "q", "k", "v", "proj_out"),
+            VaeNaming::Diffusers => ("group_norm", "to_q", "to_k", "to_v", "to_out.0"),
+        };
+        Ok(Self {
+            norm: group_norm(vb, c, norm)?,
+            q: proj(q)?,
+            k: proj(k)?,
+            v: proj(v)?,
+            proj: proj(out)?,
+            scale: 1.0 / (c as f64).sqrt(),
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, hh, ww) = x.dims4()?;
+        let l = hh * ww;
+        // (B, L, C): one token per position.
+        let h = self
+            .norm
+            .forward(x)?
+            .reshape((b, c, l))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let q = self.q.forward(&h)?;
+        let k = self.k.forward(&h)?;
+        let v = self.v.forward(&h)?;
+        let w = (q.matmul(&k.t()?.contiguous()?)? * self.scale)?; // (B, L_q, L_k)
+                                                                  // candle_nn's softmax (not softmax_last_dim, which has no backward): the decoder stays
+                                                                  // differentiable in z.
+        let w = candle_nn::ops::softmax(&w, D::Minus1)?;
+        let a = self.proj.forward(&w.matmul(&v)?)?; // (B, L, C)
+        x + a.transpose(1, 2)?.reshape((b, c, hh, ww))?
+    }
+}
+
+/// One up level of the decoder, as LDM's `up[i]`.
+struct UpLevel {
+    blocks: Vec<ResnetBlock>,
+    attns: Vec<AttnBlock>,
+    upsample: Option<Conv2d>,
+}
+
+/// The KL-f8 autoencoder's decoder with `post_quant_conv` (see the module doc).
+pub struct VaeDecoder {
+    config: VaeConfig,
+    naming: VaeNaming,
+    dtype: DType,
+    device: Device,
+    post_quant_conv: Conv2d,
+    conv_in: Conv2d,
+    mid: (ResnetBlock, AttnBlock, ResnetBlock),
+    /// In execution order: the lowest resolution (LDM `up[L−1]`) first.
+    up: Vec<UpLevel>,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl VaeDecoder {
+    /// Build the decoder from `config` with parameters from `vb` named as `naming` (a
+    /// checkpoint's tensors or [`ParamSource::shapes_only`]).
+    pub fn new(config: &VaeConfig, naming: VaeNaming, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
+        Self::build(config, naming, vb)
+            .map_err(|e| Error::invalid("VAE decoder weights", first_line(&e)))
+    }
+
+    /// The tensors (name, shape) the decoder of `config` reads in the LDM naming (`decoder.*`
+    /// and `post_quant_conv.*`), in name order; computed by building the decoder without values,
+    /// so it is exactly what loading asks for.
+    pub fn parameter_shapes(config: &VaeConfig) -> Result<Vec<(String, Vec<usize>)>> {
+        Self::parameter_shapes_named(config, VaeNaming::Ldm)
+    }
+
+    /// [`Self::parameter_shapes`] in either naming.
+    pub fn parameter_shapes_named(
+        config: &VaeConfig,
+        naming: VaeNaming,
+    ) -> Result<Vec<(String, Vec<usize>)>> {
+        let (vb, src) = ParamSource::shapes_only().var_builder(DType::F32, &Device::Cpu);
+        Self::new(config, naming, vb)?;
+        Ok(src.asked())
+    }
+
+    fn build(cfg: &VaeConfig, naming: VaeNaming, vb: VarBuilder) -> candle_core::Result<Self> {
+        let levels = cfg.level_channels();
+        let n_levels = levels.len();
+        if naming == VaeNaming::Diffusers && !cfg.attn_resolutions.is_empty() {
+            candle_core::bail!(
+                "attn_resolutions {:?}: the diffusers naming has no attention in the up blocks",
+                cfg.attn_resolutions
+            );
+        }
+        let post_quant_conv = conv(&vb, cfg.embed_dim, cfg.z_channels, 1, "post_quant_conv")?;
+        let mut block_in = levels[n_levels - 1];
+        let mut curr_res = cfg.resolution >> (n_levels - 1);
+        let conv_in = conv(&vb, cfg.z_channels, block_in, 3, "decoder.conv_in")?;
+        let mid = (
+            ResnetBlock::new(&vb.pp(naming.mid_block(0)), block_in, block_in, naming)?,
+            AttnBlock::new(&vb.pp(naming.mid_attn()), block_in, naming)?,
+            ResnetBlock::new(&vb.pp(naming.mid_block(1)), block_in, block_in, naming)?,
+        );
+        let mut up = Vec::with_capacity(n_levels);
+        for level in (0..n_levels).rev() {
+            let block_out = levels[level];
+            let mut blocks = vec![];
+            let mut attns = vec![];
+            for j in 0..=cfg.num_res_blocks {
+                let name = naming.up_block(level, n_levels, j);
+                blocks.push(ResnetBlock::new(&vb.pp(name), block_in, block_out, naming)?);
+                block_in = block_out;
+                if cfg.attn_resolutions.contains(&curr_res) {
+                    attns.push(AttnBlock::new(
+                        &vb.pp(naming.up_attn(level, j)),
+                        block_in,
+                        naming,
+                    )?);
+                }
+            }
+            let upsample = if level != 0 {
+                curr_res *= 2;
+                Some(conv(
+                    &vb,
+                    block_in,
+                    block_in,
+                    3,
+                    &naming.upsample(level, n_levels),
+                )?)
+            } else {
+                None
+            };
+            up.push(UpLevel {
+                blocks,
+                attns,
+                upsample,
+            });
+        }
+        let norm_out = group_norm(&vb, block_in, naming.norm_out())?;
+        let conv_out = conv(&vb, block_in, cfg.out_ch, 3, "decoder.conv_out")?;
+        Ok(Self {
+            config: cfg.clone(),
+            naming,
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+            post_quant_conv,
+            conv_in,
+            mid,
+            up,
+            norm_out,
+            conv_out,
+        })
+    }
+
+    /// The config file for the checkpoint at `path` and the weight file: a directory holds
+    /// `config.json` and `diffusion_pytorch_model.safetensors` (or `.bin`, or exactly one
+    /// `.safetensors`/`.pth`/`.pt`/`.ckpt`); beside a weight file, `<stem>.json` if it exists,
+    /// else `config.json` if it exists, else none (Stable Diffusion's config, [`VaeConfig`]'s
+    /// default, as U-ViT's `get_model` hard-codes it for `autoencoder_kl_ema.pth`).
+    pub fn locate(path: &Path) -> Result<(Option<PathBuf>, PathBuf)> {
+        if !path.exists() {
+            return Err(Error::invalid(
+                format!("VAE checkpoint {}", path.display()),
+                "does not exist",
+            ));
+        }
+        if !path.is_dir() {
+            let own = path.with_extension("json");
+            let beside = path.parent().unwrap_or(Path::new(".")).join("config.json");
+            let cfg = [own, beside].into_iter().find(|p| p.exists() && p != path);
+            return Ok((cfg, path.to_path_buf()));
+        }
+        let cfg = path.join("config.json");
+        if !cfg.exists() {
+            return Err(Error::invalid(
+                format!("VAE checkpoint directory {}", path.display()),
+                "holds no config.json",
+            ));
+        }
+        for name in [
+            "diffusion_pytorch_model.safetensors",
+            "diffusion_pytorch_model.bin",
+        ] {
+            if path.join(name).exists() {
+                return Ok((Some(cfg), path.join(name)));
+            }
+        }
+        let entries = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|e| {
+                    ["safetensors", "pth", "pt", "ckpt"].contains(&e.to_string_lossy().as_ref())
+                })
+            })
+            .collect();
+        found.sort();
+        match found.len() {
+            1 => Ok((Some(cfg), found.remove(0))),
+            n => Err(Error::invalid(
+                format!("VAE checkpoint directory {}", path.display()),
+                format!(
+                    "holds no diffusion_pytorch_model.safetensors/.bin and {n} .safetensors/.pth/.pt/.ckpt files (expected exactly one)"
+                ),
+            )),
+        }
+    }
+
+    /// Load the decoder of the checkpoint at `path` (see [`Self::locate`] and the module doc for
+    /// the formats; the naming is detected from the tensor names). Tensors of any float dtype
+    /// are converted to `dtype`. A missing or mis-shaped decoder tensor, or one the config does
+    /// not use, is an error naming it and the file.
+    pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let (cfg_path, weights) = Self::locate(path)?;
+        let config = match &cfg_path {
+            Some(p) => VaeConfig::from_json_file(p)?,
+            None => VaeConfig::default(),
+        };
+        let tensors = crate::checkpoint::read_tensors(&weights)?;
+        let what = format!("weights {}", weights.display());
+        Self::from_tensors(&config, tensors, &what, dtype, device)
+    }
+
+    /// The decoder from a checkpoint's named tensors (`what` names them in errors): the
+    /// `state_dict.` and `first_stage_model.` wrappers are removed, the encoder's tensors
+    /// skipped, the naming detected, and every remaining tensor must be used.
+    pub fn from_tensors(
+        config: &VaeConfig,
+        tensors: Vec<(String, Tensor)>,
+        what: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        let (naming, tensors) = select_decoder_tensors(tensors, what)?;
+        let (vb, src) = ParamSource::load(tensors, what.to_string()).var_builder(dtype, device);
+        // The parameter source's messages already name the file.
+        let net = Self::build(config, naming, vb).map_err(|e| {
+            let msg = first_line(&e);
+            match msg.strip_prefix(&format!("{what}: ")) {
+                Some(rest) => Error::invalid(what.to_string(), rest.to_string()),
+                None => Error::invalid(what.to_string(), msg),
+            }
+        })?;
+        src.finish()?;
+        Ok(net)
+    }
+
+    pub fn config(&self) -> &VaeConfig {
+        &self.config
+    }
+
+    pub fn naming(&self) -> VaeNaming {
+        self.naming
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Images from *scaled* latents z (N, embed_dim, h, w), as a latent diffusion model samples
+    /// them: this divides by `scale_factor` itself (U-ViT's `FrozenAutoencoderKL.decode`;
+    /// diffusers pipelines' `vae.decode(z / scaling_factor)`). Returns (N, out_ch, f·h, f·w), f =
+    /// [`VaeConfig::downsampling_factor`], in z's dtype, in the decoder's native range (≈ [−1,
+    /// 1]) and not clamped. Computed in the load dtype on the load device; differentiable in z.
+    /// Memory: the middle attention holds an (h·w)² score matrix per latent (1024² for ImageNet
+    /// 256², 4096² for 512²), so large batches are best decoded in chunks.
+    pub fn decode(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = z.dims();
+        if dims.len() != 4 || dims[1] != self.config.embed_dim {
+            candle_core::bail!(
+                "VAE decoder: latents of shape {dims:?}, expected (N, {}, h, w)",
+                self.config.embed_dim
+            );
+        }
+        let out_dtype = z.dtype();
+        let z = (z.to_device(&self.device)?.to_dtype(self.dtype)? / self.config.scale_factor)?;
+        let h = self.conv_in.forward(&self.post_quant_conv.forward(&z)?)?;
+        let (b1, attn, b2) = &self.mid;
+        let mut h = b2.forward(&attn.forward(&b1.forward(&h)?)?)?;
+        for level in &self.up {
+            for (j, block) in level.blocks.iter().enumerate() {
+                h = block.forward(&h)?;
+                if let Some(a) = level.attns.get(j) {
+                    h = a.forward(&h)?;
+                }
+            }
+            if let Some(c) = &level.upsample {
+                h = c.forward(&upsample2x(&h)?)?;
+            }
+        }
+        let h = silu(&self.norm_out.forward(&h)?)?;
+        self.conv_out.forward(&h)?.to_dtype(out_dtype)
+    }
+}
+
+/// Strip the `state_dict.` and `first_stage_model.` wrappers, skip the encoder (`encoder.*`,
+/// `quant_conv.*`, LDM's `loss.*`), detect the naming from the decoder's names.
+fn select_decoder_tensors(
+    tensors: Vec<(String, Tensor)>,
+    what: &str,
+) -> Result<(VaeNaming, Vec<(String, Tensor)>)> {
+    fn strip(tensors: Vec<(String, Tensor)>, prefix: &str) -> Vec<(String, Tensor)> {
+        if !tensors.iter().any(|(k, _)| k.starts_with(prefix)) {
+            return tensors;
+        }
+        tensors
+            .into_iter()
+            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v)))
+            .collect()
+    }
+    let tensors = strip(strip(tensors, "state_dict."), "first_stage_model.");
+    let mut kept = Vec::new();
+    for (k, v) in tensors {
+        let top = k.split('.').next().unwrap_or("");
+        match top {
+            "decoder" | "post_quant_conv" => kept.push((k, v)),
+            "encoder" | "quant_conv" | "loss" => {}
+            _ => {
+                return Err(Error::invalid(
+                    what.to_string(),
+                    format!(
+                        "tensor `{k}` is not part of a KL autoencoder (expected encoder.*, decoder.*, quant_conv.*, post_quant_conv.*, optionally under first_stage_model.)"
+                    ),
+                ))
+            }
+        }
+    }
+    let has = |p: &str| kept.iter().any(|(k, _)| k.starts_with(p));
+    let ldm = has("decoder.mid.") || has("decoder.up.");
+    let diffusers = has("decoder.mid_block.") || has("decoder.up_blocks.");
+    let naming = match (ldm, diffusers) {
+        (true, false) => VaeNaming::Ldm,
+        (false, true) => VaeNaming::Diffusers,
+        (true, true) => {
+            return Err(Error::invalid(
+                what.to_string(),
+                "mixes LDM (`decoder.mid.`/`decoder.up.`) and diffusers (`decoder.mid_block.`/`decoder.up_blocks.`) tensor names",
+            ))
+        }
+        (false, false) => {
+            return Err(Error::invalid(
+                what.to_string(),
+                "holds no autoencoder decoder (no `decoder.mid.*` or `decoder.mid_block.*` tensors)",
+            ))
+        }
+    };
+    Ok((naming, kept))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_stable_diffusions_kl_f8() {
+        // U-ViT libs/autoencoder.py get_model(): ch 128, ch_mult [1, 2, 4, 4], 2 blocks, no up
+        // attention, z_channels = embed_dim = 4, scale 0.18215.
+        let d = VaeConfig::default();
+        assert_eq!(d.level_channels(), vec![128, 256, 512, 512]);
+        assert_eq!(d.downsampling_factor(), 8);
+        assert_eq!((d.z_channels, d.embed_dim, d.num_res_blocks), (4, 4, 2));
+        assert_eq!(d.scale_factor, 0.18215);
+        assert!(d.attn_resolutions.is_empty());
+        d.validate().unwrap();
+    }
+
+    #[test]
+    fn diffusers_configs_convert_to_the_same_network() {
+        let c = VaeConfig::from_json(
+            serde_json::json!({
+                "_class_name": "AutoencoderKL", "_diffusers_version": "0.31.0",
+                "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
+                "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D",
+                                   "UpDecoderBlock2D"],
+                "sample_size": 512,
+                "force_upcast": false
+            }),
+            "x",
+        )
+        .unwrap();
+        let d = VaeConfig::default();
+        assert_eq!((c.ch, &c.ch_mult), (d.ch, &d.ch_mult));
+        assert_eq!((c.num_res_blocks, c.embed_dim, c.resolution), (2, 4, 512));
+        // Decreasing channels: the gcd is the base.
+        let c = VaeConfig::from_json(
+            serde_json::json!({"_class_name": "AutoencoderKL", "block_out_channels": [64, 32],
+                               "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+                               "sample_size": [16, 16], "scaling_factor": 0.13025}),
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.ch, c.ch_mult.clone(), c.scale_factor),
+            (32, vec![2, 1], 0.13025)
+        );
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        let err = |v: serde_json::Value| {
+            VaeConfig::from_json(v, "VAE config x/config.json")
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(serde_json::json!({"ch_mul": [1, 2]}));
+        assert!(e.contains("x/config.json") && e.contains("`ch_mul`"), "{e}");
+        let e = err(serde_json::json!({"ch": 48}));
+        assert!(e.contains("`ch_mult`") && e.contains("48 channels"), "{e}");
+        let e = err(serde_json::json!({"scale_factor": 0.0}));
+        assert!(e.contains("`scale_factor`"), "{e}");
+        let e = err(serde_json::json!({"_class_name": "AutoencoderKL", "shift_factor": 0.1159}));
+        assert!(e.contains("`shift_factor`"), "{e}");
+        let e = err(serde_json::json!({"_class_name": "AutoencoderKL", "norm_num_groups": 16}));
+        assert!(e.contains("`norm_num_groups`"), "{e}");
+        let e = err(serde_json::json!({"_class_name": "AutoencoderKL", "up_block_types": ["X"]}));
+        assert!(e.contains("`up_block_types`"), "{e}");
+        let e =
+            err(serde_json::json!({"_class_name": "AutoencoderKL", "use_post_quant_conv": false}));
+        assert!(e.contains("`use_post_quant_conv`"), "{e}");
+        let e = err(serde_json::json!({"_class_name": "AutoencoderKL", "latent_chanels": 4}));
+        assert!(e.contains("`latent_chanels`"), "{e}");
+        let e = err(serde_json::json!({"_class_name": "AutoencoderTiny"}));
+        assert!(e.contains("AutoencoderTiny"), "{e}");
+    }
+
+    #[test]
+    fn the_two_namings_differ_only_by_the_name_map() {
+        // Same shapes, names mapped: up.{i} ↔ up_blocks.{L−1−i}, mid.block_{1,2} ↔
+        // mid_block.resnets.{0,1}, 1×1 conv attention ↔ Linear, norm_out ↔ conv_norm_out.
+        let cfg = VaeConfig::default();
+        let ldm = VaeDecoder::parameter_shapes(&cfg).unwrap();
+        let dif = VaeDecoder::parameter_shapes_named(&cfg, VaeNaming::Diffusers).unwrap();
+        assert_eq!(ldm.len(), dif.len());
+        let find = |v: &[(String, Vec<usize>)], k: &str| {
+            v.iter().find(|(n, _)| n == k).map(|(_, s)| s.clone())
+        };
+        assert_eq!(
+            find(&ldm, "decoder.up.0.block.0.nin_shortcut.weight"),
+            find(&dif, "decoder.up_blocks.3.resnets.0.conv_shortcut.weight")
+        );
+        assert_eq!(
+            find(&ldm, "decoder.up.0.block.0.nin_shortcut.weight"),
+            Some(vec![128, 256, 1, 1])
+        );
+        assert_eq!(
+            find(&ldm, "decoder.mid.attn_1.q.weight"),
+            Some(vec![512, 512, 1, 1])
+        );
+        assert_eq!(
+            find(&dif, "decoder.mid_block.attentions.0.to_q.weight"),
+            Some(vec![512, 512])
+        );
+        assert!(find(&ldm, "decoder.up.3.upsample.conv.weight").is_some());
+        assert!(find(&ldm, "decoder.up.0.upsample.conv.weight").is_none());
+        assert!(find(&dif, "decoder.up_blocks.0.upsamplers.0.conv.weight").is_some());
+        assert!(find(&dif, "decoder.up_blocks.3.upsamplers.0.conv.weight").is_none());
+    }
+}
