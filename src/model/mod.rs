@@ -6,6 +6,7 @@
 pub mod adm;
 pub mod cache;
 pub mod conv;
+pub mod dit;
 pub mod gmm;
 pub mod loader;
 pub mod network;
