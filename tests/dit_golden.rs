@@ -318,7 +318,9 @@ fn missing_misshaped_and_unused_tensors_are_named() {
         .collect();
     let e = build(missing);
     assert!(
-        e.contains("x/model.pt") && e.contains("`final_layer.linear.weight`") && e.contains("missing"),
+        e.contains("x/model.pt")
+            && e.contains("`final_layer.linear.weight`")
+            && e.contains("missing"),
         "{e}"
     );
     let mut wrong = base.clone();
@@ -393,7 +395,10 @@ fn configs_that_do_not_match_the_weights_are_one_line_errors() {
     );
     let d = edited("diffusers_tiny", |v| v["num_embeds_ada_norm"] = 1000.into());
     let e = load_err(d.path());
-    assert!(e.contains("embedding_table.weight") && e.contains("[1001, 64]"), "{e}");
+    assert!(
+        e.contains("embedding_table.weight") && e.contains("[1001, 64]"),
+        "{e}"
+    );
     let d = edited("diffusers_tiny", |v| v["norm_typ"] = "x".into());
     let e = load_err(d.path());
     assert!(e.contains("config.json") && e.contains("`norm_typ`"), "{e}");
@@ -415,7 +420,9 @@ fn configs_that_do_not_match_the_weights_are_one_line_errors() {
     std::fs::remove_file(d.path().join("io.safetensors")).unwrap();
     let e = load_err(d.path());
     assert!(
-        e.contains("model.safetensors") && e.contains("diffusers") && e.contains("`pos_embed.proj.weight`"),
+        e.contains("model.safetensors")
+            && e.contains("diffusers")
+            && e.contains("`pos_embed.proj.weight`"),
         "{e}"
     );
 }

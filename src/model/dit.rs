@@ -593,7 +593,12 @@ impl CondEmbedder {
         let f = FREQUENCY_EMBEDDING_SIZE;
         let (t, y, l1, l2) = match naming {
             Naming::Facebook => ("t_embedder.mlp", "y_embedder", "0", "2"),
-            Naming::Diffusers => ("timestep_embedder", "class_embedder", "linear_1", "linear_2"),
+            Naming::Diffusers => (
+                "timestep_embedder",
+                "class_embedder",
+                "linear_1",
+                "linear_2",
+            ),
         };
         let vt = vb.pp(t);
         Ok(Self {
@@ -672,19 +677,25 @@ impl Block {
         let (q, k, v) = match &self.qkv {
             Qkv::Fused(l) => {
                 let y = l.forward(x)?;
-                (y.narrow(2, 0, d)?, y.narrow(2, d, d)?, y.narrow(2, 2 * d, d)?)
+                (
+                    y.narrow(2, 0, d)?,
+                    y.narrow(2, d, d)?,
+                    y.narrow(2, 2 * d, d)?,
+                )
             }
             Qkv::Split(q, k, v) => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
         };
         let hd = d / self.heads;
         let split = |z: Tensor| -> candle_core::Result<Tensor> {
-            z.reshape((n, t, self.heads, hd))?.transpose(1, 2)?.contiguous()
+            z.reshape((n, t, self.heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let (q, k, v) = (split(q)?, split(k)?, split(v)?);
         let q = (q * (1.0 / (hd as f64).sqrt()))?;
-        let w = q.matmul(&k.t()?.contiguous()?)?; // (N, H, T, T)
-                                                  // candle_nn's softmax (not softmax_last_dim, which has no backward): AU guidance
-                                                  // differentiates through the scores.
+        // Scores (N, H, T, T). candle_nn's softmax (not softmax_last_dim, which has no
+        // backward): AU guidance differentiates through the scores.
+        let w = q.matmul(&k.t()?.contiguous()?)?;
         let w = candle_nn::ops::softmax(&w, D::Minus1)?;
         let a = w.matmul(&v)?.transpose(1, 2)?.reshape((n, t, d))?;
         self.proj.forward(&a)
@@ -700,11 +711,7 @@ impl Block {
         let a = self.attention(&modulate(&layer_norm(h, LN_EPS)?, &shift1, &scale1)?)?;
         let a = mode.dropout(&a, p)?;
         let h = (h + a.broadcast_mul(&gate1.unsqueeze(1)?)?)?;
-        let x = modulate(
-            &layer_norm(&h, self.variant.ff_norm_eps)?,
-            &shift2,
-            &scale2,
-        )?;
+        let x = modulate(&layer_norm(&h, self.variant.ff_norm_eps)?, &shift2, &scale2)?;
         let x = self.fc1.forward(&x)?;
         let x = if self.variant.gelu_exact {
             x.gelu_erf()?
@@ -789,7 +796,11 @@ impl DiT {
                 let mut blocks = Vec::with_capacity(cfg.depth);
                 for i in 0..cfg.depth {
                     let vbb = vb.pp(format!("transformer_blocks.{i}"));
-                    cond.push(CondEmbedder::new(&vbb.pp("norm1.emb"), cfg, variant.naming)?);
+                    cond.push(CondEmbedder::new(
+                        &vbb.pp("norm1.emb"),
+                        cfg,
+                        variant.naming,
+                    )?);
                     blocks.push(Block::new(&vbb, cfg, variant)?);
                 }
                 (
@@ -926,7 +937,10 @@ impl DiT {
         let mut tensors = crate::checkpoint::read_tensors(&weights)?;
         // A train.py checkpoint ({"model", "ema", "opt", "args"}): the EMA weights, as DiT's
         // `find_model` takes them.
-        if tensors.iter().any(|(k, _)| k == "ema.x_embedder.proj.weight") {
+        if tensors
+            .iter()
+            .any(|(k, _)| k == "ema.x_embedder.proj.weight")
+        {
             tensors = tensors
                 .into_iter()
                 .filter_map(|(k, t)| k.strip_prefix("ema.").map(|k| (k.to_string(), t)))
@@ -1075,9 +1089,7 @@ impl DiT {
             h = block.forward(&h, &conds[i.min(conds.len() - 1)], mode)?;
         }
         let d = cfg.hidden_size;
-        let m = self
-            .final_mod
-            .forward(&candle_nn::ops::silu(&conds[0])?)?;
+        let m = self.final_mod.forward(&candle_nn::ops::silu(&conds[0])?)?;
         modulate(
             &layer_norm(&h, LN_EPS)?,
             &m.narrow(1, 0, d)?,
@@ -1243,7 +1255,10 @@ mod tests {
             v
         };
         let e = d(with("num_layer", 2.into()));
-        assert!(e.contains("y/config.json") && e.contains("`num_layer`"), "{e}");
+        assert!(
+            e.contains("y/config.json") && e.contains("`num_layer`"),
+            "{e}"
+        );
         let e = d(with("norm_type", "ada_norm".into()));
         assert!(e.contains("`norm_type`"), "{e}");
         let e = d(with("out_channels", 5.into()));
