@@ -7,6 +7,7 @@ pub mod adm;
 pub mod cache;
 pub mod catalog;
 pub mod conv;
+pub mod dit;
 pub mod gmm;
 pub mod loader;
 pub mod network;
