@@ -6,6 +6,12 @@
 //!   or `config.json` beside it, or a directory holding `config.json` and `model.pt` (an ADM
 //!   config is one with `"architecture": "adm"`, or with `num_res_blocks` /
 //!   `attention_resolutions` and no diffusers `_class_name`);
+//! - a U-ViT checkpoint (baofff/U-ViT `UViT`): a `.pth` state dict with its constructor arguments
+//!   in `<stem>.json` or `config.json` beside it (`"architecture": "uvit"`), or a directory
+//!   holding `config.json` and `model.pth`;
+//! - a DiT checkpoint: a facebookresearch/DiT state dict (`.pt`) with its constructor arguments
+//!   and `"architecture": "dit"` in `<stem>.json` or `config.json`, or a diffusers
+//!   `DiTTransformer2DModel` directory;
 //! - a diffuq model-cache entry (`recipe.json`, `manifest.json`, `ema.safetensors`,
 //!   `model.safetensors`), EMA weights unless `model.safetensors` itself is named.
 //!
@@ -17,9 +23,11 @@ use candle_core::{DType, Device};
 
 use super::adm::AdmUNet;
 use super::cache::ModelCache;
+use super::dit::DiT;
 use super::network::Network;
 use super::recipe::{self, ImageModelRecipe};
 use super::unet2d::UNet2D;
+use super::uvit::UViT;
 use crate::error::{Error, Result};
 
 /// The network at `path` on `device`.
@@ -57,8 +65,15 @@ pub fn load_network(path: &Path, device: &Device) -> Result<Box<dyn Network>> {
             &recipe, &model, ema, device,
         )?));
     }
+    // DiT and U-ViT directories also hold a config.json: recognised before the UNet2D fallback.
+    if DiT::config_for(path).is_some() {
+        return Ok(Box::new(DiT::load(path, DType::F32, device)?));
+    }
     if AdmUNet::config_for(path).is_some() {
         return Ok(Box::new(AdmUNet::load(path, DType::F32, device)?));
+    }
+    if UViT::config_for(path).is_some() {
+        return Ok(Box::new(UViT::load(path, DType::F32, device)?));
     }
     let cfg = dir.join("config.json");
     if cfg.exists() {
@@ -66,6 +81,6 @@ pub fn load_network(path: &Path, device: &Device) -> Result<Box<dyn Network>> {
     }
     Err(Error::invalid(
         format!("checkpoint {}", path.display()),
-        "unknown architecture: expected a diffusers UNet2DModel directory (config.json + diffusion_pytorch_model.safetensors/.bin), a guided-diffusion ADM checkpoint (model.pt + config.json with its model flags) or a diffuq model directory (recipe.json + ema.safetensors)",
+        "unknown architecture: expected a diffusers UNet2DModel directory (config.json + diffusion_pytorch_model.safetensors/.bin), a guided-diffusion ADM checkpoint (model.pt + config.json with its model flags), a U-ViT checkpoint (model.pth + config.json with "architecture": "uvit"), a DiT checkpoint (model.pt + config.json with "architecture": "dit", or a diffusers DiTTransformer2DModel directory) or a diffuq model directory (recipe.json + ema.safetensors)",
     ))
 }
