@@ -84,7 +84,9 @@ use crate::model::params::ParamSource;
 
 /// OpenAI CLIP's normalisation mean (R, G, B), as `clip.load`'s `preprocess` uses it.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-/// OpenAI CLIP's normalisation standard deviation (R, G, B).
+/// OpenAI CLIP's normalisation standard deviation (R, G, B). The digits are OpenAI's
+/// (`clip.py`); the float32 they round to is what torchvision's `Normalize` holds.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 /// The most pixels the resized (pre-crop) image may have: a guard against extreme aspect ratios
 /// (a 1×10⁴ image would become 224 × 2.24·10⁶).
@@ -333,11 +335,28 @@ impl ClipConfig {
             };
             let falsy = x.is_null() || x == &serde_json::Value::Bool(false);
             match k.as_str() {
-                "image_size" => cfg.image_size = square(x).ok_or_else(|| bad(&key, format!("{x} (expected an integer or a square [h, w])")))?,
-                "patch_size" => cfg.patch_size = square(x).ok_or_else(|| bad(&key, format!("{x} (expected an integer or a square [h, w])")))?,
+                "image_size" => {
+                    cfg.image_size = square(x).ok_or_else(|| {
+                        bad(
+                            &key,
+                            format!("{x} (expected an integer or a square [h, w])"),
+                        )
+                    })?
+                }
+                "patch_size" => {
+                    cfg.patch_size = square(x).ok_or_else(|| {
+                        bad(
+                            &key,
+                            format!("{x} (expected an integer or a square [h, w])"),
+                        )
+                    })?
+                }
                 "layers" => {
                     if x.is_array() {
-                        return Err(bad(&key, format!("{x}: a ModifiedResNet tower is not covered (CLIP's ViT only)")));
+                        return Err(bad(
+                            &key,
+                            format!("{x}: a ModifiedResNet tower is not covered (CLIP's ViT only)"),
+                        ));
                     }
                     cfg.layers = uint()?
                 }
@@ -349,11 +368,18 @@ impl ClipConfig {
                         .filter(|r| r.is_finite() && *r > 0.0)
                         .ok_or_else(|| bad(&key, format!("{x} (expected a positive number)")))?
                 }
-                "ls_init_value" | "attentional_pool" | "final_ln_after_pool" | "no_ln_pre"
-                | "qk_norm" | "scaled_cosine_attn" | "scale_heads" | "scale_attn_inner"
-                | "scale_attn" | "scale_fc" | "timm_model_name" | "act_kwargs" => {
-                    must_be(falsy, "null or false")?
-                }
+                "ls_init_value"
+                | "attentional_pool"
+                | "final_ln_after_pool"
+                | "no_ln_pre"
+                | "qk_norm"
+                | "scaled_cosine_attn"
+                | "scale_heads"
+                | "scale_attn_inner"
+                | "scale_attn"
+                | "scale_fc"
+                | "timm_model_name"
+                | "act_kwargs" => must_be(falsy, "null or false")?,
                 "pool_type" => must_be(x == "tok", "\"tok\"")?,
                 "pos_embed_type" => must_be(x == "learnable", "\"learnable\"")?,
                 "block_type" => must_be(x.is_null() || x == "default", "null or \"default\"")?,
@@ -369,9 +395,16 @@ impl ClipConfig {
                     _ => must_be(false, "null or {\"eps\": ε}")?,
                 },
                 // Training-only or inert without the keys above.
-                "patch_dropout" | "output_tokens" | "attn_pooler_queries" | "attn_pooler_heads"
-                | "timm_model_pretrained" | "timm_pool" | "timm_proj" | "timm_proj_bias"
-                | "timm_drop" | "timm_drop_path" => {}
+                "patch_dropout"
+                | "output_tokens"
+                | "attn_pooler_queries"
+                | "attn_pooler_heads"
+                | "timm_model_pretrained"
+                | "timm_pool"
+                | "timm_proj"
+                | "timm_proj_bias"
+                | "timm_drop"
+                | "timm_drop_path" => {}
                 _ => {
                     return Err(bad(
                         &key,
@@ -426,8 +459,8 @@ impl ClipConfig {
         if !(vision.is_object() || vision.is_null()) {
             return Err(bad("vision_config", "not a JSON object".into()));
         }
-        let get_usize = |key: &str, default: usize, src: &serde_json::Value, prefix: &str| {
-            match src.get(key) {
+        let get_usize =
+            |key: &str, default: usize, src: &serde_json::Value, prefix: &str| match src.get(key) {
                 None | Some(serde_json::Value::Null) => Ok(default),
                 Some(x) => square(x).ok_or_else(|| {
                     bad(
@@ -435,8 +468,7 @@ impl ClipConfig {
                         format!("{x} (expected a positive integer)"),
                     )
                 }),
-            }
-        };
+            };
         let d = Self::vit_b_32();
         let channels = get_usize("num_channels", 3, vision, prefix)?;
         if channels != 3 {
@@ -540,7 +572,9 @@ impl ClipConfig {
             activation: Activation::QuickGelu,
             layer_norm_eps: 1e-5,
         };
-        cfg.validate_in(&format!("{what} (shape inferred as OpenAI's build_model does)"))?;
+        cfg.validate_in(&format!(
+            "{what} (shape inferred as OpenAI's build_model does)"
+        ))?;
         Ok(cfg)
     }
 }
@@ -916,7 +950,11 @@ impl ClipVision {
     }
 
     /// Load the tensors of `weights` with `config` (None: inferred from the shapes).
-    pub fn load_weights(weights: &Path, config: Option<&ClipConfig>, device: &Device) -> Result<Self> {
+    pub fn load_weights(
+        weights: &Path,
+        config: Option<&ClipConfig>,
+        device: &Device,
+    ) -> Result<Self> {
         let tensors = crate::checkpoint::read_tensors(weights)?;
         Self::from_tensors(
             tensors,
@@ -1004,7 +1042,9 @@ impl ClipVision {
                      `vision_model.embeddings.patch_embedding.weight` (transformers): not a CLIP \
                      ViT state dict; found {} tensors{}",
                     tensors.len(),
-                    some.first().map(|k| format!(", e.g. `{k}`")).unwrap_or_default()
+                    some.first()
+                        .map(|k| format!(", e.g. `{k}`"))
+                        .unwrap_or_default()
                 ),
             )
         })?;
@@ -1019,7 +1059,10 @@ impl ClipVision {
             if !v.dtype().is_float() {
                 return Err(Error::invalid(
                     source.to_string(),
-                    format!("tensor `{k}` has dtype {:?}, expected a float type", v.dtype()),
+                    format!(
+                        "tensor `{k}` has dtype {:?}, expected a float type",
+                        v.dtype()
+                    ),
                 ));
             }
         }
@@ -1033,7 +1076,8 @@ impl ClipVision {
                 ClipConfig::infer(&map, naming, source)?
             }
         };
-        let (vb, src) = ParamSource::load(vision, source.to_string()).var_builder(DType::F32, device);
+        let (vb, src) =
+            ParamSource::load(vision, source.to_string()).var_builder(DType::F32, device);
         let raw = gather(&config, naming, &vb).map_err(|e| {
             let msg = first_line(&e);
             match msg.strip_prefix(&format!("{source}: ")) {
@@ -1200,7 +1244,8 @@ fn gather_shapes(cfg: &ClipConfig, naming: Naming, vb: &VarBuilder) -> candle_co
                 ln(&b, "layer_norm2")?;
             }
             ln(&v, "post_layernorm")?;
-            vb.pp("visual_projection").get((cfg.output_dim, w), "weight")?;
+            vb.pp("visual_projection")
+                .get((cfg.output_dim, w), "weight")?;
         }
     }
     Ok(())
@@ -1342,7 +1387,7 @@ pub fn resized_size((h, w): (usize, usize), size: usize) -> (usize, usize) {
 
 /// torchvision's `CenterCrop` offset: int(round((n − crop)/2)), Python's half-to-even rounding.
 pub fn crop_offset(n: usize, crop: usize) -> usize {
-    ((n - crop) as f64 / 2.0).round_ties_even() as usize
+    (n.saturating_sub(crop) as f64 / 2.0).round_ties_even() as usize
 }
 
 /// OpenAI CLIP's `preprocess` (`clip.clip._transform(S)`) on uint8 images, with GU's uint8
@@ -1507,13 +1552,20 @@ impl ClipFeatures {
         for start in (0..n).step_by(self.batch_size) {
             let len = self.batch_size.min(n - start);
             let chunk = images.narrow(0, start, len).ctx("CLIP images")?;
-            out.push(self.net.embed(&self.pre.apply(&chunk, self.net.device())?)?);
+            out.push(
+                self.net
+                    .embed(&self.pre.apply(&chunk, self.net.device())?)?,
+            );
         }
         if out.is_empty() {
             // Still check the shape of an empty batch.
             self.pre.to_uint8(images)?;
-            return Tensor::zeros((0, self.net.config().output_dim), DType::F32, self.net.device())
-                .ctx("CLIP features");
+            return Tensor::zeros(
+                (0, self.net.config().output_dim),
+                DType::F32,
+                self.net.device(),
+            )
+            .ctx("CLIP features");
         }
         Tensor::cat(&out, 0).ctx("CLIP features")
     }
