@@ -24,7 +24,9 @@ zero-initialised biases are perturbed with a seeded generator), all at image_siz
       `convert_weights` (float16 convs, linears, attention and projections; LayerNorms and
       embeddings float32, as `build_model` leaves the released weights), traced with
       `torch.jit.trace_module(model, {"encode_image": ...})` and saved with `torch.jit.save`: a
-      TorchScript archive like the released `ViT-B-32.pt`. No config file: like OpenAI's
+      TorchScript archive like the released `ViT-B-32.pt` (its `*.debug_pkl` source-location
+      records, which name this machine's temp paths, are removed; torch.jit.load does not need
+      them). No config file: like OpenAI's
       `build_model`, the reader infers the tower from the tensor shapes. The reference is
       `clip.load(model.pt, device="cpu")` (jit=False: build_model of the archive's state dict,
       then .float() on the CPU) and its `preprocess` (bicubic resize of the shorter side to 32,
@@ -79,9 +81,11 @@ zero-initialised biases are perturbed with a seeded generator), all at image_siz
 
 Pinned: Python 3.11.7, torch 2.15.0 (CPU, one thread), open_clip 3.3.0, transformers 5.24.0,
 torchvision 0.29.2, Pillow 13.0.0, numpy 1.26.4, safetensors 0.8.0.
-Run (from the repository root; a clone or a bare mirror of openai/CLIP both work; ~10 s):
+Run (from the repository root; a clone or a bare mirror of openai/CLIP both work; ~20 s):
   git clone https://github.com/openai/CLIP /tmp/openai-clip
   python golden/clip_reference.py /tmp/openai-clip
+Re-running reproduces every tensor bit for bit; the bytes of openai_tiny/model.pt differ (its
+random `.data/serialization_id`).
 """
 import importlib
 import json
@@ -90,6 +94,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 
 import numpy as np
 import open_clip
@@ -205,6 +210,13 @@ with torch.no_grad():
         assert n == n2
         p.data = q.data.clone()
 torch.jit.save(traced, os.path.join(d, "model.pt"))
+# Drop the archive's *.debug_pkl records (source locations, with this machine's temp paths);
+# torch.jit.load does not need them.
+with zipfile.ZipFile(os.path.join(d, "model.pt")) as zin:
+    records = [(i, zin.read(i.filename)) for i in zin.infolist() if not i.filename.endswith(".debug_pkl")]
+with zipfile.ZipFile(os.path.join(d, "model.pt"), "w", zipfile.ZIP_STORED) as zout:
+    for info, data in records:
+        zout.writestr(info, data)
 sd = torch.jit.load(os.path.join(d, "model.pt")).state_dict()
 assert sd["visual.conv1.weight"].dtype == torch.float16 and sd["visual.ln_post.weight"].dtype == torch.float32
 ref, ref_pre = oa_clip.load(os.path.join(d, "model.pt"), device="cpu")
