@@ -2,6 +2,7 @@
 //! likelihood (GU Eq. 7) are computed in.
 
 pub mod cache;
+pub mod clip;
 pub mod depthwise;
 pub mod inception;
 pub mod mobilenet;
