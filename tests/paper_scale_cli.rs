@@ -137,6 +137,11 @@ fn write_batch(path: &Path, n: usize, seed: u8) {
 /// An experiments directory holding `artifact`'s file with its smoke profile pointed at the tiny
 /// ADM checkpoint and the two image batches.
 fn experiments_with_checkpoint(tmp: &Path, artifact: &str, extra: &str) -> PathBuf {
+    experiments_with(tmp, artifact, "", extra)
+}
+
+/// As [`experiments_with_checkpoint`], with more `[smoke.weights]` lines.
+fn experiments_with(tmp: &Path, artifact: &str, weights: &str, extra: &str) -> PathBuf {
     let exp = tmp.join("experiments");
     std::fs::create_dir_all(exp.join(artifact)).unwrap();
     let text = std::fs::read_to_string(
@@ -148,7 +153,7 @@ fn experiments_with_checkpoint(tmp: &Path, artifact: &str, extra: &str) -> PathB
     .unwrap();
     let ckpt = Path::new(ROOT).join("golden/adm/imagenet64_tiny/model.pt");
     let text = format!(
-        "{text}\n[smoke.model]\nfrom = \"checkpoint:adm-imagenet64\"\nuse_ema = true\n[smoke.weights]\nmodel = \"{}\"\n{extra}",
+        "{text}\n[smoke.model]\nfrom = \"checkpoint:adm-imagenet64\"\nuse_ema = true\n[smoke.weights]\nmodel = \"{}\"\n{weights}{extra}",
         ckpt.display()
     );
     std::fs::write(exp.join(artifact).join("experiment.toml"), text).unwrap();
@@ -243,4 +248,48 @@ fn a_class_conditional_checkpoint_needs_labelled_training_images() {
         se.contains("data.laplace") && se.contains("arr_1") && se.contains("class-conditional"),
         "{se}"
     );
+}
+
+#[test]
+fn gu_scores_run_on_a_paper_checkpoint_with_clip_features() {
+    // GU's semantic φ at paper scale is CLIP (`eval.semantic_features = "clip"`, weights.clip):
+    // here the tiny transformers CLIP of golden/clip (written by transformers 5.24.0,
+    // golden/clip_reference.py), 32² input.
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let clip = Path::new(ROOT).join("golden/clip/hf_vision_tiny");
+    let weights = format!("clip = \"{}\"\n", clip.display());
+    let extra = format!(
+        "[smoke.data]\nlaplace = \"{}\"\n[smoke.reference]\nfid = \"{}\"\n",
+        t.join("train.npz").display(),
+        t.join("ref.npz").display()
+    );
+    let exp = experiments_with(t, "gu-fig3", &weights, &extra);
+    let runs = t.join("runs");
+    let out = diffuq(
+        &[
+            "--experiments",
+            exp.to_str().unwrap(),
+            "run",
+            "gu-fig3",
+            "--scale",
+            "smoke",
+            "--runs-dir",
+            runs.to_str().unwrap(),
+            "eval.semantic_features=clip",
+        ],
+        t,
+    );
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{so}\n{se}");
+    let dir = std::fs::read_dir(runs.join("gu-fig3/smoke"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let cfg = std::fs::read_to_string(dir.join("config.resolved.toml")).unwrap();
+    assert!(cfg.contains("semantic_features = \"clip\""), "{cfg}");
+    let table = std::fs::read_to_string(dir.join("table.md")).unwrap();
+    assert!(table.contains("GU"), "{table}");
 }

@@ -286,6 +286,9 @@ pub enum Space {
     Mobilenet,
     /// Raw pixels: smoke plumbing only.
     Pixels,
+    /// CLIP ViT-B/32 image embeddings (GU's semantic φ, `clip.load("ViT-B/32")`; weights from
+    /// `weights.clip`, [`crate::features::clip`]).
+    Clip,
 }
 
 /// `[eval]`.
@@ -552,7 +555,7 @@ impl Validate for Config {
         );
         check(
             &mut v,
-            self.eval.metric_features != Space::Mobilenet,
+            !matches!(self.eval.metric_features, Space::Mobilenet | Space::Clip),
             "eval.metric_features",
             "must be \"inception\" (the FID's space) or \"pixels\" (smoke)",
         );
@@ -560,7 +563,7 @@ impl Validate for Config {
             &mut v,
             self.eval.semantic_features != Space::Inception,
             "eval.semantic_features",
-            "must be \"mobilenet\" or \"pixels\": filtering in the FID's own feature space would tune the filter to the metric",
+            "must be \"clip\", \"mobilenet\" or \"pixels\": filtering in the FID's own feature space would tune the filter to the metric",
         );
         check(
             &mut v,
@@ -1010,7 +1013,7 @@ fn metric_features(
     what: &str,
 ) -> Result<(Vec<f64>, usize)> {
     match c.eval.metric_features {
-        Space::Pixels | Space::Mobilenet => {
+        Space::Pixels | Space::Mobilenet | Space::Clip => {
             let d = images.elem_count() / images.dim(0).ctx(what)?.max(1);
             let v: Vec<f64> = images
                 .to_dtype(DType::F64)
@@ -1061,6 +1064,17 @@ fn semantic_extractor(
                 c.eval.semantic_batch,
             );
             (Box::new(mf.clone()), Some(mf))
+        }
+        Space::Clip => {
+            let path = inputs::path_of("weights", &c.weights, "clip")?;
+            let net = crate::features::clip::ClipVision::load(&path, dev)?;
+            (
+                Box::new(crate::features::clip::ClipFeatures::new(
+                    net,
+                    c.eval.semantic_batch,
+                )),
+                None,
+            )
         }
         _ => (Box::new(Identity), None),
     })
@@ -1612,7 +1626,7 @@ fn run_seed(
 
     // 3. Features of every distinct sample set; kept-set metrics at every fraction.
     let t0 = Instant::now();
-    let plain_u8 = to_u8(&plain).ctx("quantising samples")?;
+    let plain_u8 = to_u8(&model.to_images(&plain)?).ctx("quantising samples")?;
     let (pf, d) = metric_features(c, embedder, &plain_u8, &format!("samples of seed {seed}"))?;
     let mut tensors = std::collections::HashMap::from([
         ("plain".to_string(), plain_u8.clone()),
@@ -1624,7 +1638,7 @@ fn run_seed(
     let mut own_features: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for r in &results {
         if let Some(x) = &r.own_samples {
-            let u8s = to_u8(x).ctx("quantising samples")?;
+            let u8s = to_u8(&model.to_images(x)?).ctx("quantising samples")?;
             let (f, _) = metric_features(
                 c,
                 embedder,
@@ -1933,6 +1947,23 @@ pub fn keep_indices(
     kept
 }
 
+/// φ of a latent model's samples: φ(decode(z)).
+struct DecodedFeatures<'a> {
+    model: &'a kit::ImageModel,
+    inner: &'a dyn FeatureExtractor,
+    id: String,
+}
+
+impl FeatureExtractor for DecodedFeatures<'_> {
+    fn features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let img = self.model.to_images(x).map_err(candle_core::Error::wrap)?;
+        self.inner.features(&img)
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 /// The real images of a filtering run: the set samples are compared with (FID reference) and the
 /// training images the Laplace fit and realism's manifold use. A recipe model uses Fashion-MNIST
 /// (test set, training set); a paper checkpoint the `reference.fid` and `data.laplace` files
@@ -2168,9 +2199,21 @@ fn run_impl(
         .insert("realism-manifold".into(), t.elapsed().as_secs_f64());
     run.write_manifest(manifest)?;
 
+    // Scores see samples; a latent model's samples are decoded before φ (the manifold above was
+    // built from real images, which are pixels already).
+    let decoded = DecodedFeatures {
+        model: &model,
+        inner: semantic.as_ref(),
+        id: format!("{}∘vae", semantic.id()),
+    };
+    let sample_phi: &dyn FeatureExtractor = if model.decoder.is_some() {
+        &decoded
+    } else {
+        semantic.as_ref()
+    };
     let ctx = ScoreContext {
         posteriors: &posteriors,
-        semantic: semantic.as_ref(),
+        semantic: sample_phi,
         manifold: manifold.as_ref(),
     };
     // Validate every score against the sampler before any sampling.

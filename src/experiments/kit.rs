@@ -324,6 +324,9 @@ pub struct ImageModel {
     pub origin: String,
     /// The recipe of a model diffuq trains (its data set and image size).
     pub recipe: Option<crate::model::recipe::ImageModelRecipe>,
+    /// A latent model's KL-f8 decoder (`weights.vae`): samples are latents, images are its
+    /// decodings.
+    pub decoder: Option<crate::model::vae::VaeDecoder>,
 }
 
 impl ImageModel {
@@ -331,7 +334,28 @@ impl ImageModel {
     pub fn conditional(&self) -> bool {
         self.net.num_classes().is_some()
     }
+
+    /// Samples (N, …) as images in [−1, 1]-range: themselves for a pixel model, decoded (in
+    /// batches of [`DECODE_BATCH`]) for a latent one.
+    pub fn to_images(&self, x: &Tensor) -> Result<Tensor> {
+        let Some(vae) = &self.decoder else {
+            return Ok(x.clone());
+        };
+        let n = x.dim(0).ctx("latents")?;
+        let mut out = vec![];
+        let mut i = 0;
+        while i < n {
+            let b = DECODE_BATCH.min(n - i);
+            let z = x.narrow(0, i, b).ctx("latents")?;
+            out.push(vae.decode(&z).ctx("VAE decode")?);
+            i += b;
+        }
+        Tensor::cat(&out, 0).ctx("decoded images")
+    }
 }
+
+/// Latents decoded per VAE call: the mid-block attention holds an (h·w)² score matrix per image.
+pub const DECODE_BATCH: usize = 16;
 
 /// The model `from` names (`key` is its configuration key, `weights` the `[weights]` table):
 /// one of `recipes` (trained or taken from the model cache) or `checkpoint:<name>` (the file
@@ -352,13 +376,33 @@ pub fn image_model(
         let cp = crate::model::catalog::find(name)?;
         let path = super::inputs::path_of("weights", weights, "model")?;
         let (net, shape, schedule) = cp.load(&path, candle_core::DType::F32, dev)?;
-        let digest = crate::tracking::sha256_path(&path)?;
+        let mut digest = crate::tracking::sha256_path(&path)?;
+        let decoder = match cp.latent {
+            Some(_) => {
+                let vae = super::inputs::path_of("weights", weights, "vae")?;
+                digest.push_str(&crate::tracking::sha256_path(&vae)?[..16]);
+                Some(crate::model::vae::VaeDecoder::load(
+                    &vae,
+                    candle_core::DType::F32,
+                    dev,
+                )?)
+            }
+            None => None,
+        };
+        // Labels are drawn from the catalogued classes (not a null class), or from fewer when the
+        // network has fewer (a reduced checkpoint with its own config).
+        let classes = match (cp.classes, net.num_classes()) {
+            (Some(a), Some(b)) => a.min(b),
+            (_, Some(b)) => b,
+            _ => 1,
+        };
         return Ok(ImageModel {
             schedule,
-            flow: false,
+            flow: cp.is_flow(),
             seed: 0,
             shape,
-            classes: net.num_classes().unwrap_or(1),
+            decoder,
+            classes,
             key: format!("{name}-{}", &digest[..16]),
             origin: format!("checkpoint:{name} from {}", path.display()),
             recipe: None,
@@ -380,6 +424,7 @@ pub fn image_model(
         origin: format!("model {} from {}", model.key, model.dir.display()),
         key: model.key,
         recipe: Some(recipe),
+        decoder: None,
     })
 }
 

@@ -12,8 +12,12 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 
+use candle_core::Tensor;
+
 use super::adm::{AdmConfig, AdmUNet};
-use super::network::Network;
+use super::dit::{DiT, DiTConfig};
+use super::network::{LastLayerNetwork, Mode, Network, Prediction};
+use super::uvit::{UViT, UViTConfig};
 use crate::error::{Error, Result};
 use crate::schedule::{NoiseSchedule, ScheduleKind};
 
@@ -25,6 +29,23 @@ pub enum Arch {
     /// A diffusers `UNet2DModel` directory (config.json + weights) with a linear β schedule
     /// from `beta_start` to `beta_end` over 1000 steps.
     DiffusersUNet { beta_start: f64, beta_end: f64 },
+    /// baofff/U-ViT `UViT` with these constructor arguments, trained on Stable Diffusion's
+    /// scaled-linear β (0.00085 → 0.012, 1000 steps); ᾱ index t is network time t + 1.
+    UViT(fn() -> UViTConfig),
+    /// facebookresearch/DiT `DiT` with these constructor arguments, trained on the linear β
+    /// (1e-4 → 0.02, 1000 steps).
+    DiT(fn() -> DiTConfig),
+    /// A facebookresearch/DiT-layout velocity field over flow time t ∈ [0, 1] (t = 1 noise):
+    /// Flow Matching in Latent Space (Dao et al. 2023), whose `models/DiT.py` keeps DiT's names
+    /// with `learn_sigma` false.
+    FlowDiT(fn() -> DiTConfig),
+}
+
+/// A latent model: it samples (C, h, w) latents that the KL-f8 VAE named by `weights.vae`
+/// decodes into `image` (C, H, W) pixels.
+#[derive(Debug, Clone, Copy)]
+pub struct Latent {
+    pub image: [usize; 3],
 }
 
 /// One of the papers' checkpoints.
@@ -37,8 +58,11 @@ pub struct Checkpoint {
     pub arch: Arch,
     /// The shape (C, H, W) the network samples in.
     pub shape: [usize; 3],
-    /// Class count of a class-conditional model.
+    /// Classes a class-conditional model's samples are drawn from (U-ViT's and DiT's extra
+    /// label is their classifier-free-guidance null class, not drawn).
     pub classes: Option<usize>,
+    /// Set for latent models.
+    pub latent: Option<Latent>,
 }
 
 /// guided-diffusion README, "ImageNet 64x64" (MODEL_FLAGS of the class-conditional model).
@@ -61,6 +85,7 @@ pub const CATALOG: &[Checkpoint] = &[
         arch: Arch::Adm(ADM_64),
         shape: [3, 64, 64],
         classes: Some(1000),
+        latent: None,
     },
     Checkpoint {
         name: "adm-imagenet128",
@@ -68,6 +93,7 @@ pub const CATALOG: &[Checkpoint] = &[
         arch: Arch::Adm(ADM_128),
         shape: [3, 128, 128],
         classes: Some(1000),
+        latent: None,
     },
     Checkpoint {
         name: "ddpm-cifar10",
@@ -78,8 +104,61 @@ pub const CATALOG: &[Checkpoint] = &[
         },
         shape: [3, 32, 32],
         classes: None,
+        latent: None,
+    },
+    Checkpoint {
+        name: "uvit-imagenet256",
+        file: "imagenet256_uvit_huge.pth",
+        arch: Arch::UViT(UViTConfig::imagenet256_huge),
+        shape: [4, 32, 32],
+        classes: Some(1000),
+        latent: Some(Latent {
+            image: [3, 256, 256],
+        }),
+    },
+    Checkpoint {
+        name: "uvit-imagenet512",
+        file: "imagenet512_uvit_huge.pth",
+        arch: Arch::UViT(UViTConfig::imagenet512_huge),
+        shape: [4, 64, 64],
+        classes: Some(1000),
+        latent: Some(Latent {
+            image: [3, 512, 512],
+        }),
+    },
+    Checkpoint {
+        name: "dit-xl2-imagenet256",
+        file: "DiT-XL-2-256x256.pt",
+        arch: Arch::DiT(DiTConfig::xl2_256),
+        shape: [4, 32, 32],
+        classes: Some(1000),
+        latent: Some(Latent {
+            image: [3, 256, 256],
+        }),
+    },
+    Checkpoint {
+        name: "lfm-dit-imagenet256",
+        file: "lfm-imagenet256-dit",
+        arch: Arch::FlowDiT(lfm_imagenet256),
+        shape: [4, 32, 32],
+        classes: Some(1000),
+        latent: Some(Latent {
+            image: [3, 256, 256],
+        }),
     },
 ];
+
+/// LFM's ImageNet-256 model (`test_args/imnet_dit.txt`: DiT-B/2, class-conditional,
+/// `learn_sigma` false): hidden 768, depth 12, 12 heads.
+fn lfm_imagenet256() -> DiTConfig {
+    DiTConfig {
+        hidden_size: 768,
+        depth: 12,
+        num_heads: 12,
+        learn_sigma: false,
+        ..DiTConfig::xl2_256()
+    }
+}
 
 /// Every catalogued name.
 pub fn names() -> Vec<&'static str> {
@@ -133,7 +212,22 @@ impl Checkpoint {
                 beta_end,
                 1000,
             )),
+            Arch::UViT(_) => Ok(NoiseSchedule::new(
+                ScheduleKind::ScaledLinear,
+                0.00085,
+                0.012,
+                1000,
+            )),
+            // A flow model's sampler ignores the schedule; DiT's training schedule otherwise.
+            Arch::DiT(_) | Arch::FlowDiT(_) => {
+                Ok(NoiseSchedule::new(ScheduleKind::Linear, 1e-4, 0.02, 1000))
+            }
         }
+    }
+
+    /// A flow-matching (velocity) model.
+    pub fn is_flow(&self) -> bool {
+        matches!(self.arch, Arch::FlowDiT(_))
     }
 
     /// The network from the weights at `path`, with the shape (C, H, W) it samples in and its noise schedule: a config
@@ -164,7 +258,114 @@ impl Checkpoint {
                 let shape = [c.in_channels, c.sample_size, c.sample_size];
                 (Box::new(net), shape, self.schedule()?)
             }
+            Arch::UViT(cfg) => {
+                let net = if UViT::config_for(path).is_some() {
+                    UViT::load(path, dtype, device)?
+                } else {
+                    let (_, weights) = UViT::locate(path)?;
+                    UViT::load_with_config(&cfg(), &weights, self.name.into(), dtype, device)?
+                };
+                let c = net.config();
+                let s = c.img_size;
+                let shape = [c.in_chans, s, s];
+                // U-ViT was trained with ᾱ index n − 1 at network time n (n = 1…1000).
+                let net = Adapted::new(Box::new(net), 1.0, None);
+                (Box::new(net), shape, self.schedule()?)
+            }
+            Arch::DiT(cfg) | Arch::FlowDiT(cfg) => {
+                let net = if DiT::config_for(path).is_some() {
+                    DiT::load(path, dtype, device)?
+                } else {
+                    let weights = if path.is_dir() {
+                        path.join("model.pt")
+                    } else {
+                        path.to_path_buf()
+                    };
+                    DiT::load_with_config(&cfg(), &weights, self.name.into(), dtype, device)?
+                };
+                let c = net.config();
+                let shape = [c.in_channels, c.input_size, c.input_size];
+                let net: Box<dyn Network> = if self.is_flow() {
+                    Box::new(Adapted::new(Box::new(net), 0.0, Some(Prediction::Velocity)))
+                } else {
+                    Box::new(net)
+                };
+                (net, shape, self.schedule()?)
+            }
         })
+    }
+}
+
+/// A released network under diffuq's conventions: called at network time t + `shift` for the
+/// sampler's time t (U-ViT: ᾱ index t is its time t + 1), its output read as `prediction` when
+/// set (LFM's DiT: a velocity). The last layer is the inner network's, at the same shifted time.
+pub struct Adapted {
+    inner: Box<dyn Network>,
+    shift: f64,
+    prediction: Option<Prediction>,
+}
+
+impl Adapted {
+    pub fn new(inner: Box<dyn Network>, shift: f64, prediction: Option<Prediction>) -> Self {
+        Self {
+            inner,
+            shift,
+            prediction,
+        }
+    }
+
+    fn times(&self, t: &[f64]) -> Vec<f64> {
+        t.iter().map(|&t| t + self.shift).collect()
+    }
+}
+
+impl Network for Adapted {
+    fn prediction(&self) -> Prediction {
+        self.prediction.unwrap_or(self.inner.prediction())
+    }
+    fn forward(
+        &self,
+        x: &Tensor,
+        t: &[f64],
+        labels: Option<&Tensor>,
+        mode: &mut Mode<'_>,
+    ) -> candle_core::Result<Tensor> {
+        self.inner.forward(x, &self.times(t), labels, mode)
+    }
+    fn num_classes(&self) -> Option<usize> {
+        self.inner.num_classes()
+    }
+    fn last_layer(&self) -> Result<&dyn LastLayerNetwork> {
+        self.inner.last_layer()?;
+        Ok(self)
+    }
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+}
+
+impl LastLayerNetwork for Adapted {
+    fn features(
+        &self,
+        x: &Tensor,
+        t: &[f64],
+        labels: Option<&Tensor>,
+        mode: &mut Mode<'_>,
+    ) -> candle_core::Result<Tensor> {
+        let ll = self.inner.last_layer().map_err(candle_core::Error::wrap)?;
+        ll.features(x, &self.times(t), labels, mode)
+    }
+    fn last_layer(&self) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let ll = self.inner.last_layer().map_err(candle_core::Error::wrap)?;
+        ll.last_layer()
+    }
+    fn assemble(&self, out: &Tensor) -> candle_core::Result<Tensor> {
+        let ll = self.inner.last_layer().map_err(candle_core::Error::wrap)?;
+        ll.assemble(out)
+    }
+    fn disassemble(&self, target: &Tensor) -> candle_core::Result<Tensor> {
+        let ll = self.inner.last_layer().map_err(candle_core::Error::wrap)?;
+        ll.disassemble(target)
     }
 }
 

@@ -933,8 +933,48 @@ impl DiT {
         } else {
             path.to_path_buf()
         };
+        let name = if path.is_dir() {
+            path.file_name()
+        } else {
+            path.file_stem()
+        }
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "dit".into());
+        Self::load_weights(&config, variant, &weights, &cfg_path, name, dtype, device)
+    }
+
+    /// Load a facebookresearch/DiT state dict (or `train.py` checkpoint) for a known `config`
+    /// (a released checkpoint whose constructor arguments diffuq's checkpoint catalog holds
+    /// needs no config file beside it).
+    pub fn load_with_config(
+        config: &DiTConfig,
+        weights: &Path,
+        name: String,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::load_weights(
+            config,
+            Variant::facebook(),
+            weights,
+            Path::new("(catalog)"),
+            name,
+            dtype,
+            device,
+        )
+    }
+
+    fn load_weights(
+        config: &DiTConfig,
+        variant: Variant,
+        weights: &Path,
+        cfg_path: &Path,
+        name: String,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let what = format!("weights {}", weights.display());
-        let mut tensors = crate::checkpoint::read_tensors(&weights)?;
+        let mut tensors = crate::checkpoint::read_tensors(weights)?;
         // A train.py checkpoint ({"model", "ema", "opt", "args"}): the EMA weights, as DiT's
         // `find_model` takes them.
         if tensors
@@ -968,15 +1008,8 @@ impl DiT {
             ));
         }
         let (vb, src) = ParamSource::load(tensors, what.clone()).var_builder(dtype, device);
-        let name = if path.is_dir() {
-            path.file_name()
-        } else {
-            path.file_stem()
-        }
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "dit".into());
         // The parameter source's messages already name the file.
-        let net = Self::build(&config, variant, vb, name).map_err(|e| {
+        let net = Self::build(config, variant, vb, name).map_err(|e| {
             let msg = first_line(&e);
             match msg.strip_prefix(&format!("{what}: ")) {
                 Some(rest) => Error::invalid(what.clone(), rest.to_string()),

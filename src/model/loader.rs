@@ -81,6 +81,6 @@ pub fn load_network(path: &Path, device: &Device) -> Result<Box<dyn Network>> {
     }
     Err(Error::invalid(
         format!("checkpoint {}", path.display()),
-        "unknown architecture: expected a diffusers UNet2DModel directory (config.json + diffusion_pytorch_model.safetensors/.bin), a guided-diffusion ADM checkpoint (model.pt + config.json with its model flags), a U-ViT checkpoint (model.pth + config.json with "architecture": "uvit"), a DiT checkpoint (model.pt + config.json with "architecture": "dit", or a diffusers DiTTransformer2DModel directory) or a diffuq model directory (recipe.json + ema.safetensors)",
+        "unknown architecture: expected a diffusers UNet2DModel directory (config.json + diffusion_pytorch_model.safetensors/.bin), a guided-diffusion ADM checkpoint (model.pt + config.json with its model flags), a U-ViT checkpoint (model.pth + config.json with architecture uvit), a DiT checkpoint (model.pt + config.json with architecture dit, or a diffusers DiTTransformer2DModel directory) or a diffuq model directory (recipe.json + ema.safetensors)",
     ))
 }

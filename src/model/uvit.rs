@@ -615,9 +615,6 @@ impl UViT {
             ));
         }
         let config = UViTConfig::from_json_file(&cfg_path)?;
-        let tensors = crate::checkpoint::read_tensors(&weights)?;
-        let what = format!("weights {}", weights.display());
-        let (vb, src) = ParamSource::load(tensors, what.clone()).var_builder(dtype, device);
         let name = if path.is_dir() {
             path.file_name()
         } else {
@@ -625,8 +622,23 @@ impl UViT {
         }
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "uvit".into());
+        Self::load_with_config(&config, &weights, name, dtype, device)
+    }
+
+    /// Load the state dict `weights` for a known `config` (a released checkpoint whose
+    /// constructor arguments diffuq's checkpoint catalog holds needs no config file beside it).
+    pub fn load_with_config(
+        config: &UViTConfig,
+        weights: &Path,
+        name: String,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let tensors = crate::checkpoint::read_tensors(weights)?;
+        let what = format!("weights {}", weights.display());
+        let (vb, src) = ParamSource::load(tensors, what.clone()).var_builder(dtype, device);
         // The parameter source's messages already name the file.
-        let net = Self::build(&config, vb, name).map_err(|e| {
+        let net = Self::build(config, vb, name).map_err(|e| {
             let msg = first_line(&e);
             match msg.strip_prefix(&format!("{what}: ")) {
                 Some(rest) => Error::invalid(what.clone(), rest.to_string()),
