@@ -72,7 +72,7 @@ fn check(case: &str, path: &Path, naming: VaeNaming, scale: f64) {
 
 #[test]
 fn ldm_naming_uvit_pth_matches_uvit_decode() {
-    // U-ViT's autoencoder_kl_ema.pth layout (encoder tensors present, skipped); ch_mult [2, 1]
+    // U-ViT's autoencoder_kl_ema.pth layout (encoder tensors present and loaded); ch_mult [2, 1]
     // (nin_shortcut in up.0) and an AttnBlock in up.1; config.json beside the file.
     check(
         "ldm_tiny",
@@ -386,7 +386,10 @@ fn check_encode(case: &str, path: &Path, naming: VaeNaming) {
     let back = vae.decode(&m).unwrap();
     assert_eq!(back.dims(), io["x"].dims());
     let sum: f32 = back.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
-    assert!(sum.is_finite() && sum > 0.0, "{case}: decode(encode_mean(x)) sums to {sum}");
+    assert!(
+        sum.is_finite() && sum > 0.0,
+        "{case}: decode(encode_mean(x)) sums to {sum}"
+    );
 
     let vae64 = VaeDecoder::load(path, DType::F64, &Device::Cpu).unwrap();
     let m64 = vae64
@@ -399,7 +402,10 @@ fn check_encode(case: &str, path: &Path, naming: VaeNaming) {
     );
     assert!(rm < 1e-4, "{case}: encode_mean f32 relative error {rm:e}");
     assert!(rs < 1e-4, "{case}: encode_sample f32 relative error {rs:e}");
-    assert!(r64 < 1e-12, "{case}: encode_mean f64 relative error {r64:e}");
+    assert!(
+        r64 < 1e-12,
+        "{case}: encode_mean f64 relative error {r64:e}"
+    );
     // The sample is not the mean (the test of eps can fail).
     assert!(errs(&s, &m).1 > 0.1);
 }
@@ -513,7 +519,10 @@ fn incomplete_or_mixed_encoders_and_bad_images_give_one_line_errors() {
         .cloned()
         .collect();
     let e = load_ldm_tiny(no_qc).err().unwrap().to_string();
-    assert!(e.contains("`quant_conv.weight`") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("`quant_conv.weight`") && e.contains("missing"),
+        "{e}"
+    );
     // A mis-shaped encoder tensor.
     let mut wrong = base.clone();
     for (k, v) in wrong.iter_mut() {
@@ -554,7 +563,10 @@ fn incomplete_or_mixed_encoders_and_bad_images_give_one_line_errors() {
     let io = io("ldm_tiny");
     let eps = Tensor::zeros((2, 4, 8, 6), DType::F32, &Device::Cpu).unwrap();
     let e = vae.encode_sample(&io["x"], &eps).unwrap_err().to_string();
-    assert!(e.contains("eps of shape [2, 4, 8, 6]") && e.contains("[2, 4, 6, 8]"), "{e}");
+    assert!(
+        e.contains("eps of shape [2, 4, 8, 6]") && e.contains("[2, 4, 6, 8]"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -581,14 +593,18 @@ fn the_log_variance_is_clamped_as_the_reference_does() {
         assert!(chunk.iter().all(|&v| v == want), "channel {}", i % 4);
     }
     let eps = &io["eps"];
-    let d = (vae.encode_sample(&io["x"], eps).unwrap() - vae.encode_mean(&io["x"]).unwrap())
-        .unwrap();
+    let d =
+        (vae.encode_sample(&io["x"], eps).unwrap() - vae.encode_mean(&io["x"]).unwrap()).unwrap();
     let std = (d / (eps * 0.18215).unwrap()).unwrap();
     let s: Vec<f32> = std.flatten_all().unwrap().to_vec1().unwrap();
     for (i, chunk) in s.chunks(per).enumerate() {
         if i % 4 < 2 {
             let want = 10f32.exp();
-            assert!(chunk.iter().all(|&v| (v / want - 1.0).abs() < 1e-3), "channel {}", i % 4);
+            assert!(
+                chunk.iter().all(|&v| (v / want - 1.0).abs() < 1e-3),
+                "channel {}",
+                i % 4
+            );
         }
     }
 }

@@ -226,7 +226,11 @@ impl DiffusersVaeConfig {
         // diffuq's encoder has one level per block_out_channels entry, as every config that
         // save_pretrained writes has one down block type per entry; a config that omits the key
         // (diffusers' default, one entry) is accepted for the decoder's sake.
-        if self.down_block_types.iter().any(|t| t != "DownEncoderBlock2D") {
+        if self
+            .down_block_types
+            .iter()
+            .any(|t| t != "DownEncoderBlock2D")
+        {
             return Err(bad(
                 "down_block_types",
                 format!(
@@ -1295,6 +1299,13 @@ mod tests {
         let e =
             err(serde_json::json!({"_class_name": "AutoencoderKL", "use_post_quant_conv": false}));
         assert!(e.contains("`use_post_quant_conv`"), "{e}");
+        let e = err(serde_json::json!({"_class_name": "AutoencoderKL",
+                                       "down_block_types": ["DownBlock2D"]}));
+        assert!(e.contains("`down_block_types`"), "{e}");
+        let e = err(serde_json::json!({"_class_name": "AutoencoderKL", "use_quant_conv": false}));
+        assert!(e.contains("`use_quant_conv`"), "{e}");
+        let e = err(serde_json::json!({"in_channels": 0}));
+        assert!(e.contains("`in_channels`"), "{e}");
         let e = err(serde_json::json!({"_class_name": "AutoencoderKL", "latent_chanels": 4}));
         assert!(e.contains("`latent_chanels`"), "{e}");
         let e = err(serde_json::json!({"_class_name": "AutoencoderTiny"}));
@@ -1332,5 +1343,52 @@ mod tests {
         assert!(find(&ldm, "decoder.up.0.upsample.conv.weight").is_none());
         assert!(find(&dif, "decoder.up_blocks.0.upsamplers.0.conv.weight").is_some());
         assert!(find(&dif, "decoder.up_blocks.3.upsamplers.0.conv.weight").is_none());
+    }
+
+    #[test]
+    fn the_encoders_differ_by_names_and_the_conv_in_width() {
+        // down.{i} ↔ down_blocks.{i} (same order), downsample.conv ↔ downsamplers.0.conv; LDM's
+        // conv_in has ch outputs, diffusers' ch·ch_mult[0] (equal for SD's KL-f8).
+        let cfg = VaeConfig::default();
+        let ldm = VaeDecoder::encoder_parameter_shapes(&cfg, VaeNaming::Ldm).unwrap();
+        let dif = VaeDecoder::encoder_parameter_shapes(&cfg, VaeNaming::Diffusers).unwrap();
+        assert_eq!(ldm.len(), dif.len());
+        let find = |v: &[(String, Vec<usize>)], k: &str| {
+            v.iter().find(|(n, _)| n == k).map(|(_, s)| s.clone())
+        };
+        assert_eq!(
+            find(&ldm, "encoder.down.1.block.0.nin_shortcut.weight"),
+            find(&dif, "encoder.down_blocks.1.resnets.0.conv_shortcut.weight")
+        );
+        assert_eq!(
+            find(&ldm, "encoder.down.2.downsample.conv.weight"),
+            Some(vec![512, 512, 3, 3])
+        );
+        assert!(find(&ldm, "encoder.down.3.downsample.conv.weight").is_none());
+        assert_eq!(find(&ldm, "quant_conv.weight"), Some(vec![8, 8, 1, 1]));
+        let cfg = VaeConfig {
+            ch: 32,
+            ch_mult: vec![2, 1],
+            ..VaeConfig::default()
+        };
+        let ldm = VaeDecoder::encoder_parameter_shapes(&cfg, VaeNaming::Ldm).unwrap();
+        let dif = VaeDecoder::encoder_parameter_shapes(&cfg, VaeNaming::Diffusers).unwrap();
+        assert_eq!(
+            find(&ldm, "encoder.conv_in.weight"),
+            Some(vec![32, 3, 3, 3])
+        );
+        assert_eq!(
+            find(&dif, "encoder.conv_in.weight"),
+            Some(vec![64, 3, 3, 3])
+        );
+        // double_z false has no posterior: an error naming the key.
+        let cfg = VaeConfig {
+            double_z: false,
+            ..VaeConfig::default()
+        };
+        let e = VaeDecoder::encoder_parameter_shapes(&cfg, VaeNaming::Ldm)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`double_z`"), "{e}");
     }
 }
