@@ -1,12 +1,31 @@
-//! The decoder of Stable Diffusion's KL-f8 autoencoder (LDM's `AutoencoderKL`, Rombach et al.
-//! 2022), which turns the 4-channel latents of a latent diffusion model into images.
+//! Stable Diffusion's KL-f8 autoencoder (LDM's `AutoencoderKL`, Rombach et al. 2022): the decoder
+//! that turns the 4-channel latents of a latent diffusion model into images, and the encoder that
+//! maps images to those latents.
 //!
 //! Both papers run latent diffusion models whose samples are latents: U-ViT on ImageNet 256² and
 //! 512² (AU, De Vita & Belagiannis 2025, and GU, Jazbec et al. 2025, Fig. 3) and DiT (GU C.7).
 //! Their images are `decode(z / 0.18215)` with this VAE (ImageNet 256² → latents 4×32×32, 512² →
 //! 4×64×64), which [`VaeDecoder::decode`] computes from the *scaled* latent z the sampler returns.
-//! The encoder is out of scope: nothing here maps images to latents, and its tensors in a
-//! checkpoint are skipped.
+//! GU fits its last-layer Laplace on U-ViT with *training images encoded* by this VAE: z = 0.18215
+//! · (a posterior sample), as the release's `UViT/utils.py::preprocess_la_uvit` does; that is
+//! [`VaeDecoder::encode_sample`] with the caller's standard normals (diffuq draws them from its
+//! own seed streams), and [`VaeDecoder::encode_mean`] is the deterministic posterior mean.
+//!
+//! Encode, as U-ViT's `FrozenAutoencoderKL.encode_moments`/`sample` (`Encoder.forward`) and
+//! diffusers' `AutoencoderKL.encode(x).latent_dist`, for images x ∈ [−1, 1]:
+//!
+//!   h = conv_in(x)                                           (3×3 to ch, diffusers: ch·ch_mult[0])
+//!   down, level 0 to L−1: num_res_blocks × ResnetBlock [→ AttnBlock where the level's nominal
+//!       resolution is in `attn_resolutions`], then, except at the last level, zero-pad one row
+//!       at the bottom and one column at the right (`F.pad(x, (0, 1, 0, 1))`) and a 3×3 conv of
+//!       stride 2 without padding
+//!   mid: ResnetBlock → AttnBlock → ResnetBlock
+//!   (mean, logvar) = split(quant_conv(conv_out(swish(norm_out(h)))))   (2·z_ch → 2·embed_dim)
+//!   logvar ← clamp(logvar, −30, 20);  z = scale_factor · (mean + exp(logvar / 2) · ε)
+//!
+//! The two namings differ in one place besides the names: LDM's `conv_in` has `ch` outputs and
+//! level 0 maps ch → ch·ch_mult[0], diffusers' has block_out_channels[0] outputs (the same when
+//! ch_mult[0] = 1, as in SD's KL-f8).
 //!
 //! Decode, as U-ViT's `libs/autoencoder.py` (`FrozenAutoencoderKL.decode`, `Decoder.forward`; a
 //! copy of LDM's) and diffusers' `AutoencoderKL.decode` after a pipeline's `z / scaling_factor`:
@@ -28,24 +47,31 @@
 //!
 //! Checkpoints (the naming is detected from the tensor names):
 //! - LDM/CompVis naming, as U-ViT's `autoencoder_kl_ema.pth` (a `torch.save`d state dict):
-//!   `decoder.conv_in`, `decoder.mid.block_{1,2}.{norm1,conv1,norm2,conv2}`,
+//!   `encoder.conv_in`, `encoder.down.{i}.block.{j}`, `encoder.down.{i}.attn.{j}`,
+//!   `encoder.down.{i}.downsample.conv`, `encoder.mid.*`, `encoder.norm_out`, `encoder.conv_out`,
+//!   `quant_conv`, `decoder.conv_in`, `decoder.mid.block_{1,2}.{norm1,conv1,norm2,conv2}`,
 //!   `decoder.mid.attn_1.{norm,q,k,v,proj_out}` (1×1 convs), `decoder.up.{i}.block.{j}.{…,
 //!   nin_shortcut}`, `decoder.up.{i}.attn.{j}`, `decoder.up.{i}.upsample.conv`,
 //!   `decoder.norm_out`, `decoder.conv_out`, `post_quant_conv`, with `up.0` the full-resolution
 //!   level; the same under `first_stage_model.` (a Stable Diffusion `.ckpt`, whose
 //!   `state_dict.` wrapper is removed first; everything outside the prefix is skipped);
 //! - diffusers' `AutoencoderKL` naming, a directory with `config.json` and
-//!   `diffusion_pytorch_model.safetensors` (or `.bin`): `decoder.mid_block.resnets.{0,1}`,
+//!   `diffusion_pytorch_model.safetensors` (or `.bin`): `encoder.down_blocks.{i}.resnets.{j}`,
+//!   `encoder.down_blocks.{i}.downsamplers.0.conv`, `encoder.mid_block.*`,
+//!   `encoder.conv_norm_out`, `encoder.conv_out` (level i = LDM's `down.{i}`), `quant_conv`,
+//!   `decoder.mid_block.resnets.{0,1}`,
 //!   `decoder.mid_block.attentions.0.{group_norm,to_q,to_k,to_v,to_out.0}` (Linear; the pre-0.14
 //!   `query/key/value/proj_attn` names are renamed), `decoder.up_blocks.{i}.resnets.{j}.{…,
 //!   conv_shortcut}`, `decoder.up_blocks.{i}.upsamplers.0.conv`, `decoder.conv_norm_out`, with
 //!   the block order reversed: `up_blocks.0` is LDM's last level `up.{L−1}`.
 //!
-//! `encoder.*`, `quant_conv.*` and LDM's `loss.*` are skipped; any other tensor, or a decoder
-//! tensor the config does not ask for, is an error naming it.
+//! The encoder (`encoder.*` and `quant_conv.*`) is loaded when the checkpoint has any of its
+//! tensors, and must then be complete; a checkpoint without them loads as a decoder only, and
+//! encoding with it is an error naming the file and the missing tensors. LDM's `loss.*` is
+//! skipped; any other tensor, or one the config does not ask for, is an error naming it.
 //!
-//! Precision: computed in the dtype of [`VaeDecoder::load`] (f32 or f64 on the CPU). In f64 the
-//! attention softmax is f64 here; U-ViT's own `.double()` model agrees. float16 is known to
+//! Precision: computed in the dtype of [`VaeDecoder::load`] (f32 or f64 on the CPU), encoder
+//! included. In f64 the attention softmax is f64 here; U-ViT's own `.double()` model agrees. float16 is known to
 //! overflow in this VAE at high resolution (diffusers' `force_upcast`), so f32 is the default.
 
 use std::path::{Path, PathBuf};
@@ -69,9 +95,9 @@ const NORM_EPS: f64 = 1e-6;
 /// `get_model` and SD's `first_stage_config.params.ddconfig` set), plus `embed_dim` (the latent
 /// channels `post_quant_conv` reads) and `scale_factor`. The default is Stable Diffusion's KL-f8
 /// (U-ViT's `get_model`): ch 128, ch_mult [1, 2, 4, 4], 2 ResnetBlocks per level, no attention
-/// in the up levels, 4 latent channels, scale 0.18215. `double_z`, `in_channels` and `dropout`
-/// concern the encoder or training only and are read but not used. Any other key is an error
-/// naming it.
+/// in the down or up levels, 4 latent channels, scale 0.18215. `double_z` and `in_channels`
+/// concern the encoder only (which needs `double_z`: its output is the posterior's mean and
+/// log-variance), `dropout` training only (read, not used). Any other key is an error naming it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VaeConfig {
@@ -84,8 +110,8 @@ pub struct VaeConfig {
     pub ch: usize,
     pub ch_mult: Vec<usize>,
     pub num_res_blocks: usize,
-    /// Nominal resolutions (from `resolution`, halved per level) whose up level has an
-    /// AttnBlock after each ResnetBlock (SD: none).
+    /// Nominal resolutions (from `resolution`, halved per level) whose down and up levels have
+    /// an AttnBlock after each ResnetBlock (SD: none).
     pub attn_resolutions: Vec<usize>,
     pub dropout: f64,
     pub embed_dim: usize,
@@ -172,9 +198,9 @@ fn gcd(a: usize, b: usize) -> usize {
 
 impl DiffusersVaeConfig {
     /// The same network as an LDM config: ch = gcd(block_out_channels), ch_mult = channels / ch,
-    /// num_res_blocks = layers_per_block, z_channels = embed_dim = latent_channels. The encoder's
-    /// keys (`down_block_types`, `use_quant_conv`) and `force_upcast` (a precision hint) are not
-    /// used; what diffuq does not implement is an error naming the key.
+    /// num_res_blocks = layers_per_block, z_channels = embed_dim = latent_channels.
+    /// `force_upcast` (a precision hint) is not used; what diffuq does not implement is an error
+    /// naming the key.
     fn to_ldm(&self, what: &str) -> Result<VaeConfig> {
         let bad = |key: &str, reason: String| Error::invalid(format!("{what} `{key}`"), reason);
         if self.block_out_channels.is_empty() || self.block_out_channels.contains(&0) {
@@ -195,6 +221,28 @@ impl DiffusersVaeConfig {
                     "{:?} is not implemented (expected one \"UpDecoderBlock2D\" per block_out_channels entry)",
                     self.up_block_types
                 ),
+            ));
+        }
+        // diffuq's encoder has one level per block_out_channels entry, as every config that
+        // save_pretrained writes has one down block type per entry; a config that omits the key
+        // (diffusers' default, one entry) is accepted for the decoder's sake.
+        if self
+            .down_block_types
+            .iter()
+            .any(|t| t != "DownEncoderBlock2D")
+        {
+            return Err(bad(
+                "down_block_types",
+                format!(
+                    "{:?} is not implemented (expected \"DownEncoderBlock2D\" entries)",
+                    self.down_block_types
+                ),
+            ));
+        }
+        if !self.use_quant_conv {
+            return Err(bad(
+                "use_quant_conv",
+                "false is not implemented (expected true)".into(),
             ));
         }
         if self.act_fn != "silu" && self.act_fn != "swish" {
@@ -331,6 +379,7 @@ impl VaeConfig {
         let bad = |key: &str, reason: String| Error::invalid(format!("{what} `{key}`"), reason);
         for (key, v) in [
             ("z_channels", self.z_channels),
+            ("in_channels", self.in_channels),
             ("out_ch", self.out_ch),
             ("ch", self.ch),
             ("embed_dim", self.embed_dim),
@@ -389,17 +438,38 @@ pub enum VaeNaming {
 }
 
 impl VaeNaming {
-    fn mid_block(self, j: usize) -> String {
+    /// The middle ResnetBlock `j` of `side` (`"encoder"` or `"decoder"`).
+    fn mid_block(self, side: &str, j: usize) -> String {
         match self {
-            VaeNaming::Ldm => format!("decoder.mid.block_{}", j + 1),
-            VaeNaming::Diffusers => format!("decoder.mid_block.resnets.{j}"),
+            VaeNaming::Ldm => format!("{side}.mid.block_{}", j + 1),
+            VaeNaming::Diffusers => format!("{side}.mid_block.resnets.{j}"),
         }
     }
 
-    fn mid_attn(self) -> &'static str {
+    fn mid_attn(self, side: &str) -> String {
         match self {
-            VaeNaming::Ldm => "decoder.mid.attn_1",
-            VaeNaming::Diffusers => "decoder.mid_block.attentions.0",
+            VaeNaming::Ldm => format!("{side}.mid.attn_1"),
+            VaeNaming::Diffusers => format!("{side}.mid_block.attentions.0"),
+        }
+    }
+
+    /// ResnetBlock `j` of the encoder's level `level` (the same order in both namings).
+    fn down_block(self, level: usize, j: usize) -> String {
+        match self {
+            VaeNaming::Ldm => format!("encoder.down.{level}.block.{j}"),
+            VaeNaming::Diffusers => format!("encoder.down_blocks.{level}.resnets.{j}"),
+        }
+    }
+
+    fn down_attn(self, level: usize, j: usize) -> String {
+        // diffusers' DownEncoderBlock2D has no attention; configs from diffusers never ask for it.
+        format!("encoder.down.{level}.attn.{j}")
+    }
+
+    fn downsample(self, level: usize) -> String {
+        match self {
+            VaeNaming::Ldm => format!("encoder.down.{level}.downsample.conv"),
+            VaeNaming::Diffusers => format!("encoder.down_blocks.{level}.downsamplers.0.conv"),
         }
     }
 
@@ -427,10 +497,10 @@ impl VaeNaming {
         }
     }
 
-    fn norm_out(self) -> &'static str {
+    fn norm_out(self, side: &str) -> String {
         match self {
-            VaeNaming::Ldm => "decoder.norm_out",
-            VaeNaming::Diffusers => "decoder.conv_norm_out",
+            VaeNaming::Ldm => format!("{side}.norm_out"),
+            VaeNaming::Diffusers => format!("{side}.conv_norm_out"),
         }
     }
 
@@ -589,7 +659,140 @@ struct UpLevel {
     upsample: Option<Conv2d>,
 }
 
-/// The KL-f8 autoencoder's decoder with `post_quant_conv` (see the module doc).
+/// One down level of the encoder, as LDM's `down[i]`.
+struct DownLevel {
+    blocks: Vec<ResnetBlock>,
+    attns: Vec<AttnBlock>,
+    /// Stride-2 3×3 conv without padding, after zero-padding bottom and right by one.
+    downsample: Option<Conv2d>,
+}
+
+impl DownLevel {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mut h = x.clone();
+        for (j, block) in self.blocks.iter().enumerate() {
+            h = block.forward(&h)?;
+            if let Some(a) = self.attns.get(j) {
+                h = a.forward(&h)?;
+            }
+        }
+        match &self.downsample {
+            // LDM's Downsample and diffusers' Downsample2D(padding=0): F.pad(x, (0, 1, 0, 1)),
+            // i.e. one zero column on the right (dim 3) and one zero row at the bottom (dim 2).
+            Some(c) => c.forward(&h.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?),
+            None => Ok(h),
+        }
+    }
+}
+
+/// The encoder with `quant_conv`: images → posterior moments (mean and log-variance).
+struct Encoder {
+    conv_in: Conv2d,
+    down: Vec<DownLevel>,
+    mid: (ResnetBlock, AttnBlock, ResnetBlock),
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+    quant_conv: Conv2d,
+}
+
+impl Encoder {
+    fn build(cfg: &VaeConfig, naming: VaeNaming, vb: &VarBuilder) -> candle_core::Result<Self> {
+        if !cfg.double_z {
+            candle_core::bail!(
+                "config `double_z` false: the KL encoder's output is the posterior's mean and log-variance, expected true"
+            );
+        }
+        let levels = cfg.level_channels();
+        let n_levels = levels.len();
+        if naming == VaeNaming::Diffusers && !cfg.attn_resolutions.is_empty() {
+            candle_core::bail!(
+                "attn_resolutions {:?}: the diffusers naming has no attention in the down blocks",
+                cfg.attn_resolutions
+            );
+        }
+        // LDM: conv_in → ch, level 0 maps ch → ch·ch_mult[0]; diffusers: conv_in →
+        // block_out_channels[0].
+        let mut block_in = match naming {
+            VaeNaming::Ldm => cfg.ch,
+            VaeNaming::Diffusers => levels[0],
+        };
+        let conv_in = conv(vb, cfg.in_channels, block_in, 3, "encoder.conv_in")?;
+        let mut curr_res = cfg.resolution;
+        let mut down = Vec::with_capacity(n_levels);
+        for (level, &block_out) in levels.iter().enumerate() {
+            let mut blocks = vec![];
+            let mut attns = vec![];
+            for j in 0..cfg.num_res_blocks {
+                let name = naming.down_block(level, j);
+                blocks.push(ResnetBlock::new(&vb.pp(name), block_in, block_out, naming)?);
+                block_in = block_out;
+                if cfg.attn_resolutions.contains(&curr_res) {
+                    attns.push(AttnBlock::new(
+                        &vb.pp(naming.down_attn(level, j)),
+                        block_in,
+                        naming,
+                    )?);
+                }
+            }
+            let downsample = if level + 1 != n_levels {
+                curr_res /= 2;
+                let c = vb.pp(naming.downsample(level));
+                let w = c.get((block_in, block_in, 3, 3), "weight")?;
+                Some(Conv2d::new(w, Some(c.get(block_in, "bias")?), 2, 0))
+            } else {
+                None
+            };
+            down.push(DownLevel {
+                blocks,
+                attns,
+                downsample,
+            });
+        }
+        let mid = (
+            ResnetBlock::new(
+                &vb.pp(naming.mid_block("encoder", 0)),
+                block_in,
+                block_in,
+                naming,
+            )?,
+            AttnBlock::new(&vb.pp(naming.mid_attn("encoder")), block_in, naming)?,
+            ResnetBlock::new(
+                &vb.pp(naming.mid_block("encoder", 1)),
+                block_in,
+                block_in,
+                naming,
+            )?,
+        );
+        let norm_out = group_norm(vb, block_in, &naming.norm_out("encoder"))?;
+        let moments = 2 * cfg.z_channels;
+        let conv_out = conv(vb, block_in, moments, 3, "encoder.conv_out")?;
+        let quant_conv = conv(vb, moments, 2 * cfg.embed_dim, 1, "quant_conv")?;
+        Ok(Self {
+            conv_in,
+            down,
+            mid,
+            norm_out,
+            conv_out,
+            quant_conv,
+        })
+    }
+
+    /// quant_conv(encoder(x)): (N, 2·embed_dim, H/f, W/f), the mean's channels first.
+    fn moments(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mut h = self.conv_in.forward(x)?;
+        for level in &self.down {
+            h = level.forward(&h)?;
+        }
+        let (b1, attn, b2) = &self.mid;
+        let h = b2.forward(&attn.forward(&b1.forward(&h)?)?)?;
+        let h = silu(&self.norm_out.forward(&h)?)?;
+        self.quant_conv.forward(&self.conv_out.forward(&h)?)
+    }
+}
+
+/// The KL-f8 autoencoder: the decoder with `post_quant_conv` and, when the checkpoint has it, the
+/// encoder with `quant_conv` (see the module doc). The name is the decoder's because that is
+/// what every checkpoint carries and what sampling needs.
 pub struct VaeDecoder {
     config: VaeConfig,
     naming: VaeNaming,
@@ -602,6 +805,10 @@ pub struct VaeDecoder {
     up: Vec<UpLevel>,
     norm_out: GroupNorm,
     conv_out: Conv2d,
+    /// The encoder, or None for a decoder-only checkpoint.
+    encoder: Option<Encoder>,
+    /// The checkpoint, for the error that encoding without an encoder gives.
+    source: String,
 }
 
 impl VaeDecoder {
@@ -630,6 +837,19 @@ impl VaeDecoder {
         Ok(src.asked())
     }
 
+    /// The tensors (name, shape) the encoder of `config` reads in `naming` (`encoder.*` and
+    /// `quant_conv.*`), in name order, computed as [`Self::parameter_shapes`] is.
+    pub fn encoder_parameter_shapes(
+        config: &VaeConfig,
+        naming: VaeNaming,
+    ) -> Result<Vec<(String, Vec<usize>)>> {
+        config.validate()?;
+        let (vb, src) = ParamSource::shapes_only().var_builder(DType::F32, &Device::Cpu);
+        Encoder::build(config, naming, &vb)
+            .map_err(|e| Error::invalid("VAE encoder weights", first_line(&e)))?;
+        Ok(src.asked())
+    }
+
     fn build(cfg: &VaeConfig, naming: VaeNaming, vb: VarBuilder) -> candle_core::Result<Self> {
         let levels = cfg.level_channels();
         let n_levels = levels.len();
@@ -644,9 +864,19 @@ impl VaeDecoder {
         let mut curr_res = cfg.resolution >> (n_levels - 1);
         let conv_in = conv(&vb, cfg.z_channels, block_in, 3, "decoder.conv_in")?;
         let mid = (
-            ResnetBlock::new(&vb.pp(naming.mid_block(0)), block_in, block_in, naming)?,
-            AttnBlock::new(&vb.pp(naming.mid_attn()), block_in, naming)?,
-            ResnetBlock::new(&vb.pp(naming.mid_block(1)), block_in, block_in, naming)?,
+            ResnetBlock::new(
+                &vb.pp(naming.mid_block("decoder", 0)),
+                block_in,
+                block_in,
+                naming,
+            )?,
+            AttnBlock::new(&vb.pp(naming.mid_attn("decoder")), block_in, naming)?,
+            ResnetBlock::new(
+                &vb.pp(naming.mid_block("decoder", 1)),
+                block_in,
+                block_in,
+                naming,
+            )?,
         );
         let mut up = Vec::with_capacity(n_levels);
         for level in (0..n_levels).rev() {
@@ -683,7 +913,7 @@ impl VaeDecoder {
                 upsample,
             });
         }
-        let norm_out = group_norm(&vb, block_in, naming.norm_out())?;
+        let norm_out = group_norm(&vb, block_in, &naming.norm_out("decoder"))?;
         let conv_out = conv(&vb, block_in, cfg.out_ch, 3, "decoder.conv_out")?;
         Ok(Self {
             config: cfg.clone(),
@@ -696,6 +926,8 @@ impl VaeDecoder {
             up,
             norm_out,
             conv_out,
+            encoder: None,
+            source: "VAE decoder weights".into(),
         })
     }
 
@@ -753,10 +985,11 @@ impl VaeDecoder {
         }
     }
 
-    /// Load the decoder of the checkpoint at `path` (see [`Self::locate`] and the module doc for
-    /// the formats; the naming is detected from the tensor names). Tensors of any float dtype
-    /// are converted to `dtype`. A missing or mis-shaped decoder tensor, or one the config does
-    /// not use, is an error naming it and the file.
+    /// Load the autoencoder of the checkpoint at `path` (see [`Self::locate`] and the module doc
+    /// for the formats; the naming is detected from the tensor names): the decoder, and the
+    /// encoder when the checkpoint has any `encoder.*`/`quant_conv.*` tensor. Tensors of any
+    /// float dtype are converted to `dtype`. A missing or mis-shaped tensor, or one the config
+    /// does not use, is an error naming it and the file.
     pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let (cfg_path, weights) = Self::locate(path)?;
         let config = match &cfg_path {
@@ -768,9 +1001,9 @@ impl VaeDecoder {
         Self::from_tensors(&config, tensors, &what, dtype, device)
     }
 
-    /// The decoder from a checkpoint's named tensors (`what` names them in errors): the
-    /// `state_dict.` and `first_stage_model.` wrappers are removed, the encoder's tensors
-    /// skipped, the naming detected, and every remaining tensor must be used.
+    /// The autoencoder from a checkpoint's named tensors (`what` names them in errors): the
+    /// `state_dict.` and `first_stage_model.` wrappers are removed, the naming detected, the
+    /// encoder built if any of its tensors is there, and every remaining tensor must be used.
     pub fn from_tensors(
         config: &VaeConfig,
         tensors: Vec<(String, Tensor)>,
@@ -779,16 +1012,24 @@ impl VaeDecoder {
         device: &Device,
     ) -> Result<Self> {
         config.validate()?;
-        let (naming, tensors) = select_decoder_tensors(tensors, what)?;
+        let (naming, tensors) = select_tensors(tensors, what)?;
+        let has_encoder = tensors
+            .iter()
+            .any(|(k, _)| k.starts_with("encoder.") || k.starts_with("quant_conv."));
         let (vb, src) = ParamSource::load(tensors, what.to_string()).var_builder(dtype, device);
         // The parameter source's messages already name the file.
-        let net = Self::build(config, naming, vb).map_err(|e| {
+        let named = |e: candle_core::Error| {
             let msg = first_line(&e);
             match msg.strip_prefix(&format!("{what}: ")) {
                 Some(rest) => Error::invalid(what.to_string(), rest.to_string()),
                 None => Error::invalid(what.to_string(), msg),
             }
-        })?;
+        };
+        let mut net = Self::build(config, naming, vb.clone()).map_err(named)?;
+        if has_encoder {
+            net.encoder = Some(Encoder::build(config, naming, &vb).map_err(named)?);
+        }
+        net.source = what.to_string();
         src.finish()?;
         Ok(net)
     }
@@ -843,11 +1084,90 @@ impl VaeDecoder {
         let h = silu(&self.norm_out.forward(&h)?)?;
         self.conv_out.forward(&h)?.to_dtype(out_dtype)
     }
+
+    /// Whether the checkpoint had the encoder (else the `encode_*` methods are errors).
+    pub fn has_encoder(&self) -> bool {
+        self.encoder.is_some()
+    }
+
+    /// The encoder, or the one-line error naming the checkpoint and what it lacks. Built without
+    /// `bail!`, whose backtrace (RUST_BACKTRACE) would add lines.
+    fn encoder(&self) -> candle_core::Result<&Encoder> {
+        self.encoder.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "{}: holds no VAE encoder (the `encoder.*` and `quant_conv.*` tensors, e.g. `encoder.conv_in.weight`, are missing); it was loaded as a decoder only and cannot encode",
+                self.source
+            ))
+        })
+    }
+
+    /// The posterior's (mean, log-variance) for images x (N, in_channels, H, W), H and W
+    /// multiples of [`VaeConfig::downsampling_factor`]: each (N, embed_dim, H/f, W/f), *not*
+    /// scaled, the log-variance clamped to [−30, 20] as LDM's `DiagonalGaussianDistribution` and
+    /// U-ViT's `FrozenAutoencoderKL.sample` do. In x's dtype; computed in the load dtype on the
+    /// load device; differentiable in x.
+    pub fn encode_moments(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let (mean, logvar) = self.moments(x)?;
+        Ok((mean.to_dtype(x.dtype())?, logvar.to_dtype(x.dtype())?))
+    }
+
+    /// [`Self::encode_moments`] in the load dtype.
+    fn moments(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let enc = self.encoder()?;
+        let dims = x.dims();
+        let f = self.config.downsampling_factor();
+        if dims.len() != 4
+            || dims[1] != self.config.in_channels
+            || dims[2] % f != 0
+            || dims[3] % f != 0
+            || dims[2] == 0
+            || dims[3] == 0
+        {
+            candle_core::bail!(
+                "VAE encoder: images of shape {dims:?}, expected (N, {}, H, W) with H and W positive multiples of {f}",
+                self.config.in_channels
+            );
+        }
+        let x = x.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let m = enc.moments(&x)?;
+        let e = self.config.embed_dim;
+        let mean = m.narrow(1, 0, e)?;
+        let logvar = m.narrow(1, e, e)?.clamp(-30.0, 20.0)?;
+        Ok((mean, logvar))
+    }
+
+    /// The *scaled* posterior mean, scale_factor · mean(x): the deterministic latent of images x
+    /// ∈ [−1, 1] (N, in_channels, H, W), on the scale a latent diffusion model samples (and
+    /// [`Self::decode`] reads). Shapes, dtype and device as [`Self::encode_moments`].
+    pub fn encode_mean(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (mean, _) = self.moments(x)?;
+        (mean * self.config.scale_factor)?.to_dtype(x.dtype())
+    }
+
+    /// A *scaled* posterior sample, scale_factor · (mean + exp(logvar / 2) · eps), with the
+    /// standard normals `eps` (N, embed_dim, H/f, W/f) drawn by the caller: U-ViT's
+    /// `FrozenAutoencoderKL.encode` (`z = scale_factor · posterior sample`, which GU's
+    /// `preprocess_la_uvit` encodes its Laplace training images with) and diffusers'
+    /// `latent_dist.sample() · scaling_factor`, with ε made explicit so that diffuq's seed
+    /// streams decide it. In x's dtype.
+    pub fn encode_sample(&self, x: &Tensor, eps: &Tensor) -> candle_core::Result<Tensor> {
+        let (mean, logvar) = self.moments(x)?;
+        if eps.dims() != mean.dims() {
+            candle_core::bail!(
+                "VAE encoder: eps of shape {:?}, expected the latent shape {:?}",
+                eps.dims(),
+                mean.dims()
+            );
+        }
+        let eps = eps.to_device(mean.device())?.to_dtype(mean.dtype())?;
+        let std = (logvar * 0.5)?.exp()?;
+        ((mean + (std * eps)?)? * self.config.scale_factor)?.to_dtype(x.dtype())
+    }
 }
 
-/// Strip the `state_dict.` and `first_stage_model.` wrappers, skip the encoder (`encoder.*`,
-/// `quant_conv.*`, LDM's `loss.*`), detect the naming from the decoder's names.
-fn select_decoder_tensors(
+/// Strip the `state_dict.` and `first_stage_model.` wrappers, skip LDM's `loss.*`, detect the
+/// naming from the decoder's names.
+fn select_tensors(
     tensors: Vec<(String, Tensor)>,
     what: &str,
 ) -> Result<(VaeNaming, Vec<(String, Tensor)>)> {
@@ -865,8 +1185,8 @@ fn select_decoder_tensors(
     for (k, v) in tensors {
         let top = k.split('.').next().unwrap_or("");
         match top {
-            "decoder" | "post_quant_conv" => kept.push((k, v)),
-            "encoder" | "quant_conv" | "loss" => {}
+            "decoder" | "post_quant_conv" | "encoder" | "quant_conv" => kept.push((k, v)),
+            "loss" => {}
             _ => {
                 return Err(Error::invalid(
                     what.to_string(),
@@ -896,6 +1216,16 @@ fn select_decoder_tensors(
             ))
         }
     };
+    let other_encoder = match naming {
+        VaeNaming::Ldm => has("encoder.mid_block.") || has("encoder.down_blocks."),
+        VaeNaming::Diffusers => has("encoder.mid.") || has("encoder.down."),
+    };
+    if other_encoder {
+        return Err(Error::invalid(
+            what.to_string(),
+            format!("mixes naming: the decoder is in the {naming:?} naming, the encoder is not"),
+        ));
+    }
     Ok((naming, kept))
 }
 
@@ -969,6 +1299,13 @@ mod tests {
         let e =
             err(serde_json::json!({"_class_name": "AutoencoderKL", "use_post_quant_conv": false}));
         assert!(e.contains("`use_post_quant_conv`"), "{e}");
+        let e = err(serde_json::json!({"_class_name": "AutoencoderKL",
+                                       "down_block_types": ["DownBlock2D"]}));
+        assert!(e.contains("`down_block_types`"), "{e}");
+        let e = err(serde_json::json!({"_class_name": "AutoencoderKL", "use_quant_conv": false}));
+        assert!(e.contains("`use_quant_conv`"), "{e}");
+        let e = err(serde_json::json!({"in_channels": 0}));
+        assert!(e.contains("`in_channels`"), "{e}");
         let e = err(serde_json::json!({"_class_name": "AutoencoderKL", "latent_chanels": 4}));
         assert!(e.contains("`latent_chanels`"), "{e}");
         let e = err(serde_json::json!({"_class_name": "AutoencoderTiny"}));
@@ -1006,5 +1343,52 @@ mod tests {
         assert!(find(&ldm, "decoder.up.0.upsample.conv.weight").is_none());
         assert!(find(&dif, "decoder.up_blocks.0.upsamplers.0.conv.weight").is_some());
         assert!(find(&dif, "decoder.up_blocks.3.upsamplers.0.conv.weight").is_none());
+    }
+
+    #[test]
+    fn the_encoders_differ_by_names_and_the_conv_in_width() {
+        // down.{i} ↔ down_blocks.{i} (same order), downsample.conv ↔ downsamplers.0.conv; LDM's
+        // conv_in has ch outputs, diffusers' ch·ch_mult[0] (equal for SD's KL-f8).
+        let cfg = VaeConfig::default();
+        let ldm = VaeDecoder::encoder_parameter_shapes(&cfg, VaeNaming::Ldm).unwrap();
+        let dif = VaeDecoder::encoder_parameter_shapes(&cfg, VaeNaming::Diffusers).unwrap();
+        assert_eq!(ldm.len(), dif.len());
+        let find = |v: &[(String, Vec<usize>)], k: &str| {
+            v.iter().find(|(n, _)| n == k).map(|(_, s)| s.clone())
+        };
+        assert_eq!(
+            find(&ldm, "encoder.down.1.block.0.nin_shortcut.weight"),
+            find(&dif, "encoder.down_blocks.1.resnets.0.conv_shortcut.weight")
+        );
+        assert_eq!(
+            find(&ldm, "encoder.down.2.downsample.conv.weight"),
+            Some(vec![512, 512, 3, 3])
+        );
+        assert!(find(&ldm, "encoder.down.3.downsample.conv.weight").is_none());
+        assert_eq!(find(&ldm, "quant_conv.weight"), Some(vec![8, 8, 1, 1]));
+        let cfg = VaeConfig {
+            ch: 32,
+            ch_mult: vec![2, 1],
+            ..VaeConfig::default()
+        };
+        let ldm = VaeDecoder::encoder_parameter_shapes(&cfg, VaeNaming::Ldm).unwrap();
+        let dif = VaeDecoder::encoder_parameter_shapes(&cfg, VaeNaming::Diffusers).unwrap();
+        assert_eq!(
+            find(&ldm, "encoder.conv_in.weight"),
+            Some(vec![32, 3, 3, 3])
+        );
+        assert_eq!(
+            find(&dif, "encoder.conv_in.weight"),
+            Some(vec![64, 3, 3, 3])
+        );
+        // double_z false has no posterior: an error naming the key.
+        let cfg = VaeConfig {
+            double_z: false,
+            ..VaeConfig::default()
+        };
+        let e = VaeDecoder::encoder_parameter_shapes(&cfg, VaeNaming::Ldm)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`double_z`"), "{e}");
     }
 }
