@@ -137,11 +137,19 @@ fn write_batch(path: &Path, n: usize, seed: u8) {
 /// An experiments directory holding `artifact`'s file with its smoke profile pointed at the tiny
 /// ADM checkpoint and the two image batches.
 fn experiments_with_checkpoint(tmp: &Path, artifact: &str, extra: &str) -> PathBuf {
-    experiments_with(tmp, artifact, "", extra)
+    let ckpt = Path::new(ROOT).join("golden/adm/imagenet64_tiny/model.pt");
+    experiments_with(tmp, artifact, "adm-imagenet64", &ckpt, "", extra)
 }
 
 /// As [`experiments_with_checkpoint`], with more `[smoke.weights]` lines.
-fn experiments_with(tmp: &Path, artifact: &str, weights: &str, extra: &str) -> PathBuf {
+fn experiments_with(
+    tmp: &Path,
+    artifact: &str,
+    name: &str,
+    ckpt: &Path,
+    weights: &str,
+    extra: &str,
+) -> PathBuf {
     let exp = tmp.join("experiments");
     std::fs::create_dir_all(exp.join(artifact)).unwrap();
     let text = std::fs::read_to_string(
@@ -151,9 +159,8 @@ fn experiments_with(tmp: &Path, artifact: &str, weights: &str, extra: &str) -> P
             .join("experiment.toml"),
     )
     .unwrap();
-    let ckpt = Path::new(ROOT).join("golden/adm/imagenet64_tiny/model.pt");
     let text = format!(
-        "{text}\n[smoke.model]\nfrom = \"checkpoint:adm-imagenet64\"\nuse_ema = true\n[smoke.weights]\nmodel = \"{}\"\n{weights}{extra}",
+        "{text}\n[smoke.model]\nfrom = \"checkpoint:{name}\"\nuse_ema = true\n[smoke.weights]\nmodel = \"{}\"\n{weights}{extra}",
         ckpt.display()
     );
     std::fs::write(exp.join(artifact).join("experiment.toml"), text).unwrap();
@@ -196,7 +203,7 @@ fn filtering_runs_on_a_paper_checkpoint() {
         .path();
     let table = std::fs::read_to_string(dir.join("table.md")).unwrap();
     // Every score of AU Table 1 was computed on the 3-channel 16² class-conditional network.
-    for s in ["AU", "BayesDiff", "MC-Dropout", "random"] {
+    for s in ["| au ", "| bayesdiff ", "| mc-dropout ", "| random "] {
         assert!(table.contains(s), "{s} missing from {table}");
     }
     assert!(table.contains("`reference.fid` images"), "{table}");
@@ -264,7 +271,8 @@ fn gu_scores_run_on_a_paper_checkpoint_with_clip_features() {
         t.join("train.npz").display(),
         t.join("ref.npz").display()
     );
-    let exp = experiments_with(t, "gu-fig3", &weights, &extra);
+    let ckpt = Path::new(ROOT).join("golden/adm/imagenet64_tiny/model.pt");
+    let exp = experiments_with(t, "gu-fig3", "adm-imagenet64", &ckpt, &weights, &extra);
     let runs = t.join("runs");
     let out = diffuq(
         &[
@@ -291,5 +299,58 @@ fn gu_scores_run_on_a_paper_checkpoint_with_clip_features() {
     let cfg = std::fs::read_to_string(dir.join("config.resolved.toml")).unwrap();
     assert!(cfg.contains("semantic_features = \"clip\""), "{cfg}");
     let table = std::fs::read_to_string(dir.join("table.md")).unwrap();
-    assert!(table.contains("GU"), "{table}");
+    assert!(table.contains("| gu-semantic"), "{table}");
+}
+
+#[test]
+fn a_latent_checkpoint_samples_latents_and_is_scored_on_decoded_images() {
+    // U-ViT (golden/uvit/class_tiny: 4×8×8 latents, 11 labels, written by U-ViT's own code at
+    // ce551708) with the LDM-naming KL-f8 autoencoder of golden/vae/ldm_tiny (decoder and encoder
+    // written by U-ViT's libs/autoencoder.py; factor 2: 16² RGB images): GU's scores and
+    // BayesDiff fit the last-layer Laplace on VAE-encoded training images and score latents;
+    // the metrics see decoded images.
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let vae = Path::new(ROOT).join("golden/vae/ldm_tiny/autoencoder_kl.pth");
+    let weights = format!("vae = \"{}\"\n", vae.display());
+    let extra = format!(
+        "[smoke.data]\nlaplace = \"{}\"\n[smoke.reference]\nfid = \"{}\"\n",
+        t.join("train.npz").display(),
+        t.join("ref.npz").display()
+    );
+    let ckpt = Path::new(ROOT).join("golden/uvit/class_tiny/model.pth");
+    let exp = experiments_with(t, "gu-fig3", "uvit-imagenet256", &ckpt, &weights, &extra);
+    let runs = t.join("runs");
+    let out = diffuq(
+        &[
+            "--experiments",
+            exp.to_str().unwrap(),
+            "run",
+            "gu-fig3",
+            "--scale",
+            "smoke",
+            "--runs-dir",
+            runs.to_str().unwrap(),
+        ],
+        t,
+    );
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{so}\n{se}");
+    let dir = std::fs::read_dir(runs.join("gu-fig3/smoke"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let samples =
+        candle_core::safetensors::load(dir.join("seeds/seed-0/samples.safetensors"), &Device::Cpu)
+            .unwrap();
+    // What is stored are the decoded images' uint8 pixels: 3×16×16, not the 4×8×8 latents.
+    let plain = &samples["plain"];
+    assert_eq!(plain.dims()[1..], [3, 16, 16], "{:?}", plain.dims());
+    let table = std::fs::read_to_string(dir.join("table.md")).unwrap();
+    assert!(
+        table.contains("| gu-semantic") && table.contains("| bayesdiff-release"),
+        "{table}"
+    );
 }

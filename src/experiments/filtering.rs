@@ -1126,11 +1126,10 @@ pub(crate) fn fit_posterior(
     let n = laplace
         .fit_images
         .min(train.0.dim(0).ctx("training images")?);
-    let (s, h, w) = {
-        let d = train.0.dims();
-        (d[1], d[2], d[3])
-    };
+    // The network's input space: pixels, or a latent model's VAE latents of the images.
+    let [s, h, w] = model.shape;
     let f = s * h * w;
+    let vae_purpose = SeedStreams::new(model.seed).purpose(kit::streams::VAE_ENCODE);
     let mut post: Option<DiagPosterior> = None;
     let idx_all: Vec<u64> = (0..n as u64).collect();
     for idx in idx_all.chunks(laplace.batch_size) {
@@ -1139,6 +1138,7 @@ pub(crate) fn fit_posterior(
             .0
             .narrow(0, idx[0] as usize, b)
             .ctx("Laplace fit images")?;
+        let x0 = model.to_inputs(&x0, idx, &vae_purpose)?;
         let y: Vec<u32> = idx.iter().map(|&i| train.1[i as usize]).collect();
         let eps = Tensor::from_vec(purpose.normals(idx, Some(1), f), (b, s, h, w), dev)
             .ctx("Laplace fit noise")?;
@@ -2028,12 +2028,12 @@ impl<'a> ImageData<'a> {
                 .and_then(|t| to_u8(&t))
                 .ctx("reference images");
         }
-        if set.channels != self.model.shape[0] {
+        if set.channels != self.model.image_shape[0] {
             return Err(Error::invalid(
                 what,
                 format!(
-                    "{}-channel images; the model samples {} channels",
-                    set.channels, self.model.shape[0]
+                    "{}-channel images; the model's images have {} channels",
+                    set.channels, self.model.image_shape[0]
                 ),
             ));
         }
@@ -2046,7 +2046,8 @@ impl<'a> ImageData<'a> {
         .ctx(what)
     }
 
-    /// Training images in [−1, 1] at the model's size, with their labels.
+    /// Training images in [−1, 1] at the model's image size (pixels, also for a latent model:
+    /// the Laplace fit encodes them), with their labels.
     fn training(&self) -> Result<(Tensor, Vec<u32>)> {
         if let (Some(dir), Some(r)) = (&self.fashion, &self.model.recipe) {
             return recipe::training_data(&r.data, dir, self.dev);
@@ -2056,7 +2057,7 @@ impl<'a> ImageData<'a> {
         };
         let set = crate::data::images::read_image_set(f)?;
         let what = format!("data.laplace {}", f.display());
-        let [c, h, _] = self.model.shape;
+        let [c, h, _] = self.model.image_shape;
         if set.channels != c {
             return Err(Error::invalid(
                 what,

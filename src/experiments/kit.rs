@@ -35,6 +35,8 @@ pub mod streams {
     pub const TRAIN_DATA: &str = "train-data";
     /// Noise and timesteps of the training images a last-layer Laplace is fitted on.
     pub const LAPLACE_FIT: &str = "laplace-fit";
+    /// The VAE posterior noise of a latent model's Laplace-fit images (per image index).
+    pub const VAE_ENCODE: &str = "vae-encode";
     /// Which test images a reconstruction run draws (a uniform key per test image).
     pub const RECON_IMAGES: &str = "recon-images";
     /// The noise a test image is noised with before its reconstruction (per test image index).
@@ -324,9 +326,12 @@ pub struct ImageModel {
     pub origin: String,
     /// The recipe of a model diffuq trains (its data set and image size).
     pub recipe: Option<crate::model::recipe::ImageModelRecipe>,
-    /// A latent model's KL-f8 decoder (`weights.vae`): samples are latents, images are its
-    /// decodings.
+    /// A latent model's KL-f8 autoencoder (`weights.vae`): samples are latents, images are its
+    /// decodings, training images are encoded for the Laplace fit.
     pub decoder: Option<crate::model::vae::VaeDecoder>,
+    /// The shape (C, H, W) of the images: [`Self::shape`] for a pixel model, the decoder's
+    /// output for a latent one.
+    pub image_shape: [usize; 3],
 }
 
 impl ImageModel {
@@ -351,6 +356,31 @@ impl ImageModel {
             i += b;
         }
         Tensor::cat(&out, 0).ctx("decoded images")
+    }
+}
+
+impl ImageModel {
+    /// Training images (N, C, H, W) in [−1, 1] as the network's inputs: themselves for a pixel
+    /// model; for a latent model the scaled VAE posterior sample z = 0.18215·(μ + σ ε) with ε from
+    /// `purpose` per image index (GU's release encodes its Laplace-fit crops so).
+    pub fn to_inputs(
+        &self,
+        x: &Tensor,
+        indices: &[u64],
+        purpose: &crate::seed::Purpose,
+    ) -> Result<Tensor> {
+        let Some(vae) = &self.decoder else {
+            return Ok(x.clone());
+        };
+        let [c, h, w] = self.shape;
+        let n = indices.len();
+        let eps = Tensor::from_vec(
+            purpose.normals(indices, None, c * h * w),
+            (n, c, h, w),
+            x.device(),
+        )
+        .ctx("VAE posterior noise")?;
+        vae.encode_sample(x, &eps).ctx("VAE encode")
     }
 }
 
@@ -396,11 +426,19 @@ pub fn image_model(
             (_, Some(b)) => b,
             _ => 1,
         };
+        let image_shape = match &decoder {
+            Some(vae) => {
+                let f = vae.config().downsampling_factor();
+                [vae.config().out_ch, shape[1] * f, shape[2] * f]
+            }
+            None => shape,
+        };
         return Ok(ImageModel {
             schedule,
             flow: cp.is_flow(),
             seed: 0,
             shape,
+            image_shape,
             decoder,
             classes,
             key: format!("{name}-{}", &digest[..16]),
@@ -425,6 +463,7 @@ pub fn image_model(
         key: model.key,
         recipe: Some(recipe),
         decoder: None,
+        image_shape: [1, s, s],
     })
 }
 

@@ -440,6 +440,15 @@ fn run_impl(
         &cfg.scale,
         &dev,
     )?;
+    if model.decoder.is_some() {
+        return Err(Error::invalid(
+            "model.from",
+            format!(
+                "`{}` is a latent model; reconstruction runs on pixel models (AU Table 2's CIFAR-10 and ImageNet-64 models)",
+                c.model.from
+            ),
+        ));
+    }
     let net: &dyn crate::model::Network = model.net.as_ref();
     manifest
         .wall_seconds
