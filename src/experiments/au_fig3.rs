@@ -500,6 +500,7 @@ impl Experiment for AuFig3 {
             "trained.from",
             &tr.from,
             tr.use_ema,
+            candle_core::DType::F32,
             &c.weights,
             &[super::mini_model::MiniModel::NAME],
             &kit::experiments_dir(&cfg.file),

@@ -159,9 +159,39 @@ pub struct ModelRef {
     pub from: String,
     /// Sample with the EMA weights.
     pub use_ema: bool,
+    /// The network's precision: `f32`, or `bf16` / `f16` for a paper checkpoint (weights and
+    /// activations in half precision, inputs and outputs f32: the releases sample under
+    /// autocast/fp16; metrics and uncertainty stay f32/f64). Left out of the resolved
+    /// configuration when `f32`, so existing hashes are unchanged.
+    #[serde(default = "f32_name", skip_serializing_if = "is_f32")]
+    pub precision: String,
+}
+
+fn f32_name() -> String {
+    "f32".into()
+}
+
+fn is_f32(s: &str) -> bool {
+    s == "f32"
 }
 
 impl ModelRef {
+    /// The candle dtype of `precision`; an error naming `model.precision` otherwise (half
+    /// precision only for checkpoints: the mini models are trained and sampled in f32).
+    pub fn dtype(&self) -> Result<DType> {
+        match (self.precision.as_str(), self.checkpoint().is_some()) {
+            ("f32", _) => Ok(DType::F32),
+            ("bf16", true) => Ok(DType::BF16),
+            ("f16", true) => Ok(DType::F16),
+            (p, _) => Err(Error::invalid(
+                "model.precision",
+                format!(
+                    "{p:?}: expected \"f32\", or \"bf16\"/\"f16\" with a paper checkpoint (model.from = \"checkpoint:…\")"
+                ),
+            )),
+        }
+    }
+
     /// The paper checkpoint `checkpoint:<name>` names, if any.
     pub fn checkpoint(&self) -> Option<&str> {
         self.from.strip_prefix("checkpoint:")
@@ -438,6 +468,12 @@ impl Validate for Config {
                 "must be \"mini-model\" or \"mini-flow\" (recipes diffuq trains) or \"checkpoint:<name>\", a paper checkpoint ({})",
                 crate::model::catalog::names().join(", ")
             ),
+        );
+        check(
+            &mut v,
+            self.model.dtype().is_ok(),
+            "model.precision",
+            "must be \"f32\", or \"bf16\"/\"f16\" with a paper checkpoint",
         );
         check(&mut v, self.samples >= 4, "samples", "must be ≥ 4");
         check(&mut v, self.batch_size >= 1, "batch_size", "must be ≥ 1");
@@ -2105,6 +2141,7 @@ fn run_impl(
         "model.from",
         &c.model.from,
         c.model.use_ema,
+        c.model.dtype()?,
         &c.weights,
         MINI_MODELS,
         &exp_dir,

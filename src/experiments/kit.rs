@@ -387,7 +387,8 @@ impl ImageModel {
 /// Latents decoded per VAE call: the mid-block attention holds an (h·w)² score matrix per image.
 pub const DECODE_BATCH: usize = 16;
 
-/// The model `from` names (`key` is its configuration key, `weights` the `[weights]` table):
+/// The model `from` names (`key` is its configuration key, `weights` the `[weights]` table,
+/// `dtype` a checkpoint's precision):
 /// one of `recipes` (trained or taken from the model cache) or `checkpoint:<name>` (the file
 /// `weights.model`).
 #[allow(clippy::too_many_arguments)]
@@ -395,6 +396,7 @@ pub fn image_model(
     key: &str,
     from: &str,
     use_ema: bool,
+    dtype: candle_core::DType,
     weights: &super::inputs::FileKeys,
     recipes: &[&str],
     experiments_dir: &std::path::Path,
@@ -402,20 +404,22 @@ pub fn image_model(
     dev: &Device,
 ) -> Result<ImageModel> {
     use crate::model::Network as _;
+    if dtype == candle_core::DType::BF16 && dev.is_cpu() {
+        return Err(crate::error::Error::invalid(
+            "model.precision",
+            "\"bf16\" needs --device cuda (candle's CPU matmul has no bfloat16 kernel); \"f16\" runs on the CPU",
+        ));
+    }
     if let Some(name) = from.strip_prefix("checkpoint:") {
         let cp = crate::model::catalog::find(name)?;
         let path = super::inputs::path_of("weights", weights, "model")?;
-        let (net, shape, schedule) = cp.load(&path, candle_core::DType::F32, dev)?;
+        let (net, shape, schedule) = cp.load(&path, dtype, dev)?;
         let mut digest = crate::tracking::sha256_path(&path)?;
         let decoder = match cp.latent {
             Some(_) => {
                 let vae = super::inputs::path_of("weights", weights, "vae")?;
                 digest.push_str(&crate::tracking::sha256_path(&vae)?[..16]);
-                Some(crate::model::vae::VaeDecoder::load(
-                    &vae,
-                    candle_core::DType::F32,
-                    dev,
-                )?)
+                Some(crate::model::vae::VaeDecoder::load(&vae, dtype, dev)?)
             }
             None => None,
         };

@@ -232,6 +232,12 @@ impl Validate for Config {
         );
         check(
             &mut v,
+            self.model.dtype().is_ok(),
+            "model.precision",
+            "must be \"f32\", or \"bf16\"/\"f16\" with a paper checkpoint",
+        );
+        check(
+            &mut v,
             self.mc_dropout.ddof < self.mc_dropout.m,
             "mc_dropout.ddof",
             "must be < mc_dropout.m",
@@ -434,6 +440,7 @@ fn run_impl(
         "model.from",
         &c.model.from,
         c.model.use_ema,
+        c.model.dtype()?,
         &c.weights,
         &[mini_model::MiniModel::NAME],
         &kit::experiments_dir(&cfg.file),
