@@ -191,13 +191,24 @@ fn paper_profiles_validate_and_name_the_missing_weights() {
     let cache = tempfile::tempdir().unwrap();
     let cwd = tempfile::tempdir().unwrap();
     let (c, w) = (cache.path(), cwd.path());
+    // The configuration is valid; the checkpoint is not here, which validate lists (with where it
+    // is published) and run refuses before any compute (tests/paper_scale_cli.rs covers every
+    // artifact).
     for artifact in ["au-table2", "au-table3"] {
         let v = diffuq(&["validate", artifact, "--scale", "paper"], c, w);
-        assert_eq!(v.status.code(), Some(0), "{artifact}: {}", text(&v.stderr));
+        assert_eq!(v.status.code(), Some(2), "{artifact}: {}", text(&v.stderr));
+        assert!(
+            text(&v.stdout).contains("MISSING weights.model"),
+            "{artifact}"
+        );
+        assert!(text(&v.stdout).contains("64x64_diffusion.pt"), "{artifact}");
         let r = diffuq(&["run", artifact, "--scale", "paper"], c, w);
         assert_eq!(r.status.code(), Some(2), "{artifact}");
         let err = text(&r.stderr);
         assert_eq!(err.trim().lines().count(), 1, "{err}");
-        assert!(err.contains("weights are missing"), "{err}");
+        assert!(
+            err.contains("missing input file(s)") && err.contains("weights.model"),
+            "{err}"
+        );
     }
 }
