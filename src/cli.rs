@@ -414,11 +414,21 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
             use crate::metrics::{fid, inputs};
             let embedder = features.embedder();
             let mut stats = Vec::new();
-            for path in [a, b] {
+            let stem = |p: &Path| p.file_stem().unwrap_or_default().to_string_lossy().to_string();
+            // `<stem>.stats.npz` per input; two inputs of the same stem (x.npy beside x.npz, or
+            // two folders' samples.npz) would overwrite each other, so they become
+            // `a.<stem>.stats.npz` and `b.<stem>.stats.npz`.
+            let collide = stem(a) == stem(b);
+            for (side, path) in [("a", a), ("b", b)] {
                 let s = embedder.stats_of(inputs::read_input(path)?, path)?;
                 if let Some(dir) = save_stats {
-                    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
-                    s.write_npz(&fid::stats_path(dir, &format!("{stem}.stats")))?;
+                    let name = match collide {
+                        false => format!("{}.stats", stem(path)),
+                        true => format!("{side}.{}.stats", stem(path)),
+                    };
+                    let out = fid::stats_path(dir, &name);
+                    s.write_npz(&out)?;
+                    eprintln!("statistics of {} written to {}", path.display(), out.display());
                 }
                 stats.push(s);
             }
@@ -471,12 +481,12 @@ fn read_npy(path: &Path, what: &str) -> crate::Result<candle_core::Tensor> {
             "does not exist",
         ));
     }
-    candle_core::Tensor::read_npy(path).map_err(|e| {
+    crate::data::npy::read_npy(path).map_err(|e| {
         crate::Error::invalid(
             format!("{what} {}", path.display()),
             format!(
                 "not a readable .npy ({})",
-                crate::config::one_line(&e.to_string())
+                crate::config::one_line(&e)
             ),
         )
     })

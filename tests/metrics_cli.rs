@@ -110,6 +110,21 @@ fn fid_from_stats_and_features() {
         array("fid_64.npz", "mu_a").to_vec1::<f64>().unwrap()[5],
         max_relative = 1e-12
     );
+    // Two inputs of the same stem keep both statistics (the second overwrote the first before).
+    std::fs::create_dir_all(d.join("other")).unwrap();
+    std::fs::copy(d.join("b.npz"), d.join("other/a_feats.npz")).unwrap();
+    let same_stem = fid(&[
+        "fid",
+        &p("a_feats.npy"),
+        &p("other/a_feats.npz"),
+        "--save-stats",
+        &p("both"),
+    ]);
+    approx::assert_relative_eq!(same_stem, want, max_relative = 1e-6);
+    let a = GaussianStats::read_npz(&d.join("both/a.a_feats.stats.npz")).unwrap();
+    let b = GaussianStats::read_npz(&d.join("both/b.a_feats.stats.npz")).unwrap();
+    approx::assert_relative_eq!(a.mu[5], saved.mu[5], max_relative = 1e-12);
+    assert!((a.mu[5] - b.mu[5]).abs() > 0.0, "the second input's statistics overwrote the first");
 }
 
 #[test]

@@ -225,10 +225,22 @@ where
         figment = figment.merge(layer);
     }
 
+    // The layer that set `key`. An error inside a value (an element of an array: `seeds.1`) has
+    // a key no layer defines by itself, so the nearest enclosing key that one does is asked
+    // (`seeds=[0,-1]` was blamed on the experiment file, not on the override).
+    let set_by_layer = |key: &str| -> Option<String> {
+        let mut k = key;
+        loop {
+            if let Some(md) = figment.find_metadata(k) {
+                return md.source.is_none().then(|| md.name.to_string());
+            }
+            k = &k[..k.rfind('.')?];
+        }
+    };
     let describe = |key: &str| -> String {
-        match figment.find_metadata(key) {
-            Some(md) if md.source.is_none() => md.name.to_string(),
-            _ => {
+        match set_by_layer(key) {
+            Some(name) => name,
+            None => {
                 let in_table = |p: &str| lookup(&raw, p, key).is_some();
                 if in_table(scale) {
                     origin_file(scale)
@@ -250,6 +262,7 @@ where
         };
         let value = figment
             .find_value(&key)
+            .or_else(|_| figment.find_value(key.rsplit_once('.').map_or("", |(k, _)| k)))
             .ok()
             .filter(|_| !key.is_empty())
             .map(|v| render_value(&v));
@@ -344,6 +357,7 @@ mod tests {
         version: u32,
         steps: u64,
         lr: f64,
+        seeds: Vec<u64>,
         train: Inner,
     }
     #[derive(Debug, Deserialize, Serialize, PartialEq)]
@@ -366,7 +380,7 @@ mod tests {
         d
     }
 
-    const FILE: &str = "[default]\nversion = 1\nsteps = 10\nlr = 0.1\n[default.train]\nbatch = 4\n[smoke]\nsteps = 2\n[mini]\n[paper]\nsteps = 1000\n";
+    const FILE: &str = "[default]\nversion = 1\nsteps = 10\nlr = 0.1\nseeds = [0, 1]\n[default.train]\nbatch = 4\n[smoke]\nsteps = 2\n[mini]\n[paper]\nsteps = 1000\n";
 
     fn go(text: &str, scale: &str, env: &[(&str, &str)], o: &[&str]) -> Result<Resolved<Tiny>> {
         let d = dir(text);
@@ -415,6 +429,14 @@ mod tests {
             .to_string();
         assert!(
             e.contains("`steps`") && e.contains("\"abc\"") && e.contains("override `steps=abc`"),
+            "{e}"
+        );
+        // An element of an array set by an override is blamed on the override.
+        let e = go(FILE, "mini", &[], &["seeds=[0,-1]"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("seeds") && e.contains("override `seeds=[0,-1]`") && !e.contains(".toml"),
             "{e}"
         );
         let e = go(FILE, "mini", &[], &["stpes=3"]).unwrap_err().to_string();

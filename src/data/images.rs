@@ -164,6 +164,18 @@ pub(crate) fn uint8_images_nchw(t: Tensor, what: &str, channels: &[usize]) -> Re
         return Err(bad(&t));
     }
     let dims = t.dims().to_vec();
+    // An empty set or 0-pixel images would reach the resizers (Inception's 299², the networks'
+    // inputs) and fail there far from the file; say so here.
+    if dims.contains(&0) {
+        return Err(Error::invalid(
+            what,
+            format!(
+                "uint8 array of shape {dims:?} is empty; expected at least one image of at least \
+                 1×1 pixels, {}",
+                layouts(channels)
+            ),
+        ));
+    }
     if channels.contains(&dims[3]) {
         t.permute((0, 3, 1, 2))
             .and_then(|t| t.contiguous())
@@ -205,14 +217,14 @@ pub fn read_image_set(path: &Path) -> Result<ImageSet> {
     }
     match path.extension().and_then(|e| e.to_str()) {
         Some("npy") => {
-            let t = Tensor::read_npy(path).map_err(|e| {
+            let t = super::npy::read_npy(path).map_err(|e| {
                 Error::invalid(&file, format!("not a readable .npy ({e}); {EXPECTED}"))
             })?;
             let what = format!("{file} array");
             ImageSet::from_nchw(&uint8_images_nchw(t, &what, &[1, 3])?, &what)
         }
         Some("npz") => {
-            let npz = NpzTensors::new(path).map_err(|e| {
+            let npz = super::npy::open_npz(path).map_err(|e| {
                 Error::invalid(&file, format!("not a readable .npz ({e}); {EXPECTED}"))
             })?;
             let what = format!("{file} array `arr_0`");
@@ -441,6 +453,20 @@ mod tests {
             &d.join("rgba.npy"),
         );
         check("rgba.npy", &["[2, 4, 4, 4]", "C = 1 or 3"]);
+        // Zero-size images (found panicking in the Inception preprocessing).
+        write_npy(
+            &Tensor::zeros((4, 0, 0, 3), DType::U8, &cpu()).unwrap(),
+            &d.join("empty.npy"),
+        );
+        check("empty.npy", &["[4, 0, 0, 3]", "is empty"]);
+        // A header claiming 10¹² elements (found aborting the process on the allocation).
+        let header = "{'descr': '|u1', 'fortran_order': False, 'shape': (1000000000000,), }\n";
+        let mut claim = b"\x93NUMPY\x01\x00".to_vec();
+        claim.extend((header.len() as u16).to_le_bytes());
+        claim.extend(header.as_bytes());
+        claim.extend([0u8; 64]);
+        std::fs::write(d.join("huge.npy"), &claim).unwrap();
+        check("huge.npy", &["not a readable .npy", "1000000000000 bytes of data"]);
         // Labels of the wrong dtype, count, or sign.
         let imgs = Tensor::zeros((3, 4, 4, 1), DType::U8, &cpu()).unwrap();
         let f = Tensor::new(&[1f32, 2., 3.], &cpu()).unwrap();

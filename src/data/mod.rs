@@ -3,6 +3,7 @@
 
 pub mod fashion_mnist;
 pub mod images;
+pub mod npy;
 pub mod toy_grid;
 
 pub use images::ImageSet;

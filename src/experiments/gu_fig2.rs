@@ -239,11 +239,18 @@ impl Validate for Config {
             "must be finite and > 0",
         );
         let d = &self.diffusion;
+        // Each bound is blamed on its own key (`beta_end = 2` was reported as `beta_start`).
         check(
             &mut v,
-            d.beta_start > 0.0 && d.beta_start <= d.beta_end && d.beta_end < 1.0,
+            d.beta_end > 0.0 && d.beta_end < 1.0,
+            "diffusion.beta_end",
+            "must be in (0, 1)",
+        );
+        check(
+            &mut v,
+            d.beta_start > 0.0 && d.beta_start <= d.beta_end.clamp(0.0, 1.0),
             "diffusion.beta_start",
-            "need 0 < beta_start ≤ beta_end < 1",
+            "must be > 0 and ≤ diffusion.beta_end",
         );
         check(
             &mut v,
@@ -299,6 +306,18 @@ impl Validate for Config {
             self.uq.keep_fraction > 0.0 && self.uq.keep_fraction < 1.0,
             "uq.keep_fraction",
             "must be in (0, 1)",
+        );
+        // The kept count is ⌊samples · keep_fraction⌋: a fraction that keeps nothing would give a
+        // table of NaNs (found: 1e-9 did, with exit 0).
+        let kept = (self.sampling.samples as f64 * self.uq.keep_fraction).floor();
+        check(
+            &mut v,
+            !(self.uq.keep_fraction > 0.0 && self.uq.keep_fraction < 1.0) || kept >= 1.0,
+            "uq.keep_fraction",
+            &format!(
+                "keeps ⌊{} · {}⌋ = 0 of sampling.samples; must keep at least one sample",
+                self.sampling.samples, self.uq.keep_fraction
+            ),
         );
         check(
             &mut v,

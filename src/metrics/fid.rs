@@ -192,7 +192,7 @@ fn open_npz(path: &Path) -> Result<candle_core::npy::NpzTensors> {
             "no such statistics file; expected an .npz with arrays `mu` and `sigma`",
         ));
     }
-    candle_core::npy::NpzTensors::new(path).map_err(|e| {
+    crate::data::npy::open_npz(path).map_err(|e| {
         Error::invalid(
             format!("{}", path.display()),
             format!("not a readable .npz ({e}); expected arrays `mu` and `sigma`"),

@@ -51,7 +51,7 @@ pub fn read_input(path: &Path) -> Result<MetricInput> {
     }
     match path.extension().and_then(|e| e.to_str()) {
         Some("npz") => {
-            let npz = candle_core::npy::NpzTensors::new(path).map_err(|e| {
+            let npz = crate::data::npy::open_npz(path).map_err(|e| {
                 Error::invalid(what(path), format!("not a readable .npz ({e}); {EXPECTED}"))
             })?;
             let names: Vec<&str> = npz.names().iter().map(|s| s.as_str()).collect();
@@ -70,7 +70,7 @@ pub fn read_input(path: &Path) -> Result<MetricInput> {
             ))
         }
         Some("npy") => {
-            let t = Tensor::read_npy(path).map_err(|e| {
+            let t = crate::data::npy::read_npy(path).map_err(|e| {
                 Error::invalid(what(path), format!("not a readable .npy ({e}); {EXPECTED}"))
             })?;
             if t.dtype() == DType::U8 {
