@@ -414,7 +414,12 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
             use crate::metrics::{fid, inputs};
             let embedder = features.embedder();
             let mut stats = Vec::new();
-            let stem = |p: &Path| p.file_stem().unwrap_or_default().to_string_lossy().to_string();
+            let stem = |p: &Path| {
+                p.file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_string()
+            };
             // `<stem>.stats.npz` per input; two inputs of the same stem (x.npy beside x.npz, or
             // two folders' samples.npz) would overwrite each other, so they become
             // `a.<stem>.stats.npz` and `b.<stem>.stats.npz`.
@@ -428,7 +433,11 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
                     };
                     let out = fid::stats_path(dir, &name);
                     s.write_npz(&out)?;
-                    eprintln!("statistics of {} written to {}", path.display(), out.display());
+                    eprintln!(
+                        "statistics of {} written to {}",
+                        path.display(),
+                        out.display()
+                    );
                 }
                 stats.push(s);
             }
@@ -484,10 +493,7 @@ fn read_npy(path: &Path, what: &str) -> crate::Result<candle_core::Tensor> {
     crate::data::npy::read_npy(path).map_err(|e| {
         crate::Error::invalid(
             format!("{what} {}", path.display()),
-            format!(
-                "not a readable .npy ({})",
-                crate::config::one_line(&e)
-            ),
+            format!("not a readable .npy ({})", crate::config::one_line(&e)),
         )
     })
 }

@@ -27,7 +27,7 @@ fn main() {
             );
         }));
     }
-    let code = std::panic::catch_unwind(|| diffuq::cli::run(cli))
-        .unwrap_or(diffuq::cli::EXIT_ERROR);
+    let code =
+        std::panic::catch_unwind(|| diffuq::cli::run(cli)).unwrap_or(diffuq::cli::EXIT_ERROR);
     std::process::exit(code);
 }

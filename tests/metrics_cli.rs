@@ -124,7 +124,10 @@ fn fid_from_stats_and_features() {
     let a = GaussianStats::read_npz(&d.join("both/a.a_feats.stats.npz")).unwrap();
     let b = GaussianStats::read_npz(&d.join("both/b.a_feats.stats.npz")).unwrap();
     approx::assert_relative_eq!(a.mu[5], saved.mu[5], max_relative = 1e-12);
-    assert!((a.mu[5] - b.mu[5]).abs() > 0.0, "the second input's statistics overwrote the first");
+    assert!(
+        (a.mu[5] - b.mu[5]).abs() > 0.0,
+        "the second input's statistics overwrote the first"
+    );
 }
 
 #[test]

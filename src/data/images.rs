@@ -466,7 +466,10 @@ mod tests {
         claim.extend(header.as_bytes());
         claim.extend([0u8; 64]);
         std::fs::write(d.join("huge.npy"), &claim).unwrap();
-        check("huge.npy", &["not a readable .npy", "1000000000000 bytes of data"]);
+        check(
+            "huge.npy",
+            &["not a readable .npy", "1000000000000 bytes of data"],
+        );
         // Labels of the wrong dtype, count, or sign.
         let imgs = Tensor::zeros((3, 4, 4, 1), DType::U8, &cpu()).unwrap();
         let f = Tensor::new(&[1f32, 2., 3.], &cpu()).unwrap();
