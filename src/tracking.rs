@@ -149,26 +149,15 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The commit and dirty flag of the source tree this binary was built from (`unknown` outside git).
+/// The commit and dirty flag of the code this binary was built from, embedded at build time by
+/// `build.rs` (`unknown` / None outside git).
 pub(crate) fn git_state() -> (String, Option<bool>) {
-    let dir = env!("CARGO_MANIFEST_DIR");
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    let dirty = match env!("DIFFUQ_GIT_DIRTY") {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
     };
-    match git(&["rev-parse", "HEAD"]) {
-        Some(sha) => (
-            sha,
-            git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()),
-        ),
-        None => ("unknown".into(), None),
-    }
+    (env!("DIFFUQ_GIT_COMMIT").to_string(), dirty)
 }
 
 /// Creates or replaces `path` atomically: `write` fills a fresh temporary sibling

@@ -675,6 +675,9 @@ impl Experiment for AuFig3 {
             &Comparison::new(AuFig3::NAME, Some(&paper), &reproduced, &scale),
         )?;
         let w = cfg.window();
+        // Every artifact writes its figures under `figures/`.
+        let figures = run.file("figures");
+        std::fs::create_dir_all(&figures).map_err(|e| Error::io(&figures, e))?;
         for (stem, p, label) in [
             ("fig3", Some(&analytic), "exact denoiser (analytic mixture)"),
             (
@@ -692,7 +695,7 @@ impl Experiment for AuFig3 {
                 p.n_samples
             );
             write_band(
-                run.path(),
+                &figures,
                 stem,
                 &[BandSeries {
                     label: format!("U_t (mean over pixels), {label}"),
