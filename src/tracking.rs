@@ -160,6 +160,79 @@ pub(crate) fn git_state() -> (String, Option<bool>) {
     (env!("DIFFUQ_GIT_COMMIT").to_string(), dirty)
 }
 
+/// An exclusive claim on one run directory: `<run-dir>.lock` beside it holds the pid of the
+/// process computing it. A second `diffuq run` of the same configuration (with or without
+/// `--force`) finds the lock and stops with an error naming that pid; a lock whose process is gone
+/// (killed, crashed) is stale and taken over. Released (the file removed) on drop.
+#[derive(Debug)]
+pub struct RunLock {
+    path: PathBuf,
+}
+
+impl RunLock {
+    /// The lock file of run directory `dir`.
+    pub fn path_of(dir: &Path) -> PathBuf {
+        let mut name = dir.file_name().unwrap_or_default().to_os_string();
+        name.push(".lock");
+        dir.with_file_name(name)
+    }
+
+    /// Claims `dir` for this process.
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        let path = Self::path_of(dir);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        for _ in 0..2 {
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    writeln!(f, "{}", std::process::id()).map_err(|e| Error::io(&path, e))?;
+                    return Ok(Self { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let text = fs::read_to_string(&path).unwrap_or_default();
+                    match text.trim().parse::<u32>() {
+                        Ok(pid) if pid_alive(pid) => {
+                            return Err(Error::RunDir {
+                                path: dir.to_path_buf(),
+                                reason: format!(
+                                    "in use by process {pid} (lock {}); wait for it to finish, or remove the lock if that process is not diffuq",
+                                    path.display()
+                                ),
+                            })
+                        }
+                        // A dead owner or an unreadable lock: stale, taken over.
+                        _ => {
+                            let _ = fs::remove_file(&path);
+                        }
+                    }
+                }
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        Err(Error::RunDir {
+            path: dir.to_path_buf(),
+            reason: format!("cannot take the lock {}", path.display()),
+        })
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Whether process `pid` exists (Linux: `/proc/<pid>`; elsewhere assumed alive, so a lock is never
+/// taken from a live process).
+fn pid_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true
+    }
+}
+
 /// Creates or replaces `path` atomically: `write` fills a fresh temporary sibling
 /// ([`temp_path`]), which is renamed over `path` only if `write` succeeded. On any failure the
 /// temporary file is removed, so an interrupted or failed write never leaves a file that looks

@@ -312,3 +312,37 @@ fn bad_command_line_exits_2() {
     let out = diffuq(&["run", "gu-fig2", "--scale", "huge"], &[]);
     assert_one_line_error(&out, &["unknown scale `huge`", "smoke, mini, paper"]);
 }
+
+#[test]
+fn a_run_in_progress_locks_its_directory_and_a_stale_lock_is_taken_over() {
+    // diffuq's contract (src/tracking.rs `RunLock`): `<run-dir>.lock` holds the owner's pid.
+    let runs = tempfile::tempdir().unwrap();
+    let first = smoke(runs.path(), &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    let dir = run_dir_of(&text(&first.stdout));
+    let dir = if dir.is_absolute() {
+        dir
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)
+    };
+    let lock = dir.with_file_name(format!(
+        "{}.lock",
+        dir.file_name().unwrap().to_string_lossy()
+    ));
+    assert!(!lock.exists(), "the lock is released when the run ends");
+    // A live owner (this test process): the second run, with or without --force, stops.
+    std::fs::write(&lock, format!("{}\n", std::process::id())).unwrap();
+    for extra in [&[][..], &["--force"][..]] {
+        let out = smoke(runs.path(), extra);
+        assert_one_line_error(&out, &["in use by process", &std::process::id().to_string()]);
+    }
+    assert!(dir.join("manifest.json").exists(), "--force did not move the locked run");
+    // A dead owner: the lock is stale and taken over.
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    std::fs::write(&lock, format!("{dead}\n")).unwrap();
+    let out = smoke(runs.path(), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!lock.exists());
+}

@@ -326,6 +326,8 @@ fn run<E: Experiment>(inv: &Invocation, runs_root: &Path, opts: &RunOptions) -> 
     // Missing checkpoints or data stop the run before any compute or run directory.
     inputs::require(&E::inputs(&r.config)?)?;
     let path = run_path(runs_root, &r);
+    // One process per run directory; held until this function returns (also across --force).
+    let _lock = crate::tracking::RunLock::acquire(&path)?;
     if opts.force && path.exists() {
         // Recompute from scratch, but never destroy results: the old run is kept beside it.
         let aside = path.with_file_name(format!("{}.replaced-{}", r.short_hash(), unix_now()));
