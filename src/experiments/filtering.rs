@@ -1489,6 +1489,7 @@ fn run_seed(
         let out = with_batch(c, model, net, &schedule, &streams, idx, dev, |batch| {
             batch.sample(&mut NoObserver, "plain samples")
         })?;
+        kit::check_finite(&out.x0, idx, &format!("seed {seed}: plain samples"))?;
         plain_nfe = plain_nfe.max(out.nfe);
         plain.push(out.x0);
         pb.inc(idx.len() as u64);
@@ -1872,6 +1873,7 @@ fn generate_score(
         let out = with_batch(c, model, net, &schedule, streams, idx, dev, |batch| {
             score.score(batch)
         })?;
+        kit::check_finite(&out.samples, idx, &format!("seed {seed}: {name} samples"))?;
         if let Some(plain) = plain {
             let plain_b = plain
                 .narrow(0, bi * c.batch_size, idx.len())
@@ -1892,6 +1894,15 @@ fn generate_score(
     }
     pb.finish_and_clear();
     let values = score.finish(&raw.0)?;
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(Error::invalid(
+            format!("seed {seed}: {name} scores"),
+            format!(
+                "{} at sample {}: the uncertainty estimate is not finite",
+                values[i], all[i]
+            ),
+        ));
+    }
     let samples = Tensor::cat(&own, 0).ctx("score samples")?;
     let own_samples = (max_dev > SAME_SAMPLES_TOL).then(|| samples.clone());
     let wall = t0.elapsed().as_secs_f64();

@@ -471,6 +471,31 @@ pub fn image_model(
     })
 }
 
+/// Ok when every value of a batch `x` (N, …) is finite; otherwise an error naming `what`, the
+/// first sample index (of `indices`) holding a NaN or ±∞ and the value — a network, solver or
+/// checkpoint that diverged stops the run there instead of reaching the metrics.
+pub fn check_finite(x: &Tensor, indices: &[u64], what: &str) -> Result<()> {
+    let n = x.dim(0).ctx(what)?;
+    let v: Vec<f64> = x
+        .to_dtype(candle_core::DType::F64)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .ctx(what)?;
+    let per = v.len() / n.max(1);
+    match v.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(e) => Err(crate::error::Error::invalid(
+            what,
+            format!(
+                "{} at sample {} (element {} of it): the network or solver diverged",
+                v[e],
+                indices.get(e / per.max(1)).copied().unwrap_or(0),
+                e % per.max(1)
+            ),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
