@@ -23,6 +23,9 @@ use crate::error::{Error, Result, TensorContext};
 pub enum Status {
     Running,
     Finished,
+    /// Stopped by an error (recorded as `error`); its finished parts are kept and a rerun
+    /// resumes from them.
+    Failed,
 }
 
 /// What a report concluded about the paper's claim.
@@ -111,6 +114,9 @@ pub struct Manifest {
     /// The report's [`Outcome`]; absent in manifests written before it existed.
     #[serde(default)]
     pub outcome: Option<Outcome>,
+    /// The error that stopped a failed run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Manifest {
@@ -132,6 +138,7 @@ impl Manifest {
             wall_seconds: BTreeMap::new(),
             reproduced: None,
             outcome: None,
+            error: None,
         }
     }
 

@@ -418,3 +418,60 @@ fn a_checkpoint_runs_in_half_precision_and_the_mini_model_refuses_it() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn a_network_that_returns_nan_stops_the_run_naming_the_sample_and_marks_it_failed() {
+    // The tiny ADM checkpoint with one NaN in `out.2.bias` (every output position of channel 0):
+    // the plain samples are NaN from the first step.
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let src = Path::new(ROOT).join("golden/adm/imagenet64_tiny");
+    let mut tensors = diffuq::checkpoint::read_tensors(&src.join("model.pt")).unwrap();
+    for (name, v) in tensors.iter_mut() {
+        if name == "out.2.bias" {
+            let mut b: Vec<f32> = v.to_vec1().unwrap();
+            b[0] = f32::NAN;
+            *v = Tensor::from_vec(b, v.dims(), &Device::Cpu).unwrap();
+        }
+    }
+    let map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
+    let ckpt = t.join("nan.safetensors");
+    candle_core::safetensors::save(&map, &ckpt).unwrap();
+    std::fs::copy(src.join("config.json"), t.join("nan.json")).unwrap();
+    let extra = format!(
+        "[smoke.data]\nlaplace = \"{}\"\n[smoke.reference]\nfid = \"{}\"\n",
+        t.join("train.npz").display(),
+        t.join("ref.npz").display()
+    );
+    let exp = experiments_with(t, "au-table1", "adm-imagenet64", &ckpt, "", &extra);
+    let runs = t.join("runs");
+    let out = diffuq(
+        &[
+            "--experiments",
+            exp.to_str().unwrap(),
+            "run",
+            "au-table1",
+            "--scale",
+            "smoke",
+            "--runs-dir",
+            runs.to_str().unwrap(),
+        ],
+        t,
+    );
+    let se = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{se}");
+    assert_eq!(se.trim_end().lines().count(), 1, "{se}");
+    assert!(
+        se.contains("seed 0") && se.contains("at sample 0") && se.contains("NaN"),
+        "{se}"
+    );
+    let dir = std::fs::read_dir(runs.join("au-table1/smoke"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let manifest = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    assert!(manifest.contains("\"status\": \"failed\""), "{manifest}");
+    assert!(manifest.contains("at sample 0"), "{manifest}");
+}

@@ -363,7 +363,15 @@ fn run<E: Experiment>(inv: &Invocation, runs_root: &Path, opts: &RunOptions) -> 
         r.scale,
         r.short_hash()
     ))?;
-    E::run(&r, &dir, &mut manifest, opts)?;
+    if let Err(e) = E::run(&r, &dir, &mut manifest, opts) {
+        // Marked failed with the reason; finished parts stay for the rerun to resume from.
+        manifest.status = Status::Failed;
+        manifest.error = Some(e.to_string());
+        let _ = dir.write_manifest(&manifest);
+        let _ = dir.log(&format!("failed: {e}"));
+        return Err(e);
+    }
+    manifest.error = None;
     let t_report = Instant::now();
     let verdict = E::report(&r.config, &dir)?;
     manifest
