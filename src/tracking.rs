@@ -117,6 +117,10 @@ pub struct Manifest {
     /// The error that stopped a failed run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Peak resident memory of the process that computed (or last resumed) the run, MiB
+    /// (Linux `VmHWM`; absent elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<f64>,
 }
 
 impl Manifest {
@@ -139,6 +143,7 @@ impl Manifest {
             reproduced: None,
             outcome: None,
             error: None,
+            peak_rss_mib: None,
         }
     }
 
@@ -238,6 +243,14 @@ fn pid_alive(pid: u32) -> bool {
     } else {
         true
     }
+}
+
+/// This process's peak resident set size in MiB (`VmHWM` of /proc/self/status), if known.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// Creates or replaces `path` atomically: `write` fills a fresh temporary sibling

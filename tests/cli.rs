@@ -107,6 +107,12 @@ fn smoke_run_writes_every_output_reuses_and_resumes() {
     }
     assert_eq!(manifest["status"], "finished");
     assert_eq!(manifest["scale"], "smoke");
+    // Peak resident memory of the computing process (Linux VmHWM), MiB: a positive number.
+    let rss = manifest["peak_rss_mib"].as_f64().expect("peak_rss_mib");
+    assert!(rss > 1.0 && rss < 64.0 * 1024.0, "{rss}");
+    // The commit is the one the binary was built from (build.rs), a 40-hex sha inside git.
+    let sha = manifest["git_sha"].as_str().unwrap();
+    assert!(sha == "unknown" || (sha.len() == 40 && sha.chars().all(|c| c.is_ascii_hexdigit())), "{sha}");
     assert!(manifest["config_hash"]
         .as_str()
         .unwrap()

@@ -367,6 +367,7 @@ fn run<E: Experiment>(inv: &Invocation, runs_root: &Path, opts: &RunOptions) -> 
         // Marked failed with the reason; finished parts stay for the rerun to resume from.
         manifest.status = Status::Failed;
         manifest.error = Some(e.to_string());
+        manifest.peak_rss_mib = crate::tracking::peak_rss_mib();
         let _ = dir.write_manifest(&manifest);
         let _ = dir.log(&format!("failed: {e}"));
         return Err(e);
@@ -382,6 +383,7 @@ fn run<E: Experiment>(inv: &Invocation, runs_root: &Path, opts: &RunOptions) -> 
         .insert("total".into(), t0.elapsed().as_secs_f64());
     manifest.status = Status::Finished;
     manifest.finished_unix = Some(unix_now());
+    manifest.peak_rss_mib = crate::tracking::peak_rss_mib();
     manifest.record(verdict.outcome);
     dir.write_manifest(&manifest)?;
     dir.log(&format!(
