@@ -193,7 +193,10 @@ impl RunLock {
     pub fn acquire(dir: &Path) -> Result<Self> {
         let path = Self::path_of(dir);
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            fs::create_dir_all(parent).map_err(|e| Error::RunDir {
+                path: dir.to_path_buf(),
+                reason: format!("cannot create {}: {e}", parent.display()),
+            })?;
         }
         for _ in 0..2 {
             match OpenOptions::new().write(true).create_new(true).open(&path) {

@@ -112,7 +112,10 @@ fn smoke_run_writes_every_output_reuses_and_resumes() {
     assert!(rss > 1.0 && rss < 64.0 * 1024.0, "{rss}");
     // The commit is the one the binary was built from (build.rs), a 40-hex sha inside git.
     let sha = manifest["git_sha"].as_str().unwrap();
-    assert!(sha == "unknown" || (sha.len() == 40 && sha.chars().all(|c| c.is_ascii_hexdigit())), "{sha}");
+    assert!(
+        sha == "unknown" || (sha.len() == 40 && sha.chars().all(|c| c.is_ascii_hexdigit())),
+        "{sha}"
+    );
     assert!(manifest["config_hash"]
         .as_str()
         .unwrap()
@@ -340,9 +343,15 @@ fn a_run_in_progress_locks_its_directory_and_a_stale_lock_is_taken_over() {
     std::fs::write(&lock, format!("{}\n", std::process::id())).unwrap();
     for extra in [&[][..], &["--force"][..]] {
         let out = smoke(runs.path(), extra);
-        assert_one_line_error(&out, &["in use by process", &std::process::id().to_string()]);
+        assert_one_line_error(
+            &out,
+            &["in use by process", &std::process::id().to_string()],
+        );
     }
-    assert!(dir.join("manifest.json").exists(), "--force did not move the locked run");
+    assert!(
+        dir.join("manifest.json").exists(),
+        "--force did not move the locked run"
+    );
     // A dead owner: the lock is stale and taken over.
     let mut child = Command::new("true").spawn().unwrap();
     let dead = child.id();

@@ -260,10 +260,15 @@ where
         } else {
             key.clone()
         };
+        // An array element's key (`seeds.1`) has no value of its own: show the array's.
         let value = figment
             .find_value(&key)
-            .or_else(|_| figment.find_value(key.rsplit_once('.').map_or("", |(k, _)| k)))
             .ok()
+            .or_else(|| {
+                figment
+                    .find_value(key.rsplit_once('.').map_or("", |(k, _)| k))
+                    .ok()
+            })
             .filter(|_| !key.is_empty())
             .map(|v| render_value(&v));
         Error::Config {

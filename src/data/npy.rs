@@ -42,20 +42,18 @@ fn itemsize(descr: &str) -> std::result::Result<u64, String> {
             "big-endian dtype `{descr}` is not supported (expected little-endian)"
         ));
     }
-    Ok(
-        match descr.trim_start_matches(|c: char| c == '<' || c == '=' || c == '|') {
-            "B" | "u1" | "?" | "b1" => 1,
-            "e" | "f2" | "h" | "i2" => 2,
-            "f" | "f4" | "i" | "i4" | "I" | "u4" => 4,
-            "d" | "f8" | "q" | "i8" => 8,
-            other => {
-                return Err(format!(
-                    "dtype `{other}` is not supported (expected float16/32/64, int16/32/64, \
+    Ok(match descr.trim_start_matches(['<', '=', '|']) {
+        "B" | "u1" | "?" | "b1" => 1,
+        "e" | "f2" | "h" | "i2" => 2,
+        "f" | "f4" | "i" | "i4" | "I" | "u4" => 4,
+        "d" | "f8" | "q" | "i8" => 8,
+        other => {
+            return Err(format!(
+                "dtype `{other}` is not supported (expected float16/32/64, int16/32/64, \
                      uint8/32 or bool)"
-                ))
-            }
-        },
-    )
+            ))
+        }
+    })
 }
 
 /// The value of `key` in a NumPy header dict literal (the text after `'key':`, up to the next
