@@ -68,6 +68,18 @@ pub enum Command {
         /// Where tensors live: cpu, cuda or cuda:N (not part of the configuration hash)
         #[arg(long, value_name = "DEVICE", default_value = "cpu")]
         device: crate::device::DeviceChoice,
+        /// Compute only shard i of n of the run's parts (seeds at positions p with p mod n = i)
+        /// into <run-dir>/shards/<i>-of-<n>/; `diffuq merge <run-dir>` joins them
+        #[arg(long, value_name = "I/N")]
+        shard: Option<crate::tracking::Shard>,
+    },
+    /// Join the finished shards of a run (`run --shard i/n`) into what one run writes
+    Merge {
+        /// The run directory (runs/<artifact>/<scale>/<hash>) holding shards/<i>-of-<n>/
+        run_dir: PathBuf,
+        /// Where tensors live for the per-run work the merge completes (cpu, cuda, cuda:N)
+        #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+        device: crate::device::DeviceChoice,
     },
     /// Train (or find in the model cache) the image models an artifact uses, ahead of its run
     Train {
@@ -346,17 +358,49 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
             }
             Ok(EXIT_OK)
         }
+        Command::Merge { run_dir, device } => {
+            // The artifact, from any shard's manifest.
+            let artifact = std::fs::read_dir(run_dir.join("shards"))
+                .ok()
+                .and_then(|es| {
+                    es.flatten()
+                        .find_map(|e| RunDir::open(&e.path()).and_then(|d| d.manifest()).ok())
+                })
+                .map(|m| m.artifact)
+                .ok_or_else(|| crate::Error::RunDir {
+                    path: run_dir.clone(),
+                    reason: "no shards/<i>-of-<n>/ with a manifest.json to merge".into(),
+                })?;
+            let opts = RunOptions {
+                force: false,
+                jobs: 1,
+                device: *device,
+                shard: None,
+            };
+            let exp = experiments_dir(cli);
+            let out = experiments::find_in(&exp, &artifact)?.merge(run_dir, &exp, &opts)?;
+            if out.reused {
+                println!("reusing the merged run {}\n", out.dir.display());
+            }
+            print!("{}", out.verdict.table);
+            println!("\n{}", out.verdict.summary);
+            println!("\noutcome: {}", out.verdict.outcome);
+            println!("run directory: {}", out.dir.display());
+            Ok(exit_code(out.verdict.outcome))
+        }
         Command::Run {
             target,
             force,
             jobs,
             device,
+            shard,
         } => {
             let inv = invocation(cli, target);
             let opts = RunOptions {
                 force: *force,
                 jobs: usize::from(*jobs),
                 device: *device,
+                shard: *shard,
             };
             let out = experiments::find_in(&inv.experiments_dir, &target.artifact)?.run(
                 &inv,
@@ -370,6 +414,9 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
                 );
             }
             print!("{}", out.verdict.table);
+            if shard.is_some() {
+                println!("{}", out.verdict.summary);
+            }
             println!("\noutcome: {}", out.verdict.outcome);
             println!("run directory: {}", out.dir.display());
             Ok(exit_code(out.verdict.outcome))

@@ -117,6 +117,11 @@ pub struct Manifest {
     /// The error that stopped a failed run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// SHA-256 of every result file the report reads (frames, tensors, the resolved config), by
+    /// path relative to the run directory, recorded when the run finished: `report` and the reuse
+    /// of a finished run verify them ([`RunDir::verify`]) instead of trusting the directory.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
     /// Peak resident memory of the process that computed (or last resumed) the run, MiB
     /// (Linux `VmHWM`; absent elsewhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,6 +148,7 @@ impl Manifest {
             reproduced: None,
             outcome: None,
             error: None,
+            files: BTreeMap::new(),
             peak_rss_mib: None,
         }
     }
@@ -248,6 +254,106 @@ fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// Whether a run-directory file is a result the report reads (and so is digested): frames,
+/// tensors and the resolved config. Figures, tables, logs and the manifest are derived or
+/// bookkeeping.
+fn is_result_file(rel: &str) -> bool {
+    rel == "config.resolved.toml" || rel.ends_with(".parquet") || rel.ends_with(".safetensors")
+}
+
+impl RunDir {
+    /// SHA-256 of every result file under the run directory ([`Manifest::files`]).
+    pub fn result_digests(&self) -> Result<BTreeMap<String, String>> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+            for e in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+                let p = e.map_err(|e| Error::io(dir, e))?.path();
+                if p.is_dir() {
+                    walk(&p, out)?;
+                } else {
+                    out.push(p);
+                }
+            }
+            Ok(())
+        }
+        let mut files = vec![];
+        walk(self.path(), &mut files)?;
+        let mut out = BTreeMap::new();
+        for f in files {
+            let rel = f
+                .strip_prefix(self.path())
+                .unwrap_or(&f)
+                .to_string_lossy()
+                .replace('\\', "/");
+            if is_result_file(&rel) {
+                out.insert(rel, sha256_path(&f)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks the finished run's result files against the digests its manifest recorded, and the
+    /// manifest's configuration hash against the directory name: any difference is an error
+    /// naming the file (never a table computed from it). A run finished before digests existed has
+    /// none to check.
+    pub fn verify(&self, m: &Manifest) -> Result<()> {
+        // A shard (`<run>/shards/<i>-of-<n>`) carries its run's hash.
+        let p = self.path();
+        let named = match p.parent() {
+            Some(parent) if parent.file_name().is_some_and(|n| n == "shards") => {
+                parent.parent().unwrap_or(p)
+            }
+            _ => p,
+        };
+        let name = named
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !name.is_empty() && !m.config_hash.starts_with(&name) {
+            return Err(Error::RunDir {
+                path: self.path().to_path_buf(),
+                reason: format!(
+                    "manifest.json's config hash {} does not match the directory name",
+                    m.config_hash
+                ),
+            });
+        }
+        if m.files.is_empty() {
+            return Ok(());
+        }
+        let now = self.result_digests()?;
+        for (rel, want) in &m.files {
+            match now.get(rel) {
+                Some(got) if got == want => {}
+                Some(_) => {
+                    return Err(Error::RunDir {
+                        path: self.path().to_path_buf(),
+                        reason: format!(
+                            "{rel} changed since the run finished (its sha256 no longer matches manifest.json); `diffuq run … --force` recomputes the run"
+                        ),
+                    })
+                }
+                None => {
+                    return Err(Error::RunDir {
+                        path: self.path().to_path_buf(),
+                        reason: format!(
+                            "{rel} is missing (manifest.json lists it); `diffuq run … --force` recomputes the run"
+                        ),
+                    })
+                }
+            }
+        }
+        if let Some(extra) = now.keys().find(|k| !m.files.contains_key(*k)) {
+            return Err(Error::RunDir {
+                path: self.path().to_path_buf(),
+                reason: format!(
+                    "{extra} was added after the run finished (manifest.json does not list it); `diffuq run … --force` recomputes the run"
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// This process's peak resident set size in MiB (`VmHWM` of /proc/self/status), if known.
 pub fn peak_rss_mib() -> Option<f64> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
@@ -294,6 +400,48 @@ pub fn temp_path(path: &Path) -> PathBuf {
 #[derive(Debug, Clone)]
 pub struct RunDir {
     path: PathBuf,
+    /// Set for one shard of a run (`diffuq run --shard i/n`): its parts only.
+    shard: Option<Shard>,
+}
+
+/// Shard `index` of `count` (0-based): the parts (seeds) at positions p with p mod count = index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// `i/n` with 0 ≤ i < n.
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || Error::invalid("--shard", format!("{s:?}: expected i/n with 0 ≤ i < n"));
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            i.trim().parse::<usize>().map_err(|_| bad())?,
+            n.trim().parse::<usize>().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Self { index, count })
+    }
+
+    /// The shard's directory inside its run directory: `shards/<i>-of-<n>`.
+    pub fn dir_name(&self) -> String {
+        format!("shards/{}-of-{}", self.index, self.count)
+    }
+
+    /// Whether the part at position `pos` of the run's part list is this shard's.
+    pub fn owns(&self, pos: usize) -> bool {
+        pos % self.count == self.index
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::parse(s).map_err(|e| e.to_string())
+    }
 }
 
 impl RunDir {
@@ -314,7 +462,30 @@ impl RunDir {
                 path: path.clone(),
                 reason: format!("not writable: {e}"),
             })?;
-        Ok(Self { path })
+        Ok(Self { path, shard: None })
+    }
+
+    /// This directory as shard `shard` of a run.
+    pub fn with_shard(mut self, shard: Option<Shard>) -> Self {
+        self.shard = shard;
+        self
+    }
+
+    /// The shard this directory computes, if it is one.
+    pub fn shard(&self) -> Option<Shard> {
+        self.shard
+    }
+
+    /// Whether `part` (one of `parts`, in order) is computed here: every part of a whole run,
+    /// a shard's own parts otherwise.
+    pub fn computes(&self, parts: &[u64], part: u64) -> bool {
+        match self.shard {
+            None => true,
+            Some(s) => parts
+                .iter()
+                .position(|&p| p == part)
+                .is_some_and(|i| s.owns(i)),
+        }
     }
 
     /// Open an existing run directory (for `diffuq report`).
@@ -327,6 +498,7 @@ impl RunDir {
         }
         Ok(Self {
             path: path.to_path_buf(),
+            shard: None,
         })
     }
 

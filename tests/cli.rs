@@ -361,3 +361,72 @@ fn a_run_in_progress_locks_its_directory_and_a_stale_lock_is_taken_over() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(!lock.exists());
 }
+
+/// `diffuq report <dir>` through the binary.
+fn report(dir: &Path) -> Output {
+    diffuq(&["report", dir.to_str().unwrap()], &[])
+}
+
+#[test]
+fn damaged_or_edited_results_are_refused_not_reported() {
+    // diffuq's contract (src/tracking.rs `Manifest::files`, `RunDir::verify`): the manifest
+    // records the sha256 of every result file; `report` and the reuse of a finished run check
+    // them and name the file that differs, exit 2, without writing a table.
+    let runs = tempfile::tempdir().unwrap();
+    let first = smoke(runs.path(), &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    let dir = run_dir_of(&text(&first.stdout));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    for f in ["config.resolved.toml", "metrics.parquet", "samples.parquet"] {
+        assert!(
+            manifest["files"][f].is_string(),
+            "{f} not digested: {manifest}"
+        );
+    }
+    let good_table = std::fs::read_to_string(dir.join("table.md")).unwrap();
+    let ok = report(&dir);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+
+    // 64 garbled bytes in the middle of a frame.
+    let metrics = dir.join("metrics.parquet");
+    let original = std::fs::read(&metrics).unwrap();
+    let mut bad = original.clone();
+    let mid = bad.len() / 2;
+    for (i, b) in bad[mid..mid + 64].iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(37) ^ 0xA5;
+    }
+    std::fs::write(&metrics, &bad).unwrap();
+    assert_one_line_error(
+        &report(&dir),
+        &["metrics.parquet", "changed since the run finished"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("table.md")).unwrap(),
+        good_table
+    );
+    // One flipped bit.
+    let mut flip = original.clone();
+    flip[mid] ^= 0x10;
+    std::fs::write(&metrics, &flip).unwrap();
+    assert_one_line_error(&report(&dir), &["metrics.parquet"]);
+    // A rerun does not reuse the damaged run; --force recomputes it (the damaged one kept aside).
+    assert_one_line_error(&smoke(runs.path(), &[]), &["metrics.parquet", "--force"]);
+    let forced = smoke(runs.path(), &["--force"]);
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+    assert_eq!(
+        std::fs::read(&metrics).unwrap(),
+        original,
+        "recomputed bit for bit"
+    );
+
+    // A hand-edited (valid) resolved config does not relabel the run.
+    let cfg = dir.join("config.resolved.toml");
+    let text_cfg = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{text_cfg}\n# edited\n")).unwrap();
+    assert_one_line_error(&report(&dir), &["config.resolved.toml"]);
+    std::fs::write(&cfg, &text_cfg).unwrap();
+    // A removed frame is named too.
+    std::fs::remove_file(dir.join("samples.parquet")).unwrap();
+    assert_one_line_error(&report(&dir), &["samples.parquet", "missing"]);
+}

@@ -511,7 +511,7 @@ impl Experiment for AuFig3 {
             .wall_seconds
             .insert("train-or-load".into(), t.elapsed().as_secs_f64());
         run.log(&model.origin)?;
-        for &seed in &c.seeds {
+        for &seed in c.seeds.iter().filter(|&&s| run.computes(&c.seeds, s)) {
             let rel = format!("seeds/seed-{seed}/stepwise_trained.parquet");
             if run.has(&rel) {
                 run.log(&format!("seed {seed}: reusing the trained panel"))?;

@@ -93,7 +93,7 @@ impl<'a> PartRunner<'a> {
             .seeds
             .iter()
             .copied()
-            .filter(|&s| !self.is_done(s))
+            .filter(|&s| self.run.computes(self.seeds, s) && !self.is_done(s))
             .collect();
         for &seed in self.seeds.iter().filter(|&&s| self.is_done(s)) {
             self.run
@@ -138,6 +138,14 @@ impl<'a> PartRunner<'a> {
         for r in results {
             r?;
         }
+        self.stack()
+    }
+
+    /// Stack every frame over all parts — not in a shard, whose parts `diffuq merge` joins.
+    fn stack(&self) -> Result<()> {
+        if self.run.shard().is_some() {
+            return Ok(());
+        }
         for frame in self.frames {
             stack_parts(self.run, self.seeds, frame)?;
         }
@@ -154,6 +162,9 @@ impl PartRunner<'_> {
     {
         let progress = MultiProgress::new();
         for &seed in self.seeds {
+            if !self.run.computes(self.seeds, seed) {
+                continue;
+            }
             if self.is_done(seed) {
                 self.run
                     .log(&format!("seed {seed}: reusing finished part"))?;
@@ -168,16 +179,16 @@ impl PartRunner<'_> {
             self.run.write_manifest(manifest)?;
             self.run.log(&format!("seed {seed}: done in {secs:.1}s"))?;
         }
-        for frame in self.frames {
-            stack_parts(self.run, self.seeds, frame)?;
-        }
-        Ok(())
+        self.stack()
     }
 }
 
 /// Stack the per-seed parts `seeds/seed-<s>/<frame>.parquet` in seed order into
-/// `<frame>.parquet`.
+/// `<frame>.parquet` (nothing in a shard: `diffuq merge` stacks the joined parts).
 pub fn stack_parts(run: &RunDir, seeds: &[u64], frame: &str) -> Result<()> {
+    if run.shard().is_some() {
+        return Ok(());
+    }
     let mut stacked = DataFrame::empty();
     for &seed in seeds {
         let part = run.read_parquet(&format!("{}/{frame}.parquet", PartRunner::part_dir(seed)))?;

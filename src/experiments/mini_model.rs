@@ -163,6 +163,8 @@ impl Experiment for MiniModel {
     const DESCRIPTION: &'static str =
         "the mini image model (UNet2D on Fashion-MNIST, trained by diffuq): samples, loss, FID vs the real-data floor";
     type Config = Config;
+    /// Each seed's FID is computed as its samples are generated, in one loop.
+    const SHARDABLE: bool = false;
 
     fn run(
         cfg: &Resolved<Config>,

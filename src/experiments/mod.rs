@@ -80,6 +80,10 @@ pub trait Experiment {
         Ok(None)
     }
 
+    /// Whether the run's parts (seeds) can be computed as shards and merged; an artifact whose
+    /// parts depend on each other runs whole.
+    const SHARDABLE: bool = true;
+
     /// The external files the configuration names (`[weights]`, `[data]`, `[reference]`, see
     /// [`inputs`]): listed by `validate`, required before `run` computes anything.
     fn inputs(_cfg: &Self::Config) -> Result<Vec<inputs::InputFile>> {
@@ -107,6 +111,8 @@ pub struct RunOptions {
     pub jobs: usize,
     /// Where tensors live (`--device`).
     pub device: crate::device::DeviceChoice,
+    /// Compute one shard of the run's parts (`--shard i/n`) into `shards/<i>-of-<n>/`.
+    pub shard: Option<crate::tracking::Shard>,
 }
 
 /// What `run` did.
@@ -137,6 +143,7 @@ pub struct Artifact {
     run: fn(&Invocation, &Path, &RunOptions) -> Result<RunOutcome>,
     report: fn(&RunDir) -> Result<Verdict>,
     recipes: fn(&Invocation) -> Result<Vec<crate::model::recipe::ImageModelRecipe>>,
+    merge: fn(&Path, &Path, &RunOptions) -> Result<RunOutcome>,
 }
 
 impl Artifact {
@@ -147,6 +154,7 @@ impl Artifact {
             validate: validate::<E>,
             run: run::<E>,
             report: report::<E>,
+            merge: merge::<E>,
             recipes: |inv| {
                 let r = resolve::<E>(inv)?;
                 E::recipes_at(&r.config, &inv.experiments_dir, &inv.scale)
@@ -178,6 +186,16 @@ impl Artifact {
 
     pub fn report(&self, run: &RunDir) -> Result<Verdict> {
         (self.report)(run)
+    }
+
+    /// Join the finished shards under `run_dir` into what one run writes (`diffuq merge`).
+    pub fn merge(
+        &self,
+        run_dir: &Path,
+        experiments_dir: &Path,
+        opts: &RunOptions,
+    ) -> Result<RunOutcome> {
+        (self.merge)(run_dir, experiments_dir, opts)
     }
 }
 
@@ -325,20 +343,52 @@ fn run<E: Experiment>(inv: &Invocation, runs_root: &Path, opts: &RunOptions) -> 
     let r = resolve::<E>(inv)?;
     // Missing checkpoints or data stop the run before any compute or run directory.
     inputs::require(&E::inputs(&r.config)?)?;
-    let path = run_path(runs_root, &r);
+    if opts.shard.is_some() && !E::SHARDABLE {
+        return Err(Error::invalid(
+            "--shard",
+            format!(
+                "{} runs whole (its parts share per-run state); run it without --shard",
+                r.artifact
+            ),
+        ));
+    }
+    let base = run_path(runs_root, &r);
+    run_resolved::<E>(r, base, opts)
+}
+
+/// Compute (or reuse) the resolved configuration `r` in run directory `base` (one shard of it
+/// with `opts.shard`).
+fn run_resolved<E: Experiment>(
+    r: Resolved<E::Config>,
+    base: PathBuf,
+    opts: &RunOptions,
+) -> Result<RunOutcome> {
+    let path = match opts.shard {
+        Some(s) => base.join(s.dir_name()),
+        None => base,
+    };
     // One process per run directory; held until this function returns (also across --force).
     let _lock = crate::tracking::RunLock::acquire(&path)?;
     if opts.force && path.exists() {
         // Recompute from scratch, but never destroy results: the old run is kept beside it.
-        let aside = path.with_file_name(format!("{}.replaced-{}", r.short_hash(), unix_now()));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| r.short_hash().to_string());
+        let aside = path.with_file_name(format!("{name}.replaced-{}", unix_now()));
         std::fs::rename(&path, &aside).map_err(|e| Error::RunDir {
             path: path.clone(),
             reason: format!("cannot move aside for --force: {e}"),
         })?;
     }
-    let dir = RunDir::create_at(path)?;
+    let dir = RunDir::create_at(path)?.with_shard(opts.shard);
     if !opts.force && dir.has("manifest.json") && dir.manifest()?.status == Status::Finished {
+        // Reuse only what is verifiably the finished run's output.
+        dir.verify(&dir.manifest()?)?;
         dir.log("finished run reused")?;
+        if let Some(s) = opts.shard {
+            return Ok(shard_outcome(&dir, s, true));
+        }
         let verdict = E::report(&r.config, &dir)?;
         // A manifest written by an older diffuq (a bool verdict) is brought up to date.
         let mut manifest = dir.manifest()?;
@@ -373,6 +423,19 @@ fn run<E: Experiment>(inv: &Invocation, runs_root: &Path, opts: &RunOptions) -> 
         return Err(e);
     }
     manifest.error = None;
+    if let Some(s) = opts.shard {
+        // A shard's parts are done; `diffuq merge` stacks, reports and compares.
+        manifest.status = Status::Finished;
+        manifest.finished_unix = Some(unix_now());
+        manifest.files = dir.result_digests()?;
+        manifest.peak_rss_mib = crate::tracking::peak_rss_mib();
+        manifest
+            .wall_seconds
+            .insert("total".into(), t0.elapsed().as_secs_f64());
+        dir.write_manifest(&manifest)?;
+        dir.log("shard finished")?;
+        return Ok(shard_outcome(&dir, s, false));
+    }
     let t_report = Instant::now();
     let verdict = E::report(&r.config, &dir)?;
     manifest
@@ -383,6 +446,7 @@ fn run<E: Experiment>(inv: &Invocation, runs_root: &Path, opts: &RunOptions) -> 
         .insert("total".into(), t0.elapsed().as_secs_f64());
     manifest.status = Status::Finished;
     manifest.finished_unix = Some(unix_now());
+    manifest.files = dir.result_digests()?;
     manifest.peak_rss_mib = crate::tracking::peak_rss_mib();
     manifest.record(verdict.outcome);
     dir.write_manifest(&manifest)?;
@@ -395,6 +459,194 @@ fn run<E: Experiment>(inv: &Invocation, runs_root: &Path, opts: &RunOptions) -> 
         reused: false,
         verdict,
     })
+}
+
+/// What a finished shard reports: no table (its parts are a fraction of the run), and the
+/// command that joins the shards.
+fn shard_outcome(dir: &RunDir, s: crate::tracking::Shard, reused: bool) -> RunOutcome {
+    let run_dir = dir
+        .path()
+        .parent()
+        .and_then(|p| p.parent())
+        .unwrap_or(dir.path());
+    RunOutcome {
+        dir: dir.path().to_path_buf(),
+        reused,
+        verdict: Verdict {
+            table: String::new(),
+            outcome: Outcome::NotChecked,
+            summary: format!(
+                "shard {}/{} finished; when all {} are, `diffuq merge {}` joins them",
+                s.index,
+                s.count,
+                s.count,
+                run_dir.display()
+            ),
+        },
+    }
+}
+
+/// `diffuq merge <run-dir>`: checks that every shard under `run_dir/shards/` finished with the
+/// same configuration and code, copies their parts into `run_dir`, and completes the run there —
+/// stacking, report, manifest — exactly as an unsharded run does (its finished parts skipped).
+/// Missing, unfinished or mismatched shards are an error naming them; merging again reuses the
+/// merged run.
+fn merge<E: Experiment>(
+    run_dir: &Path,
+    experiments_dir: &Path,
+    opts: &RunOptions,
+) -> Result<RunOutcome> {
+    let err = |reason: String| Error::RunDir {
+        path: run_dir.to_path_buf(),
+        reason,
+    };
+    let shards_dir = run_dir.join("shards");
+    let mut found: Vec<(crate::tracking::Shard, PathBuf)> = vec![];
+    if let Ok(entries) = std::fs::read_dir(&shards_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some((i, n)) = name.split_once("-of-") else {
+                continue;
+            };
+            if let Ok(s) = crate::tracking::Shard::parse(&format!("{i}/{n}")) {
+                if e.path().is_dir() {
+                    found.push((s, e.path()));
+                }
+            }
+        }
+    }
+    found.sort_by_key(|(s, _)| (s.count, s.index));
+    let Some(&(first, _)) = found.first() else {
+        return Err(err("no shards/<i>-of-<n>/ directories to merge".into()));
+    };
+    let n = first.count;
+    if let Some((s, _)) = found.iter().find(|(s, _)| s.count != n) {
+        return Err(err(format!(
+            "shards of different counts ({n} and {}): remove the stale ones",
+            s.count
+        )));
+    }
+    let missing: Vec<String> = (0..n)
+        .filter(|i| !found.iter().any(|(s, _)| s.index == *i))
+        .map(|i| format!("{i}/{n}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(err(format!("shard(s) {} missing", missing.join(", "))));
+    }
+    let mut manifests = vec![];
+    for (s, p) in &found {
+        let d = RunDir::open(p).map_err(|_| {
+            err(format!(
+                "shard {}/{n} has not started (no manifest.json)",
+                s.index
+            ))
+        })?;
+        let m = d.manifest()?;
+        if m.status != Status::Finished {
+            let why = m
+                .error
+                .clone()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            return Err(err(format!(
+                "shard {}/{n} is not finished (status {:?}{why})",
+                s.index, m.status
+            )));
+        }
+        d.verify(&m)?;
+        manifests.push((s.index, d, m));
+    }
+    let (_, d0, m0) = &manifests[0];
+    let dir_name = run_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for (i, _, m) in &manifests {
+        if m.config_hash != m0.config_hash || !m.config_hash.starts_with(&dir_name) {
+            return Err(err(format!(
+                "shard {i}/{n} has config hash {} (the run directory is {dir_name})",
+                m.config_hash
+            )));
+        }
+        if m.git_sha != m0.git_sha || m.git_dirty != m0.git_dirty {
+            return Err(err(format!(
+                "shard {i}/{n} was computed by code {} (dirty {:?}), shard 0/{n} by {} (dirty {:?})",
+                m.git_sha, m.git_dirty, m0.git_sha, m0.git_dirty
+            )));
+        }
+    }
+    // The run's resolved configuration, as the shards resolved it.
+    let toml_text = d0.read_to_string("config.resolved.toml")?;
+    let config: E::Config = toml::from_str(&toml_text).map_err(|e| Error::ExperimentFile {
+        path: d0.file("config.resolved.toml"),
+        reason: format!(
+            "does not match this diffuq's {} config: {}",
+            E::NAME,
+            e.message()
+        ),
+    })?;
+    let r = Resolved {
+        artifact: m0.artifact.clone(),
+        scale: m0.scale.clone(),
+        file: config::experiment_file(experiments_dir, &m0.artifact),
+        config,
+        toml: toml_text,
+        hash: m0.config_hash.clone(),
+    };
+    // Join the parts: every file a shard computed (its `seeds/` parts and any per-run file a
+    // part writes), not its bookkeeping.
+    for (i, d, _) in &manifests {
+        copy_parts(d.path(), run_dir, true)
+            .map_err(|e| err(format!("joining shard {i}/{n}: {e}")))?;
+    }
+    let opts = RunOptions {
+        force: false,
+        shard: None,
+        ..*opts
+    };
+    run_resolved::<E>(r, run_dir.to_path_buf(), &opts)
+}
+
+/// Copy the files under `from` into `to` (same relative paths; at the top level not a shard's
+/// manifest, log, config, figures); an existing file must hold the same bytes (two shards never
+/// compute the same part).
+fn copy_parts(from: &Path, to: &Path, top: bool) -> std::result::Result<(), String> {
+    if !from.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    for e in std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))? {
+        let p = e.map_err(|e| format!("{}: {e}", from.display()))?.path();
+        let name = p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        // A shard's own bookkeeping stays with it.
+        if top
+            && matches!(
+                name.as_str(),
+                "manifest.json" | "log.txt" | "config.resolved.toml" | "figures" | "shards"
+            )
+        {
+            continue;
+        }
+        let target = to.join(&name);
+        if p.is_dir() {
+            copy_parts(&p, &target, false)?;
+        } else if target.exists() {
+            let (a, b) = (std::fs::read(&p), std::fs::read(&target));
+            if a.ok() != b.ok() {
+                return Err(format!("{} differs from {}", p.display(), target.display()));
+            }
+        } else {
+            let tmp = crate::tracking::temp_path(&target);
+            std::fs::copy(&p, &tmp)
+                .and_then(|_| std::fs::rename(&tmp, &target))
+                .map_err(|e| format!("{}: {e}", target.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The scale a run directory was computed at (its manifest's), which decides whether the paper
@@ -413,6 +665,10 @@ pub(crate) fn write_comparison(
 }
 
 fn report<E: Experiment>(dir: &RunDir) -> Result<Verdict> {
+    let manifest = dir.manifest()?;
+    if manifest.status == Status::Finished {
+        dir.verify(&manifest)?;
+    }
     let path = dir.file("config.resolved.toml");
     let text = dir.read_to_string("config.resolved.toml")?;
     let cfg: E::Config = toml::from_str(&text).map_err(|e| Error::ExperimentFile {
