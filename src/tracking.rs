@@ -117,6 +117,10 @@ pub struct Manifest {
     /// The error that stopped a failed run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// SHA-256 of every external input file (paper checkpoints, data, reference batches) by its
+    /// configuration key (`weights.model`): a finished run is reused only with the same files.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, String>,
     /// SHA-256 of every result file the report reads (frames, tensors, the resolved config), by
     /// path relative to the run directory, recorded when the run finished: `report` and the reuse
     /// of a finished run verify them ([`RunDir::verify`]) instead of trusting the directory.
@@ -149,6 +153,7 @@ impl Manifest {
             outcome: None,
             error: None,
             files: BTreeMap::new(),
+            inputs: BTreeMap::new(),
             peak_rss_mib: None,
         }
     }

@@ -221,6 +221,37 @@ fn filtering_runs_on_a_paper_checkpoint() {
         dims.iter().any(|d| d[1..] == [3, 16, 16]),
         "samples are 3×16×16: {dims:?}"
     );
+    // The manifest records the sha256 of every input file; a changed reference batch is not
+    // silently reused.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    for k in ["weights.model", "data.laplace", "reference.fid"] {
+        assert_eq!(
+            manifest["inputs"][k].as_str().map(str::len),
+            Some(64),
+            "{k}: {manifest}"
+        );
+    }
+    write_batch(&t.join("ref.npz"), 24, 9);
+    let again = diffuq(
+        &[
+            "--experiments",
+            exp.to_str().unwrap(),
+            "run",
+            "au-table1",
+            "--scale",
+            "smoke",
+            "--runs-dir",
+            runs.to_str().unwrap(),
+        ],
+        t,
+    );
+    let se = text(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{se}");
+    assert!(
+        se.contains("reference.fid") && se.contains("--force"),
+        "{se}"
+    );
 }
 
 #[test]

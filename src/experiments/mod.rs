@@ -382,9 +382,25 @@ fn run_resolved<E: Experiment>(
         })?;
     }
     let dir = RunDir::create_at(path)?.with_shard(opts.shard);
+    // What the run reads from outside (paper checkpoints, data, reference batches), by sha256.
+    let input_digests = input_digests::<E>(&r.config)?;
     if !opts.force && dir.has("manifest.json") && dir.manifest()?.status == Status::Finished {
-        // Reuse only what is verifiably the finished run's output.
-        dir.verify(&dir.manifest()?)?;
+        // Reuse only what is verifiably the finished run's output, from the same inputs.
+        let m = dir.manifest()?;
+        dir.verify(&m)?;
+        if !m.inputs.is_empty() && m.inputs != input_digests {
+            let key = input_digests
+                .iter()
+                .find(|(k, v)| m.inputs.get(*k) != Some(*v))
+                .map(|(k, _)| k.clone())
+                .unwrap_or_else(|| "an input".into());
+            return Err(Error::RunDir {
+                path: dir.path().to_path_buf(),
+                reason: format!(
+                    "{key} is not the file this run was computed from (its sha256 differs from manifest.json); `diffuq run … --force` recomputes"
+                ),
+            });
+        }
         dir.log("finished run reused")?;
         if let Some(s) = opts.shard {
             return Ok(shard_outcome(&dir, s, true));
@@ -404,8 +420,19 @@ fn run_resolved<E: Experiment>(
     }
     let t0 = Instant::now();
     dir.write("config.resolved.toml", r.toml.as_bytes())?;
-    let mut manifest = Manifest::new(&r.artifact, &r.scale, &r.hash, &opts.device.label());
+    // A resumed (interrupted or failed) run keeps its start time and earlier phases' wall times.
+    let mut manifest = match dir.has("manifest.json").then(|| dir.manifest()) {
+        Some(Ok(m)) if m.config_hash == r.hash && m.status != Status::Finished => {
+            let mut m = m;
+            m.status = Status::Running;
+            m.error = None;
+            m.device = opts.device.label();
+            m
+        }
+        _ => Manifest::new(&r.artifact, &r.scale, &r.hash, &opts.device.label()),
+    };
     manifest.jobs = opts.jobs;
+    manifest.inputs = input_digests;
     dir.write_manifest(&manifest)?;
     dir.log(&format!(
         "run {} at scale {} (config {})",
@@ -459,6 +486,17 @@ fn run_resolved<E: Experiment>(
         reused: false,
         verdict,
     })
+}
+
+/// sha256 of every external file the configuration names (`[weights]`, `[data]`,
+/// `[reference]`), by key.
+fn input_digests<E: Experiment>(
+    cfg: &E::Config,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    E::inputs(cfg)?
+        .into_iter()
+        .map(|f| Ok((f.key, crate::tracking::sha256_path(&f.path)?)))
+        .collect()
 }
 
 /// What a finished shard reports: no table (its parts are a fraction of the run), and the
