@@ -470,6 +470,30 @@ impl RunDir {
         Ok(Self { path, shard: None })
     }
 
+    /// Remove the temporary files ([`temp_path`]: `.tmp-<pid>-…`) a killed process left in the
+    /// run directory: called once the run's lock is held, when no live writer can own one.
+    pub fn remove_stale_temp_files(&self) -> Result<usize> {
+        fn sweep(dir: &Path, removed: &mut usize) -> Result<()> {
+            for e in fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.flatten() {
+                let p = e.path();
+                let name = e.file_name().to_string_lossy().into_owned();
+                if p.is_dir() {
+                    // A shard has its own lock and sweeps itself.
+                    if name != "shards" {
+                        sweep(&p, removed)?;
+                    }
+                } else if name.starts_with(".tmp-") {
+                    fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                    *removed += 1;
+                }
+            }
+            Ok(())
+        }
+        let mut removed = 0;
+        sweep(self.path(), &mut removed)?;
+        Ok(removed)
+    }
+
     /// This directory as shard `shard` of a run.
     pub fn with_shard(mut self, shard: Option<Shard>) -> Self {
         self.shard = shard;

@@ -382,6 +382,13 @@ fn run_resolved<E: Experiment>(
         })?;
     }
     let dir = RunDir::create_at(path)?.with_shard(opts.shard);
+    // With the lock held, any temporary file in the directory is a killed writer's.
+    let stale = dir.remove_stale_temp_files()?;
+    if stale > 0 {
+        dir.log(&format!(
+            "removed {stale} temporary file(s) of an interrupted run"
+        ))?;
+    }
     // What the run reads from outside (paper checkpoints, data, reference batches), by sha256.
     let input_digests = input_digests::<E>(&r.config)?;
     if !opts.force && dir.has("manifest.json") && dir.manifest()?.status == Status::Finished {

@@ -1,0 +1,139 @@
+//! SIGKILL at several points of a run, then a rerun: the result equals an uninterrupted run's
+//! (frames byte for byte, the same table), parts finished before the kill are reused rather than
+//! recomputed, the dead run's lock is taken over, and no temporary file is left behind.
+//!
+//! Expected values: diffuq's own uninterrupted run of the same configuration (gu-fig2 at smoke
+//! scale with three seeds: training, sampling, scoring, metrics and writing of three parts, then
+//! stacking, report and figures). Kill points are fractions of the uninterrupted run's wall time,
+//! so they land in different phases whatever the machine's speed.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn cmd(runs: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_diffuq"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+        "run",
+        "gu-fig2",
+        "--scale",
+        "smoke",
+        "--runs-dir",
+        runs.to_str().unwrap(),
+        "seeds=[0,1,2]",
+    ]);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DIFFUQ_")) {
+        c.env_remove(k);
+    }
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    c
+}
+
+fn the_run_dir(runs: &Path) -> PathBuf {
+    let smoke = runs.join("gu-fig2/smoke");
+    std::fs::read_dir(&smoke)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .expect("run directory")
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn done_seeds(dir: &Path) -> BTreeSet<u64> {
+    (0..3)
+        .filter(|s| dir.join(format!("seeds/seed-{s}/done")).exists())
+        .collect()
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_uninterrupted_result() {
+    let reference = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let out = cmd(reference.path()).output().unwrap();
+    let wall = t0.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ref_dir = the_run_dir(reference.path());
+    let frames: Vec<String> = std::fs::read_dir(&ref_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".parquet"))
+        .collect();
+    assert!(frames.len() >= 2, "{frames:?}");
+
+    let mut resumed_some = false;
+    for frac in [0.15, 0.35, 0.55, 0.75, 0.95] {
+        let runs = tempfile::tempdir().unwrap();
+        let mut child = cmd(runs.path()).spawn().unwrap();
+        std::thread::sleep(wall.mul_f64(frac).max(Duration::from_millis(50)));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let dir = runs
+            .path()
+            .join("gu-fig2/smoke")
+            .exists()
+            .then(|| the_run_dir(runs.path()));
+        let before = dir.as_deref().map(done_seeds).unwrap_or_default();
+
+        let out = cmd(runs.path()).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "kill at {frac}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = the_run_dir(runs.path());
+        for f in &frames {
+            assert_eq!(
+                std::fs::read(dir.join(f)).unwrap(),
+                std::fs::read(ref_dir.join(f)).unwrap(),
+                "kill at {frac}: {f} differs from the uninterrupted run"
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(dir.join("table.md")).unwrap(),
+            std::fs::read_to_string(ref_dir.join("table.md")).unwrap(),
+            "kill at {frac}"
+        );
+        let log = std::fs::read_to_string(dir.join("log.txt")).unwrap();
+        for s in &before {
+            assert!(
+                log.contains(&format!("seed {s}: reusing finished part")),
+                "kill at {frac}: seed {s} was finished before the kill but recomputed:\n{log}"
+            );
+            resumed_some = true;
+        }
+        let stray: Vec<PathBuf> = files(runs.path())
+            .into_iter()
+            .filter(|p| {
+                let n = p.file_name().unwrap().to_string_lossy();
+                n.contains(".tmp") || n.ends_with(".lock")
+            })
+            .collect();
+        assert!(stray.is_empty(), "kill at {frac}: left behind {stray:?}");
+        let manifest = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+        assert!(manifest.contains("\"status\": \"finished\""), "{manifest}");
+    }
+    // At least one kill landed after a part had finished (the later fractions do on any machine
+    // where the three parts take most of the run).
+    assert!(resumed_some, "no kill point fell after a finished part");
+}
