@@ -411,9 +411,11 @@ fn run_seed_trained(
             idx,
             StepWindow::all(steps),
         );
-        c.sampler
+        let out = c
+            .sampler
             .sample(&bound, &schedule, x_t, &noise, &mut obs)
             .ctx("sampling the trained model with AU")?;
+        kit::check_finite(&out.x0, idx, &format!("seed {seed}: trained-model samples"))?;
         for r in &obs.records {
             for (i, u) in idx.iter().zip(&r.per_image) {
                 s_sample.push(*i);

@@ -651,6 +651,7 @@ fn run_seed(
             .sampler
             .sample_from(&bound, &schedule, start, x_t.clone(), &NoNoise, &mut obs)
             .ctx("reconstruction")?;
+        kit::check_finite(&out.x0, idx, &format!("seed {seed}: reconstructions"))?;
         let recon = unit_rows(&out.x0)?;
         let err = |pred: &[f64]| -> Vec<f64> {
             pred.iter()
