@@ -93,6 +93,11 @@ fn a_killed_run_resumes_to_the_uninterrupted_result() {
             .exists()
             .then(|| the_run_dir(runs.path()));
         let before = dir.as_deref().map(done_seeds).unwrap_or_default();
+        // The kill may also come after the run finished: then the rerun reuses the whole run.
+        let finished_before = dir.as_deref().is_some_and(|d| {
+            std::fs::read_to_string(d.join("manifest.json"))
+                .is_ok_and(|m| m.contains("\"status\": \"finished\""))
+        });
 
         let out = cmd(runs.path()).output().unwrap();
         assert_eq!(
@@ -115,7 +120,11 @@ fn a_killed_run_resumes_to_the_uninterrupted_result() {
             "kill at {frac}"
         );
         let log = std::fs::read_to_string(dir.join("log.txt")).unwrap();
-        for s in &before {
+        if finished_before {
+            assert!(log.contains("finished run reused"), "kill at {frac}: {log}");
+            resumed_some = true;
+        }
+        for s in before.iter().filter(|_| !finished_before) {
             assert!(
                 log.contains(&format!("seed {s}: reusing finished part")),
                 "kill at {frac}: seed {s} was finished before the kill but recomputed:\n{log}"
