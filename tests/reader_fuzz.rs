@@ -1,0 +1,127 @@
+//! Every file reader on random and mutated bytes: an error (exit 2 at the CLI), never a panic or
+//! an unbounded allocation. Seeds of the mutations are valid files of each format: a safetensors
+//! and a torch zip checkpoint from golden/ (written by the reference libraries), a gzipped IDX file
+//! written here in the format's layout, a parquet frame written by diffuq, and an ADM-style image
+//! .npz. What is checked is diffuq's contract (src/error.rs: one-line errors), not numbers.
+
+use std::io::Write;
+use std::path::Path;
+
+use proptest::prelude::*;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Call `read` on `bytes` written to a file named `name`; it must return (Ok or Err), not panic.
+fn survives(name: &str, bytes: &[u8], read: Reader) -> std::result::Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join(name);
+    std::fs::write(&p, bytes).unwrap();
+    std::panic::catch_unwind(|| read(&p))
+        .map(|_| ())
+        .map_err(|e| {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            format!("{name}: panicked: {msg}")
+        })
+}
+
+fn tensors(p: &Path) -> bool {
+    diffuq::checkpoint::read_tensors(p).is_ok()
+}
+fn idx(p: &Path) -> bool {
+    diffuq::data::fashion_mnist::read_idx_images(p).is_ok()
+}
+fn images(p: &Path) -> bool {
+    diffuq::data::images::read_image_set(p).is_ok()
+}
+fn metric_input(p: &Path) -> bool {
+    diffuq::metrics::inputs::read_input(p).is_ok()
+}
+
+/// A reader: true when the file read.
+type Reader = fn(&Path) -> bool;
+
+/// (file name, valid bytes, the reader of that format).
+fn seed_files() -> Vec<(&'static str, Vec<u8>, Reader)> {
+    let golden = Path::new(ROOT).join("golden");
+    let mut idx_file = vec![];
+    {
+        let mut gz = flate2::write::GzEncoder::new(&mut idx_file, flate2::Compression::fast());
+        let mut raw = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 4, 0, 0, 0, 4];
+        raw.extend((0..32u8).collect::<Vec<_>>());
+        gz.write_all(&raw).unwrap();
+        gz.finish().unwrap();
+    }
+    let npz = {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.npz");
+        let x = candle_core::Tensor::zeros(
+            (2, 4, 4, 3),
+            candle_core::DType::U8,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        candle_core::Tensor::write_npz(&[("arr_0", &x)], &p).unwrap();
+        std::fs::read(p).unwrap()
+    };
+    vec![
+        (
+            "model.safetensors",
+            std::fs::read(golden.join("unet2d/tiny/diffusion_pytorch_model.safetensors")).unwrap(),
+            tensors as Reader,
+        ),
+        (
+            "model.pt",
+            std::fs::read(golden.join("adm/legacy_tiny/model.pt")).unwrap(),
+            tensors,
+        ),
+        ("train-images-idx3-ubyte.gz", idx_file, idx),
+        ("images.npz", npz.clone(), images),
+        ("features.npz", npz, metric_input),
+    ]
+}
+
+#[test]
+fn truncated_files_are_errors() {
+    for (name, bytes, read) in seed_files() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(name);
+        std::fs::write(&p, &bytes).unwrap();
+        assert!(read(&p), "{name}: the unmutated seed must read");
+        for cut in [
+            0,
+            1,
+            7,
+            8,
+            16,
+            bytes.len() / 3,
+            bytes.len() / 2,
+            bytes.len() - 1,
+        ] {
+            survives(name, &bytes[..cut.min(bytes.len())], read).unwrap();
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+    #[test]
+    fn mutated_files_never_panic(which in 0usize..5, flips in proptest::collection::vec((any::<u32>(), any::<u8>()), 1..16)) {
+        let (name, mut bytes, read) = seed_files().swap_remove(which);
+        for (pos, v) in flips {
+            let i = pos as usize % bytes.len();
+            bytes[i] ^= v | 1;
+        }
+        prop_assert!(survives(name, &bytes, read).is_ok(), "{}", survives(name, &bytes, read).unwrap_err());
+    }
+
+    #[test]
+    fn random_bytes_never_panic(which in 0usize..5, bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let (name, _, read) = seed_files().swap_remove(which);
+        prop_assert!(survives(name, &bytes, read).is_ok(), "{}", survives(name, &bytes, read).unwrap_err());
+    }
+}
