@@ -10,12 +10,36 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::pickle::{Object, Stack, TensorInfo};
 use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result, TensorContext};
+
+/// The JSON config of the checkpoint at `path`, as the network loaders read it: `config.json` in a
+/// directory; beside a weight file, `<stem>.json` if it exists (`128x128_diffusion.pt` +
+/// `128x128_diffusion.json`), else `config.json`.
+pub fn config_beside(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        return path.join("config.json");
+    }
+    let own = path.with_extension("json");
+    if own.exists() && own != path {
+        own
+    } else {
+        path.parent().unwrap_or(Path::new(".")).join("config.json")
+    }
+}
+
+/// [`config_beside`] when it exists, parses as JSON and `is` accepts it (which architecture a
+/// checkpoint is).
+pub fn config_if(path: &Path, is: impl Fn(&serde_json::Value) -> bool) -> Option<PathBuf> {
+    let cfg = config_beside(path);
+    let text = std::fs::read_to_string(&cfg).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    is(&v).then_some(cfg)
+}
 
 /// All tensors of a TorchScript archive, a `.pth` (zip or legacy format) or a `.safetensors`
 /// file, on the CPU, named by their dotted path from the file's root object (TorchScript:

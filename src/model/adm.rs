@@ -884,15 +884,7 @@ impl AdmUNet {
     /// `<stem>.json` if it exists (`128x128_diffusion.pt` + `128x128_diffusion.json`), else
     /// `config.json`.
     pub fn config_path(path: &Path) -> PathBuf {
-        if path.is_dir() {
-            return path.join("config.json");
-        }
-        let own = path.with_extension("json");
-        if own.exists() && own != path {
-            own
-        } else {
-            path.parent().unwrap_or(Path::new(".")).join("config.json")
-        }
+        crate::checkpoint::config_beside(path)
     }
 
     /// The config and weight file of the checkpoint at `path`: a directory holding `config.json`
@@ -925,10 +917,7 @@ impl AdmUNet {
     /// The ADM config for the checkpoint at `path`, if there is one: [`Self::config_path`] exists
     /// and is an ADM config by [`is_adm_json`].
     pub fn config_for(path: &Path) -> Option<PathBuf> {
-        let cfg = Self::config_path(path);
-        let text = std::fs::read_to_string(&cfg).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        is_adm_json(&v).then_some(cfg)
+        crate::checkpoint::config_if(path, is_adm_json)
     }
 
     /// Load a guided-diffusion checkpoint (see [`Self::locate`]): a `torch.save`d state dict
@@ -970,13 +959,8 @@ impl AdmUNet {
         let what = format!("weights {}", weights.display());
         let (vb, src) = ParamSource::load(tensors, what.clone()).var_builder(dtype, device);
         // The parameter source's messages already name the file.
-        let net = Self::build(config, vb, name).map_err(|e| {
-            let msg = first_line(&e);
-            match msg.strip_prefix(&format!("{what}: ")) {
-                Some(rest) => Error::invalid(what.clone(), rest.to_string()),
-                None => Error::invalid(what.clone(), msg),
-            }
-        })?;
+        let net =
+            Self::build(config, vb, name).map_err(|e| super::params::build_error(&what, &e))?;
         src.finish()?;
         Ok(net)
     }

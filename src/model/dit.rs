@@ -836,25 +836,14 @@ impl DiT {
     /// `<stem>.json` if it exists (`DiT-XL-2-256x256.pt` + `DiT-XL-2-256x256.json`), else
     /// `config.json`.
     pub fn config_path(path: &Path) -> PathBuf {
-        if path.is_dir() {
-            return path.join("config.json");
-        }
-        let own = path.with_extension("json");
-        if own.exists() && own != path {
-            own
-        } else {
-            path.parent().unwrap_or(Path::new(".")).join("config.json")
-        }
+        crate::checkpoint::config_beside(path)
     }
 
     /// The DiT config for the checkpoint at `path`, if there is one: [`Self::config_path`] exists
     /// and is a facebook DiT config ([`is_dit_json`]) or a diffusers one
     /// ([`is_diffusers_dit_json`]).
     pub fn config_for(path: &Path) -> Option<PathBuf> {
-        let cfg = Self::config_path(path);
-        let text = std::fs::read_to_string(&cfg).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        (is_dit_json(&v) || is_diffusers_dit_json(&v)).then_some(cfg)
+        crate::checkpoint::config_if(path, |v| is_dit_json(v) || is_diffusers_dit_json(v))
     }
 
     /// The weight file of a checkpoint directory: diffusers' `diffusion_pytorch_model.safetensors`
@@ -1009,13 +998,8 @@ impl DiT {
         }
         let (vb, src) = ParamSource::load(tensors, what.clone()).var_builder(dtype, device);
         // The parameter source's messages already name the file.
-        let net = Self::build(config, variant, vb, name).map_err(|e| {
-            let msg = first_line(&e);
-            match msg.strip_prefix(&format!("{what}: ")) {
-                Some(rest) => Error::invalid(what.clone(), rest.to_string()),
-                None => Error::invalid(what.clone(), msg),
-            }
-        })?;
+        let net = Self::build(config, variant, vb, name)
+            .map_err(|e| super::params::build_error(&what, &e))?;
         src.finish()?;
         Ok(net)
     }

@@ -50,6 +50,16 @@ fn init_tensor(
 
 /// Rename legacy diffusers attention tensors (`attentions.N.query/key/value/proj_attn`, written
 /// by diffusers before 0.14 and still on the hub, e.g. google/ddpm-cifar10-32) to the current
+/// A network-build error as one line naming the weight file: the parameter source's messages
+/// already start with `what` (`weights <file>: …`), so that prefix is not repeated.
+pub fn build_error(what: &str, e: &candle_core::Error) -> Error {
+    let msg = e.to_string().lines().next().unwrap_or_default().to_string();
+    match msg.strip_prefix(&format!("{what}: ")) {
+        Some(rest) => Error::invalid(what, rest.to_string()),
+        None => Error::invalid(what, msg),
+    }
+}
+
 /// names (`to_q/to_k/to_v/to_out.0`), as diffusers' own loader does.
 pub fn rename_legacy_attention(name: &str) -> String {
     if !name.contains("attentions.") {

@@ -1018,13 +1018,7 @@ impl VaeDecoder {
             .any(|(k, _)| k.starts_with("encoder.") || k.starts_with("quant_conv."));
         let (vb, src) = ParamSource::load(tensors, what.to_string()).var_builder(dtype, device);
         // The parameter source's messages already name the file.
-        let named = |e: candle_core::Error| {
-            let msg = first_line(&e);
-            match msg.strip_prefix(&format!("{what}: ")) {
-                Some(rest) => Error::invalid(what.to_string(), rest.to_string()),
-                None => Error::invalid(what.to_string(), msg),
-            }
-        };
+        let named = |e: candle_core::Error| super::params::build_error(what, &e);
         let mut net = Self::build(config, naming, vb.clone()).map_err(named)?;
         if has_encoder {
             net.encoder = Some(Encoder::build(config, naming, &vb).map_err(named)?);
