@@ -118,6 +118,32 @@ fn validate_lists_every_paper_file_and_missing_ones_are_exit_2() {
     assert!(text(&out.stderr).contains("weights.model = /nonexistent/adm.pt"));
 }
 
+/// `diffuq --experiments <exp> run <artifact> --scale smoke --runs-dir <runs> [extra…]`.
+fn run_smoke(exp: &Path, artifact: &str, runs: &Path, extra: &[&str], cache: &Path) -> Output {
+    let mut args = vec![
+        "--experiments",
+        exp.to_str().unwrap(),
+        "run",
+        artifact,
+        "--scale",
+        "smoke",
+        "--runs-dir",
+        runs.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    diffuq(&args, cache)
+}
+
+/// The one run directory under `runs/<artifact>/smoke/`.
+fn the_run_dir(runs: &Path, artifact: &str) -> PathBuf {
+    std::fs::read_dir(runs.join(artifact).join("smoke"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .expect("a run directory")
+}
+
 /// Random uint8 images (N, 16, 16, 3) with labels < 10 in ADM's reference-batch layout.
 fn write_batch(path: &Path, n: usize, seed: u8) {
     let px: Vec<u8> = (0..n * 16 * 16 * 3)
@@ -180,27 +206,10 @@ fn filtering_runs_on_a_paper_checkpoint() {
     );
     let exp = experiments_with_checkpoint(t, "au-table1", &extra);
     let runs = t.join("runs");
-    let out = diffuq(
-        &[
-            "--experiments",
-            exp.to_str().unwrap(),
-            "run",
-            "au-table1",
-            "--scale",
-            "smoke",
-            "--runs-dir",
-            runs.to_str().unwrap(),
-        ],
-        t,
-    );
+    let out = run_smoke(&exp, "au-table1", &runs, &[], t);
     let (so, se) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{so}\n{se}");
-    let dir = std::fs::read_dir(runs.join("au-table1/smoke"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let dir = the_run_dir(&runs, "au-table1");
     let table = std::fs::read_to_string(dir.join("table.md")).unwrap();
     // Every score of AU Table 1 was computed on the 3-channel 16² class-conditional network.
     for s in ["| au ", "| bayesdiff ", "| mc-dropout ", "| random "] {
@@ -233,19 +242,7 @@ fn filtering_runs_on_a_paper_checkpoint() {
         );
     }
     write_batch(&t.join("ref.npz"), 24, 9);
-    let again = diffuq(
-        &[
-            "--experiments",
-            exp.to_str().unwrap(),
-            "run",
-            "au-table1",
-            "--scale",
-            "smoke",
-            "--runs-dir",
-            runs.to_str().unwrap(),
-        ],
-        t,
-    );
+    let again = run_smoke(&exp, "au-table1", &runs, &[], t);
     let se = text(&again.stderr);
     assert_eq!(again.status.code(), Some(2), "{se}");
     assert!(
@@ -267,19 +264,7 @@ fn a_class_conditional_checkpoint_needs_labelled_training_images() {
         t.join("ref.npz").display()
     );
     let exp = experiments_with_checkpoint(t, "au-table1", &extra);
-    let out = diffuq(
-        &[
-            "--experiments",
-            exp.to_str().unwrap(),
-            "run",
-            "au-table1",
-            "--scale",
-            "smoke",
-            "--runs-dir",
-            t.join("runs").to_str().unwrap(),
-        ],
-        t,
-    );
+    let out = run_smoke(&exp, "au-table1", &t.join("runs"), &[], t);
     let se = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{se}");
     assert!(
@@ -305,28 +290,10 @@ fn gu_scores_run_on_a_paper_checkpoint_with_clip_features() {
     let ckpt = Path::new(ROOT).join("golden/adm/imagenet64_tiny/model.pt");
     let exp = experiments_with(t, "gu-fig3", "adm-imagenet64", &ckpt, &weights, &extra);
     let runs = t.join("runs");
-    let out = diffuq(
-        &[
-            "--experiments",
-            exp.to_str().unwrap(),
-            "run",
-            "gu-fig3",
-            "--scale",
-            "smoke",
-            "--runs-dir",
-            runs.to_str().unwrap(),
-            "eval.semantic_features=clip",
-        ],
-        t,
-    );
+    let out = run_smoke(&exp, "gu-fig3", &runs, &["eval.semantic_features=clip"], t);
     let (so, se) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{so}\n{se}");
-    let dir = std::fs::read_dir(runs.join("gu-fig3/smoke"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let dir = the_run_dir(&runs, "gu-fig3");
     let cfg = std::fs::read_to_string(dir.join("config.resolved.toml")).unwrap();
     assert!(cfg.contains("semantic_features = \"clip\""), "{cfg}");
     let table = std::fs::read_to_string(dir.join("table.md")).unwrap();
@@ -352,27 +319,10 @@ fn a_latent_checkpoint_samples_latents_and_is_scored_on_decoded_images() {
     let ckpt = Path::new(ROOT).join("golden/uvit/class_tiny/model.pth");
     let exp = experiments_with(t, "gu-fig3", "uvit-imagenet256", &ckpt, &weights, &extra);
     let runs = t.join("runs");
-    let out = diffuq(
-        &[
-            "--experiments",
-            exp.to_str().unwrap(),
-            "run",
-            "gu-fig3",
-            "--scale",
-            "smoke",
-            "--runs-dir",
-            runs.to_str().unwrap(),
-        ],
-        t,
-    );
+    let out = run_smoke(&exp, "gu-fig3", &runs, &[], t);
     let (so, se) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{so}\n{se}");
-    let dir = std::fs::read_dir(runs.join("gu-fig3/smoke"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let dir = the_run_dir(&runs, "gu-fig3");
     let samples =
         candle_core::safetensors::load(dir.join("seeds/seed-0/samples.safetensors"), &Device::Cpu)
             .unwrap();
@@ -402,26 +352,9 @@ fn a_checkpoint_runs_in_half_precision_and_the_mini_model_refuses_it() {
     );
     let exp = experiments_with_checkpoint(t, "au-table1", &extra);
     let runs = t.join("runs");
-    let args = |extra: &'static str| {
-        vec![
-            "--experiments".to_string(),
-            exp.display().to_string(),
-            "run".into(),
-            "au-table1".into(),
-            "--scale".into(),
-            "smoke".into(),
-            "--runs-dir".into(),
-            runs.display().to_string(),
-            extra.into(),
-        ]
-    };
-    let a = args("model.precision=\"f16\"");
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let out = diffuq(&a, t);
+    let out = run_smoke(&exp, "au-table1", &runs, &["model.precision=\"f16\""], t);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let a = args("model.precision=\"bf16\"");
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let out = diffuq(&a, t);
+    let out = run_smoke(&exp, "au-table1", &runs, &["model.precision=\"bf16\""], t);
     let se = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{se}");
     assert!(
@@ -476,19 +409,7 @@ fn a_network_that_returns_nan_stops_the_run_naming_the_sample_and_marks_it_faile
     );
     let exp = experiments_with(t, "au-table1", "adm-imagenet64", &ckpt, "", &extra);
     let runs = t.join("runs");
-    let out = diffuq(
-        &[
-            "--experiments",
-            exp.to_str().unwrap(),
-            "run",
-            "au-table1",
-            "--scale",
-            "smoke",
-            "--runs-dir",
-            runs.to_str().unwrap(),
-        ],
-        t,
-    );
+    let out = run_smoke(&exp, "au-table1", &runs, &[], t);
     let se = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{se}");
     assert_eq!(se.trim_end().lines().count(), 1, "{se}");
@@ -496,12 +417,7 @@ fn a_network_that_returns_nan_stops_the_run_naming_the_sample_and_marks_it_faile
         se.contains("seed 0") && se.contains("at sample 0") && se.contains("NaN"),
         "{se}"
     );
-    let dir = std::fs::read_dir(runs.join("au-table1/smoke"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.is_dir())
-        .unwrap();
+    let dir = the_run_dir(&runs, "au-table1");
     let manifest = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
     assert!(manifest.contains("\"status\": \"failed\""), "{manifest}");
     assert!(manifest.contains("at sample 0"), "{manifest}");
