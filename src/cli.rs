@@ -81,6 +81,42 @@ pub enum Command {
         #[arg(long, value_name = "DEVICE", default_value = "cpu")]
         device: crate::device::DeviceChoice,
     },
+    /// Write (and with --submit, submit) a Slurm job array computing the run in shards plus a
+    /// merge job that depends on it (scripts in <run-dir>/slurm/)
+    Slurm {
+        #[command(flatten)]
+        target: Target,
+        /// Number of shards (array tasks)
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        shards: u32,
+        /// Submit with sbatch: the array, then the merge with --dependency=afterok:<array id>
+        #[arg(long)]
+        submit: bool,
+        /// Where tensors live in each task: cpu, cuda or cuda:N
+        #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+        device: crate::device::DeviceChoice,
+        /// sbatch --partition
+        #[arg(long)]
+        partition: Option<String>,
+        /// sbatch --account
+        #[arg(long)]
+        account: Option<String>,
+        /// sbatch --gres, e.g. gpu:1
+        #[arg(long)]
+        gres: Option<String>,
+        /// sbatch --time, e.g. 02:00:00
+        #[arg(long)]
+        time: Option<String>,
+        /// sbatch --cpus-per-task
+        #[arg(long, value_name = "N")]
+        cpus_per_task: Option<u32>,
+        /// sbatch --mem, e.g. 16G
+        #[arg(long)]
+        mem: Option<String>,
+        /// Any other sbatch option, verbatim (repeatable), e.g. --sbatch=--qos=high
+        #[arg(long = "sbatch", value_name = "OPTION", allow_hyphen_values = true)]
+        sbatch: Vec<String>,
+    },
     /// Train (or find in the model cache) the image models an artifact uses, ahead of its run
     Train {
         #[command(flatten)]
@@ -356,6 +392,96 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
                     model.dir.display()
                 );
             }
+            Ok(EXIT_OK)
+        }
+        Command::Slurm {
+            target,
+            shards,
+            submit,
+            device,
+            partition,
+            account,
+            gres,
+            time,
+            cpus_per_task,
+            mem,
+            sbatch,
+        } => {
+            let inv = invocation(cli, target);
+            let artifact = experiments::find_in(&inv.experiments_dir, &target.artifact)?;
+            let v = artifact.validate(&inv, &cli.runs_dir)?;
+            // Missing checkpoints stop here, not in every array task.
+            experiments::inputs::require(&v.inputs)?;
+            if !v.shardable && *shards > 1 {
+                return Err(crate::Error::invalid(
+                    "--shards",
+                    format!(
+                        "{} runs whole (its parts share per-run state); use --shards 1",
+                        target.artifact
+                    ),
+                ));
+            }
+            let abs = |p: &Path| -> crate::Result<PathBuf> {
+                std::fs::create_dir_all(p).map_err(|source| crate::Error::Io {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                std::fs::canonicalize(p).map_err(|source| crate::Error::Io {
+                    path: p.to_path_buf(),
+                    source,
+                })
+            };
+            let runs_dir = abs(&cli.runs_dir)?;
+            let run_dir =
+                runs_dir.join(v.run_dir.strip_prefix(&cli.runs_dir).unwrap_or(&v.run_dir));
+            let exe = std::env::current_exe().map_err(|e| {
+                crate::Error::invalid("diffuq slurm", format!("cannot find this binary: {e}"))
+            })?;
+            let job = crate::slurm::Job {
+                artifact: target.artifact.clone(),
+                scale: target.scale.clone(),
+                overrides: target.overrides.clone(),
+                env: inv
+                    .env
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("DIFFUQ_"))
+                    .cloned()
+                    .collect(),
+                shards: *shards as usize,
+                device: device.to_string(),
+                exe,
+                experiments_dir: std::fs::canonicalize(&inv.experiments_dir).map_err(|source| {
+                    crate::Error::Io {
+                        path: inv.experiments_dir.clone(),
+                        source,
+                    }
+                })?,
+                runs_dir,
+                run_dir: run_dir.clone(),
+                resources: crate::slurm::Resources {
+                    partition: partition.clone(),
+                    account: account.clone(),
+                    gres: gres.clone(),
+                    time: time.clone(),
+                    cpus_per_task: *cpus_per_task,
+                    mem: mem.clone(),
+                    extra: sbatch.clone(),
+                },
+            };
+            let scripts = job.write(&run_dir.join("slurm"))?;
+            println!("array script: {}", scripts.array.display());
+            println!("merge script: {}", scripts.merge.display());
+            if *submit {
+                let (array, merge) = crate::slurm::submit(&scripts)?;
+                println!("submitted array job {array} ({shards} task(s)) and merge job {merge} (afterok:{array})");
+            } else {
+                println!(
+                    "submit with:\n  id=$(sbatch --parsable {})\n  sbatch --dependency=afterok:$id {}",
+                    scripts.array.display(),
+                    scripts.merge.display()
+                );
+            }
+            println!("run directory: {}", run_dir.display());
             Ok(EXIT_OK)
         }
         Command::Merge { run_dir, device } => {

@@ -20,6 +20,7 @@ pub mod report;
 pub mod sampler;
 pub mod schedule;
 pub mod seed;
+pub mod slurm;
 pub mod tracking;
 pub mod uq;
 

@@ -132,6 +132,8 @@ pub struct Validated {
     pub toml: String,
     pub hash: String,
     pub run_dir: PathBuf,
+    /// Whether `run --shard` splits this artifact (see [`Experiment::SHARDABLE`]).
+    pub shardable: bool,
 }
 
 /// Type-erased registry entry.
@@ -336,6 +338,7 @@ fn validate<E: Experiment>(inv: &Invocation, runs_root: &Path) -> Result<Validat
         file: r.file.clone(),
         toml: r.toml.clone(),
         hash: r.hash.clone(),
+        shardable: E::SHARDABLE,
     })
 }
 
