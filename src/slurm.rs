@@ -240,7 +240,7 @@ pub fn submit(scripts: &Scripts) -> Result<(String, String)> {
     let sbatch = "sbatch";
     let call = |args: &[&str], script: &Path| -> Result<String> {
         let what = format!("{sbatch} {} {}", args.join(" "), script.display());
-        let out = Command::new(&sbatch)
+        let out = Command::new(sbatch)
             .args(args)
             .arg(script)
             .output()
