@@ -585,6 +585,8 @@ fn run_seed(
     )?;
     pb.finish_and_clear();
     times.push((format!("train/seed-{seed}"), t.elapsed().as_secs_f64()));
+    // Inference from here on: no op graph kept alive across sampling steps (see `frozen`).
+    let model = model.frozen();
     run.log(&format!(
         "seed {seed}: trained {} members, final losses {losses:.4?}",
         spec.members
