@@ -26,6 +26,31 @@ pub mod uq;
 
 pub use error::{Error, Result};
 
+thread_local! {
+    static CONTAINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run a third-party decoder that may panic on corrupt input (polars' parquet metadata reader
+/// does, on mutated bytes: tests/reader_fuzz.rs), turning its panic into `Err(message)` so the
+/// caller can name the file. A process-wide panic hook should stay quiet while
+/// [`panic_is_contained`] is true (the binary's does).
+pub fn contain_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    let was = CONTAINED.with(|c| c.replace(true));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CONTAINED.with(|c| c.set(was));
+    out.map_err(|e| {
+        e.downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| e.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "decoder panicked".into())
+    })
+}
+
+/// Whether the current thread is inside [`contain_panic`].
+pub fn panic_is_contained() -> bool {
+    CONTAINED.with(|c| c.get())
+}
+
 /// Process-wide allocator and thread-count tuning for programs built on diffuq (the binary and the benches call it
 /// first thing; a library must not, so nothing else does).
 ///

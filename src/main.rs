@@ -11,6 +11,10 @@ fn main() {
     // RUST_BACKTRACE=1 keeps the standard report for debugging.
     if std::env::var_os("RUST_BACKTRACE").is_none_or(|v| v == "0") {
         std::panic::set_hook(Box::new(|info| {
+            if diffuq::panic_is_contained() {
+                // A reader's caller turns this into a one-line error naming the file.
+                return;
+            }
             let msg = info
                 .payload()
                 .downcast_ref::<&str>()

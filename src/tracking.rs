@@ -326,6 +326,20 @@ impl RunDir {
             return Ok(());
         }
         let now = self.result_digests()?;
+        // What recomputes it: the shard (`shards/<i>-of-<n>`) or the whole run.
+        let redo = match self
+            .path()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.split_once("-of-"))
+        {
+            Some((i, n))
+                if self.path().parent().and_then(|p| p.file_name()) == Some("shards".as_ref()) =>
+            {
+                format!("`diffuq run … --shard {i}/{n} --force` recomputes the shard")
+            }
+            _ => "`diffuq run … --force` recomputes the run".to_string(),
+        };
         for (rel, want) in &m.files {
             match now.get(rel) {
                 Some(got) if got == want => {}
@@ -333,7 +347,7 @@ impl RunDir {
                     return Err(Error::RunDir {
                         path: self.path().to_path_buf(),
                         reason: format!(
-                            "{rel} changed since the run finished (its sha256 no longer matches manifest.json); `diffuq run … --force` recomputes the run"
+                            "{rel} changed since the run finished (its sha256 no longer matches manifest.json); {redo}"
                         ),
                     })
                 }
@@ -341,7 +355,7 @@ impl RunDir {
                     return Err(Error::RunDir {
                         path: self.path().to_path_buf(),
                         reason: format!(
-                            "{rel} is missing (manifest.json lists it); `diffuq run … --force` recomputes the run"
+                            "{rel} is missing (manifest.json lists it); {redo}"
                         ),
                     })
                 }
@@ -351,7 +365,7 @@ impl RunDir {
             return Err(Error::RunDir {
                 path: self.path().to_path_buf(),
                 reason: format!(
-                    "{extra} was added after the run finished (manifest.json does not list it); `diffuq run … --force` recomputes the run"
+                    "{extra} was added after the run finished (manifest.json does not list it); {redo}"
                 ),
             });
         }
@@ -568,8 +582,16 @@ impl RunDir {
     pub fn read_parquet(&self, rel: &str) -> Result<DataFrame> {
         let p = self.file(rel);
         let f = File::open(&p).map_err(|e| Error::io(&p, e))?;
-        ParquetReader::new(f)
-            .finish()
+        crate::contain_panic(|| ParquetReader::new(f).finish())
+            .map_err(|msg| {
+                Error::invalid(
+                    p.display().to_string(),
+                    format!(
+                        "not a readable parquet file ({})",
+                        crate::config::one_line(&msg)
+                    ),
+                )
+            })?
             .ctx(&format!("reading {}", p.display()))
     }
 

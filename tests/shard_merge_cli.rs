@@ -166,3 +166,49 @@ fn an_unfinished_shard_and_a_bad_shard_spec_are_named() {
         );
     }
 }
+
+#[test]
+fn a_damaged_shard_is_named_not_merged() {
+    // A shard whose frame changed after it finished (garbled bytes), then one whose manifest is
+    // not JSON: merge exits 2 naming the shard and the file, and writes no merged result.
+    let runs = tempfile::tempdir().unwrap();
+    let mut run_dir = PathBuf::new();
+    for i in 0..3 {
+        let s = format!("{i}/3");
+        let out = gu_fig2(runs.path(), &["--shard", &s]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        run_dir = run_dir_of(&text(&out.stdout))
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf();
+    }
+    let frame = run_dir.join("shards/1-of-3/seeds/seed-1/metrics.parquet");
+    let mut bytes = std::fs::read(&frame).unwrap();
+    bytes[20..34].copy_from_slice(b"garbagegarbage");
+    std::fs::write(&frame, bytes).unwrap();
+    let out = diffuq(&["merge", run_dir.to_str().unwrap()]);
+    let se = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{se}");
+    assert!(
+        se.contains("shards/1-of-3") && se.contains("seeds/seed-1/metrics.parquet changed"),
+        "{se}"
+    );
+    assert!(se.contains("--shard 1/3 --force"), "{se}");
+    assert_eq!(se.trim().lines().count(), 1, "{se}");
+    assert!(!run_dir.join("table.md").exists());
+
+    std::fs::write(
+        run_dir.join("shards/2-of-3/manifest.json"),
+        "{\"status\": 3",
+    )
+    .unwrap();
+    std::fs::remove_file(&frame).unwrap();
+    let out = diffuq(&["merge", run_dir.to_str().unwrap()]);
+    let se = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{se}");
+    assert_eq!(se.trim().lines().count(), 1, "{se}");
+    assert!(se.contains("shards/"), "{se}");
+    assert!(!run_dir.join("table.md").exists());
+}
