@@ -285,6 +285,84 @@ fn wrong_typed_override_is_an_error() {
 }
 
 #[test]
+fn config_errors_name_key_and_layer_for_every_artifact() {
+    // diffuq's contract (src/config/mod.rs): a bad value names the key, the value and the layer
+    // that set it — override or environment variable — for every artifact, not only gu-fig2.
+    for artifact in [
+        "au-fig3",
+        "gu-fig2",
+        "mini-model",
+        "mini-flow",
+        "au-table1",
+        "au-table2",
+        "au-table3",
+        "gu-c7",
+        "gu-fig16",
+        "gu-fig3",
+        "gu-fig4",
+        "gu-fig6",
+        "gu-table1",
+        "gu-table4",
+    ] {
+        let out = diffuq(
+            &["validate", artifact, "--scale", "smoke", "seeds=[3,3]"],
+            &[],
+        );
+        assert_one_line_error(
+            &out,
+            &[
+                "`seeds`",
+                "must not repeat a seed",
+                "override `seeds=[3,3]`",
+            ],
+        );
+        let out = diffuq(
+            &["validate", artifact, "--scale", "smoke"],
+            &[("DIFFUQ_SEEDS", "[]")],
+        );
+        assert_one_line_error(
+            &out,
+            &[
+                "`seeds`",
+                "at least one seed",
+                "environment variable DIFFUQ_SEEDS",
+            ],
+        );
+    }
+    // A key the file sets only in another profile ([paper.model] precision) can be overridden at
+    // any scale, and is checked there.
+    let out = diffuq(
+        &[
+            "validate",
+            "au-table1",
+            "--scale",
+            "smoke",
+            "model.precision=f64",
+        ],
+        &[],
+    );
+    assert_one_line_error(
+        &out,
+        &[
+            "`model.precision`",
+            "\"f64\"",
+            "override `model.precision=f64`",
+        ],
+    );
+    let out = diffuq(
+        &[
+            "validate",
+            "au-table1",
+            "--scale",
+            "smoke",
+            "model.precision=f32",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
 fn malformed_toml_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(tmp.path().join("gu-fig2")).unwrap();

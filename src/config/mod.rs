@@ -56,6 +56,26 @@ pub fn check(out: &mut Vec<Violation>, ok: bool, key: &str, reason: &str) {
     }
 }
 
+/// `seeds`: at least one, none repeated (a repeated seed is the same replicate twice, which would
+/// narrow every ± it reports).
+pub fn check_seeds(out: &mut Vec<Violation>, seeds: &[u64]) {
+    check(
+        out,
+        !seeds.is_empty(),
+        "seeds",
+        "must list at least one seed",
+    );
+    let mut uniq = seeds.to_vec();
+    uniq.sort_unstable();
+    uniq.dedup();
+    check(
+        out,
+        uniq.len() == seeds.len(),
+        "seeds",
+        "must not repeat a seed",
+    );
+}
+
 /// A parsed `key=value` override.
 #[derive(Debug, Clone)]
 pub struct Override {
@@ -213,8 +233,14 @@ where
         });
     }
     let mut figment = base.clone();
+    // A key may be overridden at any scale if the file defines it in some profile: optional keys
+    // (`model.precision`, set only in [paper]) are documented there, and still type-checked below.
+    let profiles_of_file: Vec<Figment> = SCALES
+        .iter()
+        .map(|s| Figment::from(Toml::file_exact(&file).nested()).select(s))
+        .collect();
     for layer in layers {
-        if !base.contains(&layer.key) {
+        if !base.contains(&layer.key) && !profiles_of_file.iter().any(|f| f.contains(&layer.key)) {
             return Err(Error::Config {
                 key: layer.key.clone(),
                 value: Some(layer.value.to_string()),

@@ -144,12 +144,7 @@ pub struct EvalConfig {
 impl Validate for Config {
     fn validate(&self) -> Vec<Violation> {
         let mut v = vec![];
-        check(
-            &mut v,
-            !self.seeds.is_empty(),
-            "seeds",
-            "must list at least one seed",
-        );
+        crate::config::check_seeds(&mut v, &self.seeds);
         check(&mut v, self.data.side >= 1, "data.side", "must be ≥ 1");
         check(
             &mut v,

@@ -450,12 +450,7 @@ impl Validate for Config {
             "kind",
             "must be \"filtering\" for this driver",
         );
-        check(
-            &mut v,
-            !self.seeds.is_empty(),
-            "seeds",
-            "must list at least one seed",
-        );
+        crate::config::check_seeds(&mut v, &self.seeds);
         check(
             &mut v,
             MINI_MODELS.contains(&self.model.from.as_str())

@@ -174,21 +174,7 @@ pub struct PlotConfig {
 impl Validate for Config {
     fn validate(&self) -> Vec<Violation> {
         let mut v = vec![];
-        check(
-            &mut v,
-            !self.seeds.is_empty(),
-            "seeds",
-            "must list at least one seed",
-        );
-        let mut uniq = self.seeds.clone();
-        uniq.sort_unstable();
-        uniq.dedup();
-        check(
-            &mut v,
-            uniq.len() == self.seeds.len(),
-            "seeds",
-            "must not repeat a seed",
-        );
+        crate::config::check_seeds(&mut v, &self.seeds);
         check(&mut v, self.data.side >= 2, "data.side", "must be ≥ 2");
         check(
             &mut v,

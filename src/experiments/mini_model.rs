@@ -87,12 +87,7 @@ pub struct EvalConfig {
 impl Validate for Config {
     fn validate(&self) -> Vec<Violation> {
         let mut v = vec![];
-        check(
-            &mut v,
-            !self.seeds.is_empty(),
-            "seeds",
-            "must list at least one seed",
-        );
+        crate::config::check_seeds(&mut v, &self.seeds);
         if let Err(e) = self.model.validate() {
             v.push(Violation::new("model", e.to_string()));
         }

@@ -182,12 +182,7 @@ impl Validate for Config {
             "kind",
             "must be \"reconstruction\" for this driver",
         );
-        check(
-            &mut v,
-            !self.seeds.is_empty(),
-            "seeds",
-            "must list at least one seed",
-        );
+        crate::config::check_seeds(&mut v, &self.seeds);
         check(&mut v, self.images >= 1, "images", "must be ≥ 1");
         check(&mut v, self.batch_size >= 1, "batch_size", "must be ≥ 1");
         check(
