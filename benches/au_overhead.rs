@@ -4,10 +4,14 @@
 //! time ratio is ≈ 1.4 when the network dominates; AU at every step (Fig. 3) costs ≈ 1 + M = 6×.
 //!
 //! criterion times the three variants and the parts of one uncertainty step; the ratios to plain
-//! sampling are printed at the end (`just bench`). Measured here (2 cores, dev profile): plain
-//! 213–268 ms, window 1.68×, every step 11.1×. Time beyond the NFE ratio is the re-noising draws
-//! (M·B·D normals from per-sample ChaCha20 streams, 8.6 ms per step, about a third of an
-//! uncertainty step) and the M·B-row call costing 4× a B-row call (19.9 vs 4.9 ms).
+//! sampling are printed at the end (`just bench`). Measured here (2 cores, dev profile, quiet):
+//! before the seed-stream draws moved to `diffuq_linalg::streams` (opt-level 3, two threads):
+//! plain 145 ms, window 1.67×, every step 9.9×, re-noising draws 6.8 ms per uncertainty step;
+//! after: plain 143 ms, window 1.35–1.52× over three runs (criterion medians 143 / 217 ms),
+//! every step 6.8–7.3×, draws 1.31 ms. What remains beyond the NFE ratio: the M·B-row call
+//! costing 3.8× a B-row call (12.4 vs 3.3 ms) and ≈ 4.8 ms of elementwise candle ops per step
+//! (perturbation, mean, squared deviations, per-image sums over 320k elements, single-threaded).
+//! The network is the frozen (inference) view of the MLP, as artifacts sample.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -53,7 +57,11 @@ fn setup() -> Setup {
         fourier_features: 0,
         fourier_scale: 1.0,
     };
-    let net = Single(EnsembleMlp::init(spec, 1000, &streams, &Device::Cpu).unwrap());
+    let net = Single(
+        EnsembleMlp::init(spec, 1000, &streams, &Device::Cpu)
+            .unwrap()
+            .frozen(),
+    );
     let idx: Vec<u64> = (0..B as u64).collect();
     let x_t = Tensor::from_vec(
         streams.purpose("x_T").normals(&idx, None, D),

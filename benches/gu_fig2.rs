@@ -37,7 +37,9 @@ fn benches(c: &mut Criterion) {
         fourier_features: 32,
         fourier_scale: 1.0,
     };
-    let net = EnsembleMlp::init(spec, 1000, &s, &Device::Cpu).unwrap();
+    let net = EnsembleMlp::init(spec, 1000, &s, &Device::Cpu)
+        .unwrap()
+        .frozen();
     let b = 1000usize;
     let x = Tensor::from_vec(
         s.purpose("x")

@@ -13,9 +13,8 @@
 //! member sees the same randomness" (GU Fig. 2) a property of the key rather than of the code path.
 //! There is no global RNG, and `Tensor::randn` is never used (candle's CPU RNG cannot be seeded).
 
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use rand_distr::StandardNormal;
 use sha2::{Digest, Sha256};
 
 /// Words reserved per step inside one (purpose, index) stream: 2³⁶ 32-bit words (256 GiB of
@@ -78,21 +77,14 @@ impl Purpose {
     /// The stream of sample `index` at sampling/training step `step`.
     pub fn rng_at(&self, index: u64, step: u32) -> ChaCha20Rng {
         let mut rng = self.rng(index);
-        rng.set_word_pos((u128::from(step) + 1) << STEP_STRIDE_LOG2);
+        rng.set_word_pos(word_pos(step));
         rng
     }
 
-    /// `dim` standard normals for each of `indices` (row-major, one row per index).
+    /// `dim` standard normals for each of `indices` (row-major, one row per index). Rows are
+    /// drawn in `diffuq_linalg::streams` (opt-level 3, several threads; bits independent of both).
     pub fn normals(&self, indices: &[u64], step: Option<u32>, dim: usize) -> Vec<f32> {
-        let mut out = Vec::with_capacity(indices.len() * dim);
-        for &i in indices {
-            let mut rng = match step {
-                Some(s) => self.rng_at(i, s),
-                None => self.rng(i),
-            };
-            out.extend((0..dim).map(|_| rng.sample::<f32, _>(StandardNormal)));
-        }
-        out
+        diffuq_linalg::streams::normal_rows(self.key, indices, step.map(word_pos), dim)
     }
 
     /// `dim` uniforms in [lo, hi) for each of `indices`.
@@ -104,16 +96,13 @@ impl Purpose {
         lo: f32,
         hi: f32,
     ) -> Vec<f32> {
-        let mut out = Vec::with_capacity(indices.len() * dim);
-        for &i in indices {
-            let mut rng = match step {
-                Some(s) => self.rng_at(i, s),
-                None => self.rng(i),
-            };
-            out.extend((0..dim).map(|_| rng.random_range(lo..hi)));
-        }
-        out
+        diffuq_linalg::streams::uniform_rows(self.key, indices, step.map(word_pos), dim, lo, hi)
     }
+}
+
+/// The word position of step `step` inside a (purpose, index) stream.
+fn word_pos(step: u32) -> u128 {
+    (u128::from(step) + 1) << STEP_STRIDE_LOG2
 }
 
 #[cfg(test)]
@@ -180,6 +169,29 @@ mod tests {
         );
         assert_ne!(a, SeedStreams::new(8).purpose("a").normals(&[0], None, 8));
         assert_eq!(a, SeedStreams::new(7).purpose("a").normals(&[0], None, 8));
+    }
+
+    #[test]
+    fn threaded_rows_equal_each_index_drawn_alone() {
+        // Expected: a draw large enough to be filled on several threads (5,000 × 64 > 2^14) is,
+        // row for row and bit for bit, what each index's stream gives alone (one-row draws never
+        // take the threaded path).
+        let p = SeedStreams::new(11).purpose("au-renoise");
+        let idx: Vec<u64> = (0..5_000).map(|i| i * 7 + 3).collect();
+        let dim = 64;
+        let all = p.normals(&idx, Some(45), dim);
+        let uni = p.uniforms(&idx, None, dim, -0.5, 0.5);
+        for (k, &i) in idx.iter().enumerate().step_by(97) {
+            assert_eq!(
+                &all[k * dim..(k + 1) * dim],
+                &p.normals(&[i], Some(45), dim)[..]
+            );
+            assert_eq!(
+                &uni[k * dim..(k + 1) * dim],
+                &p.uniforms(&[i], None, dim, -0.5, 0.5)[..]
+            );
+        }
+        assert!(p.normals(&idx, Some(1), 0).is_empty());
     }
 
     #[test]

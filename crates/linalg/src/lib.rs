@@ -1,4 +1,5 @@
-//! Dense f64 linear algebra for diffuq's metrics, behind non-generic functions.
+//! Dense f64 linear algebra for diffuq's metrics, and the other hot numeric kernels (convolution,
+//! normalisation, seed-stream draws), behind non-generic functions.
 //!
 //! Why a separate crate: faer's solvers are generic, and Rust monomorphises generic code in the
 //! crate that *calls* it, at that crate's optimisation level. diffuq itself builds at opt-level 1
@@ -11,6 +12,7 @@
 
 pub mod conv;
 pub mod norm;
+pub mod streams;
 
 use faer::{linalg::matmul::matmul, Accum, Mat, MatMut, MatRef, Par, Side};
 
