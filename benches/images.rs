@@ -47,6 +47,20 @@ fn mini_config(size: usize) -> UNet2DConfig {
     }
 }
 
+/// The same network with its parameters as plain tensors, as a checkpoint or the model cache
+/// loads it for sampling: no autograd graph is recorded (torch's side runs under no_grad).
+fn frozen(size: usize, vm: &VarMap) -> UNet2D {
+    let map: std::collections::HashMap<String, Tensor> = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
+    let vb = candle_nn::VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
+    UNet2D::new(&mini_config(size), vb, "bench").unwrap()
+}
+
 fn unet(size: usize) -> (UNet2D, VarMap) {
     let vm = VarMap::new();
     let (vb, _) = ParamSource::init(SeedStreams::new(0).purpose("init"), vm.clone())
@@ -134,8 +148,10 @@ fn bench(c: &mut Criterion) {
         let xe = Tensor::randn(0f32, 1., (256, 1, size, size), &dev).unwrap();
         let ye =
             Tensor::from_vec((0..256u32).map(|i| i % 10).collect::<Vec<_>>(), 256, &dev).unwrap();
+        let eval_net = frozen(size, &vm);
         let eval = || {
-            net.forward(&xe, &[500.0], Some(&ye), &mut Mode::Eval)
+            eval_net
+                .forward(&xe, &[500.0], Some(&ye), &mut Mode::Eval)
                 .unwrap()
         };
         let name = format!("unet eps b256 {size}x{size}");
