@@ -5,6 +5,9 @@
 //! Expected values: diffuq's own unsharded run of the same configuration (seed streams make each
 //! seed's numbers independent of which process computes it; src/seed.rs, property-tested).
 
+#[allow(dead_code)]
+mod common;
+use common::{files_with, text};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -15,10 +18,6 @@ fn diffuq(args: &[&str]) -> Output {
         cmd.env_remove(k);
     }
     cmd.output().expect("spawn diffuq")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_string()
 }
 
 fn run_dir_of(stdout: &str) -> PathBuf {
@@ -43,17 +42,6 @@ fn gu_fig2(runs: &Path, extra: &[&str]) -> Output {
     ];
     args.extend_from_slice(extra);
     diffuq(&args)
-}
-
-fn root_files(dir: &Path, ext: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(ext))
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]
@@ -114,9 +102,9 @@ fn three_shards_merged_equal_the_unsharded_run() {
         merged_table,
         std::fs::read_to_string(whole_dir.join("table.md")).unwrap()
     );
-    let frames = root_files(&whole_dir, ".parquet");
+    let frames = files_with(&whole_dir, ".parquet");
     assert!(!frames.is_empty());
-    assert_eq!(frames, root_files(&run_dir, ".parquet"));
+    assert_eq!(frames, files_with(&run_dir, ".parquet"));
     for f in &frames {
         assert_eq!(
             std::fs::read(whole_dir.join(f)).unwrap(),

@@ -14,6 +14,9 @@
 //! `DIFFUQ_SKIP_SLURM=1` skips it with a message (refused when `CI` is set).
 
 use std::net::TcpListener;
+#[allow(dead_code)]
+mod common;
+use common::{files_with, text};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -27,10 +30,6 @@ const TOOLS: &[&str] = &[
     "squeue",
     "sinfo",
 ];
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_string()
-}
 
 fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
@@ -239,17 +238,6 @@ fn line_after<'a>(stdout: &'a str, prefix: &str) -> &'a str {
         .lines()
         .find_map(|l| l.strip_prefix(prefix))
         .unwrap_or_else(|| panic!("no {prefix:?} line in {stdout}"))
-}
-
-fn files_with(dir: &Path, ext: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(ext))
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

@@ -7,6 +7,19 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_string()
 }
 
+/// Names of the files directly in `dir` ending in `ext`, sorted.
+#[allow(dead_code)] // used by some test crates only
+pub fn files_with(dir: &std::path::Path, ext: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(ext))
+        .collect();
+    v.sort();
+    v
+}
+
 /// A private cache root holding Fashion-MNIST, copied from the user's data cache (fetched there
 /// first if absent: CI machines reach Debian's mirrors).
 pub fn cache_with_data() -> tempfile::TempDir {
