@@ -106,7 +106,7 @@ impl ImageSet {
                 "the images are {h}×{w}; an S×S tensor needs square images"
             )));
         }
-        if size > h && (size - h) % 2 != 0 {
+        if size > h && !(size - h).is_multiple_of(2) {
             return Err(bad(format!(
                 "padding {h}×{h} images to {size}×{size} needs an even difference (symmetric \
                  borders); use {} or {}",

@@ -208,13 +208,13 @@ impl Validate for Config {
         );
         check(
             &mut v,
-            self.model.time_dim >= 2 && self.model.time_dim % 2 == 0,
+            self.model.time_dim >= 2 && self.model.time_dim.is_multiple_of(2),
             "model.time_dim",
             "must be even and ≥ 2",
         );
         check(
             &mut v,
-            self.model.fourier_features % 2 == 0,
+            self.model.fourier_features.is_multiple_of(2),
             "model.fourier_features",
             "must be even (sin and cos pairs)",
         );

@@ -196,7 +196,7 @@ impl ClipConfig {
                 return Err(bad(key, "must be ≥ 1".into()));
             }
         }
-        if self.image_size % self.patch_size != 0 {
+        if !self.image_size.is_multiple_of(self.patch_size) {
             return Err(bad(
                 "patch_size",
                 format!(
@@ -205,7 +205,7 @@ impl ClipConfig {
                 ),
             ));
         }
-        if self.width % self.heads != 0 {
+        if !self.width.is_multiple_of(self.heads) {
             return Err(bad(
                 "heads",
                 format!("{} does not divide the width {}", self.heads, self.width),
@@ -413,7 +413,7 @@ impl ClipConfig {
                 }
             }
         }
-        if head_width == 0 || cfg.width % head_width != 0 {
+        if head_width == 0 || !cfg.width.is_multiple_of(head_width) {
             return Err(bad(
                 &format!("{vp}head_width"),
                 format!("{head_width} does not divide the width {}", cfg.width),

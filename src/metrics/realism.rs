@@ -91,7 +91,7 @@ impl<'a> Rows<'a> {
         if self.dim == 0 {
             return Err(Error::invalid(what, "feature dimension is 0; expected ≥ 1"));
         }
-        if self.data.len() % self.dim != 0 {
+        if !self.data.len().is_multiple_of(self.dim) {
             return Err(Error::invalid(
                 what,
                 format!(

@@ -171,7 +171,7 @@ pub fn sparsification_per_image(
             ),
         ));
     }
-    if values_per_image == 0 || uncertainty.len() % values_per_image != 0 {
+    if values_per_image == 0 || !uncertainty.len().is_multiple_of(values_per_image) {
         return Err(Error::invalid(
             "uncertainty",
             format!(

@@ -294,7 +294,7 @@ impl AdmConfig {
             "num_heads"
         };
         if heads == 0
-            || c % heads != 0
+            || !c.is_multiple_of(heads)
             || (self.num_head_channels > 0 && heads * self.num_head_channels as usize != c)
         {
             return Err(bad(

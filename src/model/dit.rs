@@ -168,7 +168,7 @@ impl DiTConfig {
                 return Err(bad(key, "must be ≥ 1".into()));
             }
         }
-        if self.input_size % self.patch_size != 0 {
+        if !self.input_size.is_multiple_of(self.patch_size) {
             return Err(bad(
                 "patch_size",
                 format!(
@@ -178,7 +178,7 @@ impl DiTConfig {
             ));
         }
         // get_2d_sincos_pos_embed splits D in two halves of sin|cos pairs.
-        if self.hidden_size == 0 || self.hidden_size % 4 != 0 {
+        if self.hidden_size == 0 || !self.hidden_size.is_multiple_of(4) {
             return Err(bad(
                 "hidden_size",
                 format!(
@@ -187,7 +187,7 @@ impl DiTConfig {
                 ),
             ));
         }
-        if self.hidden_size % self.num_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
             return Err(bad(
                 "num_heads",
                 format!(

@@ -245,7 +245,7 @@ impl<'a> Bound<'a> {
                 let b = y.dim(0)?;
                 if n == b {
                     Ok(Some(y.clone()))
-                } else if b > 0 && n % b == 0 {
+                } else if b > 0 && n.is_multiple_of(b) {
                     Ok(Some(y.repeat(n / b)?))
                 } else {
                     candle_core::bail!("{n} rows cannot carry the labels of a batch of {b}")

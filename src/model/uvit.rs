@@ -226,7 +226,7 @@ impl UViTConfig {
                 return Err(bad(key, "must be ≥ 1".into()));
             }
         }
-        if self.img_size == 0 || self.img_size % self.patch_size != 0 {
+        if self.img_size == 0 || !self.img_size.is_multiple_of(self.patch_size) {
             return Err(bad(
                 "img_size",
                 format!(
@@ -235,7 +235,7 @@ impl UViTConfig {
                 ),
             ));
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(bad(
                 "num_heads",
                 format!(

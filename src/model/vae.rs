@@ -1112,8 +1112,8 @@ impl VaeDecoder {
         let f = self.config.downsampling_factor();
         if dims.len() != 4
             || dims[1] != self.config.in_channels
-            || dims[2] % f != 0
-            || dims[3] % f != 0
+            || !dims[2].is_multiple_of(f)
+            || !dims[3].is_multiple_of(f)
             || dims[2] == 0
             || dims[3] == 0
         {
