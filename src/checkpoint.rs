@@ -68,10 +68,15 @@ fn pickle_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::invalid(what.to_string(), format!("unreadable pickle ({e})"))
 }
 
+/// candle's pickle decoder panics on some corrupt inputs (an integer opcode whose shift
+/// overflows, found by tests/reader_fuzz.rs), so it runs inside [`crate::contain_panic`].
 fn read_pickle<R: BufRead>(r: &mut R, what: &str) -> Result<Object> {
-    let mut stack = Stack::empty();
-    stack.read_loop(r).map_err(|e| pickle_error(what, e))?;
-    stack.finalize().map_err(|e| pickle_error(what, e))
+    crate::contain_panic(|| {
+        let mut stack = Stack::empty();
+        stack.read_loop(r).map_err(|e| pickle_error(what, e))?;
+        stack.finalize().map_err(|e| pickle_error(what, e))
+    })
+    .map_err(|e| pickle_error(what, e))?
 }
 
 /// Collect every tensor reachable from `obj` through dicts (state dicts, module attributes) and

@@ -31,7 +31,7 @@ thread_local! {
 }
 
 /// Run a third-party decoder that may panic on corrupt input (polars' parquet metadata reader
-/// does, on mutated bytes: tests/reader_fuzz.rs), turning its panic into `Err(message)` so the
+/// and candle's pickle decoder do, on mutated bytes: tests/reader_fuzz.rs), turning its panic into `Err(message)` so the
 /// caller can name the file. A process-wide panic hook should stay quiet while
 /// [`panic_is_contained`] is true (the binary's does).
 pub fn contain_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
