@@ -44,6 +44,11 @@ pub struct Cli {
     /// Root of run directories
     #[arg(long, global = true, value_name = "DIR", default_value = "runs")]
     pub runs_dir: PathBuf,
+    /// Kernels of the f32 CPU convolution: auto (AVX-512 where the CPU has it, else im2col +
+    /// gemm) or gemm (the arithmetic that trained the committed mini models; slower). Results
+    /// agree to f32 rounding, not bit for bit; each run's manifest records which ran
+    #[arg(long, global = true, value_name = "KERNELS", default_value = "auto")]
+    pub conv_kernels: ConvKernelsArg,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -244,6 +249,13 @@ impl FeatureArgs {
     }
 }
 
+/// `--conv-kernels`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ConvKernelsArg {
+    Auto,
+    Gemm,
+}
+
 /// Things `diffuq fetch` knows how to obtain.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum FetchTarget {
@@ -294,6 +306,10 @@ fn invocation(cli: &Cli, t: &Target) -> Invocation {
 
 /// Run the CLI; returns the process exit code. Errors are printed as one line on stderr.
 pub fn run(cli: Cli) -> i32 {
+    diffuq_linalg::conv::set_conv_kernels(match cli.conv_kernels {
+        ConvKernelsArg::Auto => diffuq_linalg::conv::ConvKernels::Auto,
+        ConvKernelsArg::Gemm => diffuq_linalg::conv::ConvKernels::Gemm,
+    });
     match dispatch(&cli) {
         Ok(code) => code,
         Err(e) => {

@@ -130,6 +130,11 @@ pub struct Manifest {
     /// (Linux `VmHWM`; absent elsewhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_rss_mib: Option<f64>,
+    /// Kernels of the f32 CPU convolution (`avx512` or `im2col+gemm`, see
+    /// `diffuq_linalg::conv::ConvKernels`): they sum in different orders, so results computed
+    /// on the two agree to f32 rounding, not in every bit. Absent in older manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv_kernels: Option<String>,
 }
 
 impl Manifest {
@@ -155,6 +160,7 @@ impl Manifest {
             files: BTreeMap::new(),
             inputs: BTreeMap::new(),
             peak_rss_mib: None,
+            conv_kernels: Some(diffuq_linalg::conv::active_conv_kernels().into()),
         }
     }
 

@@ -8,8 +8,12 @@
 //! (kernels in `diffuq-linalg`, opt-level 3): per image, im2col into a per-thread buffer and one
 //! gemm; the backward accumulates dW inside the gemm, sums db in the same pass and writes dx by
 //! col2im, in a fixed image grouping so the bits do not depend on the thread count. No
-//! batch-sized column buffer is ever allocated. On other devices, and for other dtypes, candle's
-//! own conv2d is used.
+//! batch-sized column buffer is ever allocated. Where the CPU has AVX-512F, f32 convolutions run
+//! on hand-blocked kernels instead (`diffuq_linalg::conv`: packed panels straight from the padded
+//! image, the stride-1 input gradient as a forward convolution with the flipped kernel) — at or
+//! past torch's speed on the networks' shapes; `--conv-kernels gemm` selects the first kernels (the
+//! arithmetic that trained the committed mini models). On other devices, and for other dtypes,
+//! candle's own conv2d is used.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 

@@ -11,6 +11,7 @@
 //! thread.
 
 pub mod conv;
+pub mod kernels;
 pub mod norm;
 pub mod streams;
 

@@ -1,0 +1,324 @@
+//! AVX-512 f32 micro-kernels for the convolution (x86-64 only, chosen at run time).
+//!
+//! Two shapes of product, both with one fused multiply-add chain per output value (so the
+//! result's bits do not depend on threads, batch split or scheduling):
+//!
+//! * [`tile_8x32`] — an 8 × 32 block of `C = A·B` with A packed as `[k][8]` (broadcast, one
+//!   output channel per lane of the 8) and B as rows of 32 consecutive output positions (two
+//!   512-bit vectors). 16 accumulators, 2 vector loads and 8 broadcasts per 16 FMAs: the
+//!   register-blocked outer-product loop of Goto & van de Geijn (2008), used for the forward
+//!   convolution and, with flipped weights, for its input gradient.
+//! * [`dot_4x6`] — a 4 × 6 block of `C += A·Bᵀ` where both A's and B's rows are contiguous in the
+//!   summed index (the weight gradient Σ_l dy[o, l] · cols[k, l]): 24 accumulators of 16 lanes,
+//!   10 loads per 24 FMAs, reduced across lanes once at the end.
+//!
+//! The machine this was written on (2-core AMD Zen 4) executes a 512-bit FMA as two 256-bit
+//! halves, so the peak is that of AVX2; the gain over the generic gemm comes from the 32 vector
+//! registers (fewer loads per FMA) and from packing straight out of the image (no im2col pass).
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Rows (output channels) of one [`tile_8x32`] block.
+pub const MR: usize = 8;
+/// Columns (output positions) of one [`tile_8x32`] block.
+pub const NR: usize = 32;
+
+/// Whether the AVX-512 kernels can run on this CPU (checked once).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// How a [`tile_8x32`] block starts: from zero, from the values already in C (a later slice of
+/// the summed index), or from a per-row bias.
+#[derive(Clone, Copy)]
+pub enum Start<'a> {
+    Zero,
+    Load,
+    Bias(&'a [f32]),
+}
+
+/// `C[r, j] = start[r, j] + Σ_{k < kc} a[k·8 + r] · b[k·ldb + j]` for r < rows ≤ 8, j < cols ≤ 32,
+/// C row-major with row stride `ldc`.
+///
+/// # Safety
+/// AVX-512F must be available ([`available`]); `a` holds `kc·8` values; for every k < kc,
+/// `b[k·ldb .. k·ldb + cols]` is readable (lanes past `cols` are not read); `c` has `rows` rows of
+/// `cols` writable values at stride `ldc`; a `Bias` slice has at least `rows` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn tile_8x32(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    start: Start<'_>,
+) {
+    let m0: __mmask16 = if cols >= 16 {
+        0xffff
+    } else {
+        ((1u32 << cols) - 1) as __mmask16
+    };
+    let m1: __mmask16 = if cols >= 32 {
+        0xffff
+    } else if cols > 16 {
+        ((1u32 << (cols - 16)) - 1) as __mmask16
+    } else {
+        0
+    };
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    match start {
+        Start::Zero => {}
+        Start::Bias(bias) => {
+            for (r, row) in acc.iter_mut().enumerate().take(rows) {
+                let v = _mm512_set1_ps(bias[r]);
+                *row = [v, v];
+            }
+        }
+        Start::Load => {
+            for (r, row) in acc.iter_mut().enumerate().take(rows) {
+                let p = c.add(r * ldc);
+                *row = [
+                    _mm512_maskz_loadu_ps(m0, p),
+                    _mm512_maskz_loadu_ps(m1, p.add(16)),
+                ];
+            }
+        }
+    }
+    if cols == NR {
+        for k in 0..kc {
+            let bp = b.add(k * ldb);
+            let b0 = _mm512_loadu_ps(bp);
+            let b1 = _mm512_loadu_ps(bp.add(16));
+            let ap = a.add(k * MR);
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*ap.add(r));
+                row[0] = _mm512_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+            }
+        }
+    } else {
+        for k in 0..kc {
+            let bp = b.add(k * ldb);
+            let b0 = _mm512_maskz_loadu_ps(m0, bp);
+            let b1 = _mm512_maskz_loadu_ps(m1, bp.add(16));
+            let ap = a.add(k * MR);
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*ap.add(r));
+                row[0] = _mm512_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate().take(rows) {
+        let p = c.add(r * ldc);
+        _mm512_mask_storeu_ps(p, m0, row[0]);
+        _mm512_mask_storeu_ps(p.add(16), m1, row[1]);
+    }
+}
+
+/// Rows of A in one [`dot_4x6`] block.
+pub const DA: usize = 4;
+/// Rows of B in one [`dot_4x6`] block.
+pub const DB: usize = 6;
+
+/// `acc[i][j] += Σ_{t < len} a[i][t] · b[j][t]` for 4 rows `a[i]` and 6 rows `b[j]`, kept as
+/// 16-lane partial sums (`acc` is 24 vectors, 4 × 6); reduce them with [`reduce_4x6`] once every
+/// slice of the summed index has been added. Rows may repeat (a ragged block's padding).
+///
+/// # Safety
+/// AVX-512F must be available; every row has `len` readable values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn dot_4x6(
+    len: usize,
+    a: [*const f32; DA],
+    b: [*const f32; DB],
+    acc: &mut [[__m512; DB]; DA],
+) {
+    // Written out row by row (not as nested array loops) so that the 24 accumulators, 4 rows
+    // of A and 1 row of B stay in the 32 vector registers.
+    macro_rules! step {
+        ($load:ident $(, $m:ident)?; $s:ident, $t:expr) => {{
+            let a0 = $load($($m,)? a[0].add($t));
+            let a1 = $load($($m,)? a[1].add($t));
+            let a2 = $load($($m,)? a[2].add($t));
+            let a3 = $load($($m,)? a[3].add($t));
+            macro_rules! col {
+                ($j:expr) => {{
+                    let bv = $load($($m,)? b[$j].add($t));
+                    $s[0][$j] = _mm512_fmadd_ps(a0, bv, $s[0][$j]);
+                    $s[1][$j] = _mm512_fmadd_ps(a1, bv, $s[1][$j]);
+                    $s[2][$j] = _mm512_fmadd_ps(a2, bv, $s[2][$j]);
+                    $s[3][$j] = _mm512_fmadd_ps(a3, bv, $s[3][$j]);
+                }};
+            }
+            col!(0);
+            col!(1);
+            col!(2);
+            col!(3);
+            col!(4);
+            col!(5);
+        }};
+    }
+    let mut s = *acc;
+    let full = len / 16 * 16;
+    let mut t = 0;
+    while t < full {
+        step!(_mm512_loadu_ps; s, t);
+        t += 16;
+    }
+    if t < len {
+        let m = ((1u32 << (len - t)) - 1) as __mmask16;
+        step!(_mm512_maskz_loadu_ps, m; s, t);
+    }
+    *acc = s;
+}
+
+/// Zeroed accumulators for [`dot_4x6`].
+///
+/// # Safety
+/// AVX-512F must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn zero_4x6() -> [[__m512; DB]; DA] {
+    [[_mm512_setzero_ps(); DB]; DA]
+}
+
+/// The 4 × 6 sums of [`dot_4x6`]'s accumulators (lanes added in a fixed order).
+///
+/// # Safety
+/// AVX-512F must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn reduce_4x6(acc: &[[__m512; DB]; DA]) -> [[f32; DB]; DA] {
+    let mut out = [[0f32; DB]; DA];
+    for i in 0..DA {
+        for j in 0..DB {
+            out[i][j] = _mm512_reduce_add_ps(acc[i][j]);
+        }
+    }
+    out
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tile_matches_a_plain_sum_for_every_partial_shape() {
+        // Expected numbers: the same products summed in f64 here; the kernel's f32 FMA chain
+        // must agree to f32 rounding (1e-5 relative on O(1) sums of 37 terms).
+        if !available() {
+            eprintln!("no AVX-512F on this CPU: kernel not exercised");
+            return;
+        }
+        let kc = 37;
+        let ldb = 40;
+        let a: Vec<f32> = (0..kc * MR)
+            .map(|i| ((i * 7 % 13) as f32) / 6.0 - 1.0)
+            .collect();
+        let b: Vec<f32> = (0..kc * ldb)
+            .map(|i| ((i * 5 % 11) as f32) / 5.0 - 1.0)
+            .collect();
+        let bias: Vec<f32> = (0..MR).map(|r| r as f32 * 0.25).collect();
+        for rows in [1, 5, 8] {
+            for cols in [1, 15, 16, 17, 31, 32] {
+                for mode in 0..3 {
+                    let ldc = 35;
+                    let mut c = vec![0.5f32; MR * ldc];
+                    let before = c.clone();
+                    let start = match mode {
+                        0 => Start::Zero,
+                        1 => Start::Load,
+                        _ => Start::Bias(&bias),
+                    };
+                    unsafe {
+                        tile_8x32(
+                            kc,
+                            a.as_ptr(),
+                            b.as_ptr(),
+                            ldb,
+                            c.as_mut_ptr(),
+                            ldc,
+                            rows,
+                            cols,
+                            start,
+                        )
+                    };
+                    for r in 0..MR {
+                        for j in 0..ldc {
+                            let got = c[r * ldc + j];
+                            if r >= rows || j >= cols {
+                                assert_eq!(got, before[r * ldc + j], "outside the block");
+                                continue;
+                            }
+                            let s: f64 = (0..kc)
+                                .map(|k| a[k * MR + r] as f64 * b[k * ldb + j] as f64)
+                                .sum();
+                            let init = [0.0, 0.5, bias[r] as f64][mode];
+                            let want = init + s;
+                            assert!(
+                                (got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                "rows {rows} cols {cols} mode {mode} ({r},{j}): {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dot_block_matches_a_plain_sum_for_every_tail() {
+        // Expected numbers: f64 sums computed here; f32 partial sums agree to 1e-5 relative.
+        if !available() {
+            eprintln!("no AVX-512F on this CPU: kernel not exercised");
+            return;
+        }
+        for len in [1usize, 15, 16, 17, 40, 64] {
+            let (lda, ldb) = (len + 3, len + 1);
+            let a: Vec<f32> = (0..DA * lda)
+                .map(|i| ((i * 7 % 13) as f32) / 6.0 - 1.0)
+                .collect();
+            let b: Vec<f32> = (0..DB * ldb)
+                .map(|i| ((i * 5 % 11) as f32) / 5.0 - 1.0)
+                .collect();
+            let out = unsafe {
+                let mut acc = zero_4x6();
+                let ar = [0, 1, 2, 3].map(|i| a.as_ptr().add(i * lda));
+                let br = [0, 1, 2, 3, 4, 5].map(|j| b.as_ptr().add(j * ldb));
+                dot_4x6(len, ar, br, &mut acc);
+                dot_4x6(len, ar, br, &mut acc);
+                reduce_4x6(&acc)
+            };
+            for i in 0..DA {
+                for j in 0..DB {
+                    let want: f64 = 2.0
+                        * (0..len)
+                            .map(|t| a[i * lda + t] as f64 * b[j * ldb + t] as f64)
+                            .sum::<f64>();
+                    let got = out[i][j] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "len {len} ({i},{j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
