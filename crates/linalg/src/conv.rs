@@ -451,6 +451,13 @@ mod fast {
     /// A pointer shared by threads that write disjoint parts of one output.
     #[derive(Clone, Copy)]
     struct SyncPtr(*mut f32);
+
+    impl SyncPtr {
+        /// The pointer (a method, so closures capture the whole `Sync` wrapper).
+        fn get(self) -> *mut f32 {
+            self.0
+        }
+    }
     // SAFETY: only used to let rayon tasks write disjoint column ranges of one image's output.
     unsafe impl Send for SyncPtr {}
     unsafe impl Sync for SyncPtr {}
@@ -470,6 +477,7 @@ mod fast {
 
     /// Rows k0..k0+kc of image `xi`'s column matrix at output positions j0..j0+cols, into
     /// `buf[kk·NR + j]`.
+    #[allow(clippy::too_many_arguments)]
     fn pack_panel(
         xi: &[f32],
         g: &ConvGeom,
@@ -477,8 +485,10 @@ mod fast {
         kc: usize,
         j0: usize,
         cols: usize,
+        jb: usize,
         buf: &mut [f32],
     ) {
+        assert!(jb + cols <= NR);
         let wo = g.wo();
         // Runs of positions on one output row: (oy, first ox, length, offset in the panel).
         let mut segs = [(0usize, 0usize, 0usize, 0usize); NR];
@@ -488,14 +498,13 @@ mod fast {
             let l = j0 + j;
             let (oy, ox) = (l / wo, l % wo);
             let len = (wo - ox).min(cols - j);
-            segs[nseg] = (oy, ox, len, j);
+            segs[nseg] = (oy, ox, len, jb + j);
             nseg += 1;
             j += len;
         }
         let khw = g.kh * g.kw;
+        let (mut c, mut ky, mut kx) = (k0 / khw, (k0 % khw) / g.kw, k0 % g.kw);
         for kk in 0..kc {
-            let k = k0 + kk;
-            let (c, ky, kx) = (k / khw, (k % khw) / g.kw, k % g.kw);
             let xc = &xi[c * g.h * g.w..(c + 1) * g.h * g.w];
             let row = &mut buf[kk * NR..kk * NR + NR];
             for &(oy, ox0, len, jp) in &segs[..nseg] {
@@ -526,6 +535,15 @@ mod fast {
                             0.0
                         };
                     }
+                }
+            }
+            kx += 1;
+            if kx == g.kw {
+                kx = 0;
+                ky += 1;
+                if ky == g.kh {
+                    ky = 0;
+                    c += 1;
                 }
             }
         }
@@ -566,8 +584,10 @@ mod fast {
         kc: usize,
         j0: usize,
         cols: usize,
+        jb: usize,
         buf: &mut [f32],
     ) {
+        assert!(jb + cols <= NR);
         use std::arch::x86_64::*;
         let (hp, wp, wo) = (g.h + 2 * g.ph, g.w + 2 * g.pw, g.wo());
         // Runs of positions on one output row: (offset in the padded channel, length, offset in
@@ -589,16 +609,16 @@ mod fast {
             } else {
                 0
             };
-            segs[nseg] = (oy * wp + ox, j, m0, m1);
+            segs[nseg] = (oy * wp + ox, jb + j, m0, m1);
             nseg += 1;
             j += len;
         }
         let khw = g.kh * g.kw;
         assert!(kc * NR <= buf.len());
         assert!((k0 + kc) / khw <= g.c && xp.len() >= g.c * hp * wp);
+        let (mut c, mut ky, mut kx) = (k0 / khw, (k0 % khw) / g.kw, k0 % g.kw);
         for kk in 0..kc {
-            let k = k0 + kk;
-            let (c, ky, kx) = (k / khw, (k % khw) / g.kw, k % g.kw);
+            // (c, ky, kx) of row k advanced without divisions (they cost as much as the copies).
             let src = xp.as_ptr().add(c * hp * wp + ky * wp + kx);
             let dst = buf.as_mut_ptr().add(kk * NR);
             for &(so, jp, m0, m1) in &segs[..nseg] {
@@ -608,6 +628,15 @@ mod fast {
                 if m1 != 0 {
                     let v1 = _mm512_maskz_loadu_ps(m1, src.add(so + 16));
                     _mm512_mask_storeu_ps(dst.add(jp + 16), m1, v1);
+                }
+            }
+            kx += 1;
+            if kx == g.kw {
+                kx = 0;
+                ky += 1;
+                if ky == g.kh {
+                    ky = 0;
+                    c += 1;
                 }
             }
         }
@@ -645,9 +674,9 @@ mod fast {
                     (xi.as_ptr().add(k0 * l + j0), l)
                 } else {
                     if unit_stride {
-                        pack_panel_padded(padded, g, k0, kc, j0, cols, buf);
+                        pack_panel_padded(padded, g, k0, kc, j0, cols, 0, buf);
                     } else {
-                        pack_panel(xi, g, k0, kc, j0, cols, buf);
+                        pack_panel(xi, g, k0, kc, j0, cols, 0, buf);
                     }
                     (buf.as_ptr(), NR)
                 };
@@ -675,6 +704,80 @@ mod fast {
         }
     }
 
+    /// Images with fewer output positions than a panel (L < 32, e.g. the 4×4 level of a UNet):
+    /// ⌊32 / L⌋ images share each panel instead of leaving most of its lanes empty. The block
+    /// of all O channels × the panel's columns is accumulated in `tile` over every slice of the
+    /// summed index, then scattered to the images' outputs.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `xs` holds whole images, `ys` their outputs.
+    unsafe fn image_group(
+        g: &ConvGeom,
+        xs: &[f32],
+        wp: &[f32],
+        bias: Option<&[f32]>,
+        ys: &mut [f32],
+        scratch: &mut Scratch,
+        tile: &mut Vec<f32>,
+    ) {
+        let (l, ckk, chw) = (g.l(), g.ckk(), g.c * g.h * g.w);
+        let imgs = xs.len() / chw;
+        let cols = imgs * l;
+        assert!(cols <= NR && ys.len() == imgs * g.o * l);
+        let tiles = g.o.div_ceil(MR);
+        let Scratch { panel: buf, padded } = scratch;
+        buf.resize(KC * NR, 0.0);
+        tile.resize(tiles * MR * NR, 0.0);
+        let unit_stride = g.sh == 1 && g.sw == 1;
+        let plen = g.c * (g.h + 2 * g.ph) * (g.w + 2 * g.pw) + g.kw;
+        if unit_stride {
+            // One padded copy per image, side by side.
+            let mut one = Vec::new();
+            padded.clear();
+            for xi in xs.chunks(chw) {
+                pad_image(xi, g, &mut one);
+                padded.extend_from_slice(&one);
+            }
+        }
+        let mut k0 = 0;
+        while k0 < ckk {
+            let kc = KC.min(ckk - k0);
+            for (i, xi) in xs.chunks(chw).enumerate() {
+                if unit_stride {
+                    let xp = &padded[i * plen..(i + 1) * plen];
+                    pack_panel_padded(xp, g, k0, kc, 0, l, i * l, buf);
+                } else {
+                    pack_panel(xi, g, k0, kc, 0, l, i * l, buf);
+                }
+            }
+            for t in 0..tiles {
+                let start = match (k0, bias) {
+                    (0, Some(b)) => Start::Bias(&b[t * MR..]),
+                    (0, None) => Start::Zero,
+                    _ => Start::Load,
+                };
+                let rows = MR.min(g.o - t * MR);
+                kernels::tile_8x32(
+                    kc,
+                    wp.as_ptr().add((t * ckk + k0) * MR),
+                    buf.as_ptr(),
+                    NR,
+                    tile.as_mut_ptr().add(t * MR * NR),
+                    NR,
+                    rows,
+                    cols,
+                    start,
+                );
+            }
+            k0 += kc;
+        }
+        for (i, yi) in ys.chunks_mut(g.o * l).enumerate() {
+            for (o, row) in yi.chunks_mut(l).enumerate() {
+                row.copy_from_slice(&tile[o * NR + i * l..o * NR + (i + 1) * l]);
+            }
+        }
+    }
+
     pub(super) fn forward(
         g: &ConvGeom,
         x: &[f32],
@@ -695,28 +798,65 @@ mod fast {
         }
         let wp = pack_weight(weight, g.o, ckk);
         let panels = l.div_ceil(NR);
-        let t = threads();
-        if g.n >= t || panels == 1 {
-            y.par_chunks_mut(g.o * l)
-                .zip(x.par_chunks(chw))
-                .for_each_init(Scratch::default, |buf, (yi, xi)| {
-                    // SAFETY: yi is this image's whole output, written by this task alone.
+        let t = crate::par::threads();
+        let per_panel = NR / l;
+        let yp = SyncPtr(y.as_mut_ptr());
+        let oln = g.o * l;
+        if per_panel >= 2 {
+            // Images in groups of `per_panel` sharing panels.
+            crate::par::for_ranges(g.n.div_ceil(per_panel), |r| {
+                let (mut scratch, mut tile) = (Scratch::default(), Vec::new());
+                for gi in r {
+                    let (i0, i1) = (gi * per_panel, g.n.min((gi + 1) * per_panel));
+                    // SAFETY: group gi alone writes images i0..i1 of y; AVX-512F was checked.
                     unsafe {
-                        image_panels(g, xi, &wp, bias, SyncPtr(yi.as_mut_ptr()), 0..panels, buf)
+                        let ys =
+                            std::slice::from_raw_parts_mut(yp.get().add(i0 * oln), (i1 - i0) * oln);
+                        image_group(
+                            g,
+                            &x[i0 * chw..i1 * chw],
+                            &wp,
+                            bias,
+                            ys,
+                            &mut scratch,
+                            &mut tile,
+                        )
                     }
-                });
+                }
+            });
+        } else if g.n >= t || panels == 1 {
+            crate::par::for_ranges(g.n, |r| {
+                let mut scratch = Scratch::default();
+                for i in r {
+                    let xi = &x[i * chw..(i + 1) * chw];
+                    // SAFETY: image i's output is written by this item alone.
+                    unsafe {
+                        image_panels(
+                            g,
+                            xi,
+                            &wp,
+                            bias,
+                            SyncPtr(yp.get().add(i * oln)),
+                            0..panels,
+                            &mut scratch,
+                        )
+                    }
+                }
+            });
         } else {
             // Fewer images than threads: split each image's output positions instead.
             let parts = t.min(panels);
-            for (yi, xi) in y.chunks_mut(g.o * l).zip(x.chunks(chw)) {
-                let yp = SyncPtr(yi.as_mut_ptr());
-                (0..parts)
-                    .into_par_iter()
-                    .for_each_init(Scratch::default, |buf, i| {
-                        let r = i * panels / parts..(i + 1) * panels / parts;
+            for i in 0..g.n {
+                let xi = &x[i * chw..(i + 1) * chw];
+                let yi = SyncPtr(unsafe { yp.get().add(i * oln) });
+                crate::par::for_ranges(parts, |r| {
+                    let mut scratch = Scratch::default();
+                    for p in r {
+                        let pr = p * panels / parts..(p + 1) * panels / parts;
                         // SAFETY: the panel ranges are disjoint, so are the columns each writes.
-                        unsafe { image_panels(g, xi, &wp, bias, yp, r, buf) }
-                    });
+                        unsafe { image_panels(g, xi, &wp, bias, yi, pr, &mut scratch) }
+                    }
+                });
             }
         }
     }
@@ -829,62 +969,68 @@ mod fast {
         let sub_len = (512 * 1024 / per_image.max(1)).clamp(1, SUB);
         let groups = g.n.clamp(1, GRAD_GROUPS);
         let bounds: Vec<usize> = (0..=groups).map(|i| i * g.n / groups).collect();
-        let partials: Vec<(Vec<f32>, Vec<f32>)> = (0..groups)
-            .into_par_iter()
-            .map(|i| {
-                let mut gw = vec![0f32; g.o * ckk];
-                let mut gb = vec![0f32; g.o];
-                let mut bufs: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
-                let imgs: Vec<usize> = (bounds[i]..bounds[i + 1]).collect();
-                for sub in imgs.chunks(sub_len) {
-                    bufs.resize_with(sub.len(), Default::default);
-                    for ((xb, db), &n) in bufs.iter_mut().zip(sub) {
-                        let xi = &x[n * chw..(n + 1) * chw];
-                        let dyi = &dy[n * g.o * l..(n + 1) * g.o * l];
-                        if padded_grid {
-                            pad_image(xi, g, xb);
-                            // dy on the padded grid: row oy of each channel, then zeros.
-                            db.clear();
-                            db.resize(g.o * glen, 0.0);
-                            for (dst, src) in db.chunks_mut(gw_).zip(dyi.chunks(wo)) {
-                                dst[..wo].copy_from_slice(src);
-                            }
-                        } else if !g.direct() {
-                            xb.resize(ckk * l, 0.0);
-                            im2col_one(xi, g, xb);
-                        }
-                    }
-                    let dys: Vec<&[f32]> = if padded_grid {
-                        bufs.iter()
-                            .take(sub.len())
-                            .map(|b| b.1.as_slice())
-                            .collect()
-                    } else {
-                        sub.iter()
-                            .map(|&n| &dy[n * g.o * l..(n + 1) * g.o * l])
-                            .collect()
-                    };
-                    let cs: Vec<&[f32]> = if g.direct() {
-                        sub.iter().map(|&n| &x[n * chw..(n + 1) * chw]).collect()
-                    } else {
-                        bufs.iter()
-                            .take(sub.len())
-                            .map(|b| b.0.as_slice())
-                            .collect()
-                    };
-                    weight_grad_sub(glen, &dys, &cs, &koff, &mut gw);
-                    for &n in sub {
-                        let d = &dy[n * g.o * l..(n + 1) * g.o * l];
-                        for (b, row) in gb.iter_mut().zip(d.chunks(l)) {
-                            for &v in row {
-                                *b += v;
+        let slots: Vec<std::sync::Mutex<(Vec<f32>, Vec<f32>)>> =
+            (0..groups).map(|_| Default::default()).collect();
+        crate::par::for_ranges(groups, |r| {
+            for i in r {
+                let part = {
+                    let mut gw = vec![0f32; g.o * ckk];
+                    let mut gb = vec![0f32; g.o];
+                    let mut bufs: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
+                    let imgs: Vec<usize> = (bounds[i]..bounds[i + 1]).collect();
+                    for sub in imgs.chunks(sub_len) {
+                        bufs.resize_with(sub.len(), Default::default);
+                        for ((xb, db), &n) in bufs.iter_mut().zip(sub) {
+                            let xi = &x[n * chw..(n + 1) * chw];
+                            let dyi = &dy[n * g.o * l..(n + 1) * g.o * l];
+                            if padded_grid {
+                                pad_image(xi, g, xb);
+                                // dy on the padded grid: row oy of each channel, then zeros.
+                                db.clear();
+                                db.resize(g.o * glen, 0.0);
+                                for (dst, src) in db.chunks_mut(gw_).zip(dyi.chunks(wo)) {
+                                    dst[..wo].copy_from_slice(src);
+                                }
+                            } else if !g.direct() {
+                                xb.resize(ckk * l, 0.0);
+                                im2col_one(xi, g, xb);
                             }
                         }
+                        let dys: Vec<&[f32]> = if padded_grid {
+                            bufs.iter()
+                                .take(sub.len())
+                                .map(|b| b.1.as_slice())
+                                .collect()
+                        } else {
+                            sub.iter()
+                                .map(|&n| &dy[n * g.o * l..(n + 1) * g.o * l])
+                                .collect()
+                        };
+                        let cs: Vec<&[f32]> = if g.direct() {
+                            sub.iter().map(|&n| &x[n * chw..(n + 1) * chw]).collect()
+                        } else {
+                            bufs.iter()
+                                .take(sub.len())
+                                .map(|b| b.0.as_slice())
+                                .collect()
+                        };
+                        weight_grad_sub(glen, &dys, &cs, &koff, &mut gw);
+                        for &n in sub {
+                            let d = &dy[n * g.o * l..(n + 1) * g.o * l];
+                            for (b, row) in gb.iter_mut().zip(d.chunks(l)) {
+                                for &v in row {
+                                    *b += v;
+                                }
+                            }
+                        }
                     }
-                }
-                (gw, gb)
-            })
-            .collect();
+                    (gw, gb)
+                };
+                *slots[i].lock().unwrap() = part;
+            }
+        });
+        let partials: Vec<(Vec<f32>, Vec<f32>)> =
+            slots.into_iter().map(|m| m.into_inner().unwrap()).collect();
         dw.fill(0.0);
         db.fill(0.0);
         for (gw, gb) in &partials {
@@ -1094,6 +1240,9 @@ mod tests {
             (2, 6, 10, 12, 7, 7, 1, 1, 1, 3, 0),
             (1, 3, 40, 40, 32, 3, 3, 2, 2, 0, 0),
             (17, 300, 4, 4, 12, 3, 3, 1, 1, 1, 1),
+            (7, 9, 2, 3, 10, 3, 3, 1, 1, 1, 1),
+            (9, 5, 5, 5, 6, 3, 3, 2, 2, 1, 1),
+            (5, 12, 3, 3, 9, 1, 1, 1, 1, 0, 0),
         ];
         for (n, c, h, w, o, kh, kw, sh, sw, ph, pw) in geoms {
             let g = ConvGeom {

@@ -13,6 +13,7 @@
 pub mod conv;
 pub mod kernels;
 pub mod norm;
+pub mod par;
 pub mod streams;
 
 use faer::{linalg::matmul::matmul, Accum, Mat, MatMut, MatRef, Par, Side};

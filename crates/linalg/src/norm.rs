@@ -55,9 +55,12 @@ fn forward<T: Float>(x: &[T], gamma: &[T], beta: &[T], d: GroupNormDims, y: &mut
         let xg = &x[ng * gl..(ng + 1) * gl];
         let (mean, inv) = stats(xg, d.eps);
         let g0 = (ng % d.groups) * cg;
-        for (k, (yv, xv)) in yg.iter_mut().zip(xg).enumerate() {
-            let c = g0 + k / d.l;
-            *yv = T::from_f((xv.f() - mean) * inv * gamma[c].f() + beta[c].f());
+        // Channel by channel (no per-element index division), same expression per element.
+        for (c, (yc, xc)) in yg.chunks_mut(d.l).zip(xg.chunks(d.l)).enumerate() {
+            let (gm, bt) = (gamma[g0 + c].f(), beta[g0 + c].f());
+            for (yv, xv) in yc.iter_mut().zip(xc) {
+                *yv = T::from_f((xv.f() - mean) * inv * gm + bt);
+            }
         }
     });
 }
@@ -84,21 +87,33 @@ fn backward<T: Float>(
             let (mean, inv) = stats(xg, d.eps);
             let g0 = (ng % d.groups) * cg;
             let (mut sg, mut sgx) = (0f64, 0f64);
-            for (k, (xv, dv)) in xg.iter().zip(dyg).enumerate() {
-                let c = k / d.l;
-                let xh = (xv.f() - mean) * inv;
-                let g = gamma[g0 + c].f() * dv.f();
-                sg += g;
-                sgx += g * xh;
-                part[c].0 += dv.f();
-                part[c].1 += dv.f() * xh;
+            // Channel by channel (no per-element index division), same sums in the same order.
+            for (c, (xc, dc)) in xg.chunks(d.l).zip(dyg.chunks(d.l)).enumerate() {
+                let gm = gamma[g0 + c].f();
+                let (mut p0, mut p1) = (part[c].0, part[c].1);
+                for (xv, dv) in xc.iter().zip(dc) {
+                    let xh = (xv.f() - mean) * inv;
+                    let g = gm * dv.f();
+                    sg += g;
+                    sgx += g * xh;
+                    p0 += dv.f();
+                    p1 += dv.f() * xh;
+                }
+                part[c] = (p0, p1);
             }
             let m = gl as f64;
             let (mg, mgx) = (sg / m, sgx / m);
-            for (k, (o, (xv, dv))) in dxg.iter_mut().zip(xg.iter().zip(dyg)).enumerate() {
-                let xh = (xv.f() - mean) * inv;
-                let g = gamma[g0 + k / d.l].f() * dv.f();
-                *o = T::from_f((g - mg - xh * mgx) * inv);
+            for (c, (oc, (xc, dc))) in dxg
+                .chunks_mut(d.l)
+                .zip(xg.chunks(d.l).zip(dyg.chunks(d.l)))
+                .enumerate()
+            {
+                let gm = gamma[g0 + c].f();
+                for (o, (xv, dv)) in oc.iter_mut().zip(xc.iter().zip(dc)) {
+                    let xh = (xv.f() - mean) * inv;
+                    let g = gm * dv.f();
+                    *o = T::from_f((g - mg - xh * mgx) * inv);
+                }
             }
         });
     for c in 0..d.c {

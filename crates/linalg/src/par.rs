@@ -1,0 +1,79 @@
+//! Where the AVX-512 convolution's parallel loops run.
+//!
+//! By default on rayon's global pool. A program whose other tensor operations run on another
+//! pool (candle 0.11's CPU element-wise ops use its own barrier pool, whose idle workers spin
+//! before they park) can hand the loops to that pool with [`set_executor`], so the two pools do
+//! not take turns preempting each other on a small machine. Results never depend on it: every
+//! loop item writes its own outputs, and sums over items are reduced in a fixed order.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rayon::prelude::*;
+
+/// Runs `f` over ranges that together cover `0..n` exactly once, possibly in parallel.
+pub type Executor = fn(usize, &(dyn Fn(Range<usize>) + Sync));
+
+/// The executor as a function-pointer address (0: rayon), and its thread count.
+static EXECUTOR: AtomicUsize = AtomicUsize::new(0);
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Run the parallel loops of this crate's AVX-512 kernels on `exec`, which uses `threads`
+/// threads (the caller's included).
+pub fn set_executor(exec: Executor, threads: usize) {
+    THREADS.store(threads.max(1), Ordering::Relaxed);
+    EXECUTOR.store(exec as usize, Ordering::Relaxed);
+}
+
+/// Threads the loops run on.
+pub(crate) fn threads() -> usize {
+    match EXECUTOR.load(Ordering::Relaxed) {
+        0 => rayon::current_num_threads().max(1),
+        _ => THREADS.load(Ordering::Relaxed).max(1),
+    }
+}
+
+/// `f` over ranges covering `0..n`.
+pub(crate) fn for_ranges(n: usize, f: impl Fn(Range<usize>) + Sync) {
+    if n == 0 {
+        return;
+    }
+    match EXECUTOR.load(Ordering::Relaxed) {
+        0 => {
+            // About four ranges per thread: balance without per-item set-up costs.
+            let chunk = n.div_ceil(4 * threads()).max(1);
+            (0..n.div_ceil(chunk))
+                .into_par_iter()
+                .for_each(|c| f(c * chunk..n.min((c + 1) * chunk)));
+        }
+        p => {
+            // SAFETY: the only non-zero value stored is an `Executor` cast to usize.
+            let exec: Executor = unsafe { std::mem::transmute::<usize, Executor>(p) };
+            exec(n, &f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn ranges_cover_every_item_once() {
+        // Expected: by definition, each of 0..n exactly once, for sizes around the chunking.
+        for n in [1usize, 2, 3, 7, 8, 9, 64, 257] {
+            let seen = Mutex::new(vec![0u32; n]);
+            for_ranges(n, |r| {
+                let mut s = seen.lock().unwrap();
+                for i in r {
+                    s[i] += 1;
+                }
+            });
+            assert!(
+                seen.into_inner().unwrap().iter().all(|&c| c == 1),
+                "n = {n}"
+            );
+        }
+    }
+}
