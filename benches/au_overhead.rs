@@ -8,9 +8,13 @@
 //! before the seed-stream draws moved to `diffuq_linalg::streams` (opt-level 3, two threads):
 //! plain 145 ms, window 1.67×, every step 9.9×, re-noising draws 6.8 ms per uncertainty step;
 //! after: plain 143 ms, window 1.35–1.52× over three runs (criterion medians 143 / 217 ms),
-//! every step 6.8–7.3×, draws 1.31 ms. What remains beyond the NFE ratio: the M·B-row call
-//! costing 3.8× a B-row call (12.4 vs 3.3 ms) and ≈ 4.8 ms of elementwise candle ops per step
-//! (perturbation, mean, squared deviations, per-image sums over 320k elements, single-threaded).
+//! every step 6.8–7.3×, draws 1.31 ms; then ≈ 4.8 ms per uncertainty step went to candle's
+//! element-wise ops (the re-noising affine and the reductions over the member axis run on one
+//! thread, the latter with an integer division per element). With those passes fused
+//! (`diffuq_linalg::members`, same bits) and candle's pool workers spinning 1,000 rather than
+//! 25,000 times after an op (`diffuq::keep_freed_memory`): plain 101–105 ms, window 1.35–1.41×
+//! (median of 5; criterion medians 106 / 144 ms = 1.35×, a noisier second run 1.58×), every
+//! step 6.0–6.5×; the 5,000-row call 9.1–9.2 ms, the 1,000-row call 1.8–2.2 ms.
 //! The network is the frozen (inference) view of the MLP, as artifacts sample.
 
 use std::hint::black_box;

@@ -208,13 +208,39 @@ pub(crate) fn uncertainty_with(
         x0 = x0.clamp(-c, c)?;
     }
     let x0 = x0.reshape((1, b, f))?;
-    let perturbed = (x0 * ab.sqrt())?.broadcast_add(&(xi * (1.0 - ab).sqrt())?)?;
+    let perturbed = if fusable(&[&x0, xi]) {
+        // Same bits as the candle expression below, in one parallel pass (no graph to record).
+        (x0 * ab.sqrt())?
+            .reshape(b * f)?
+            .apply_op2_no_bwd(
+                &xi.reshape(m * b * f)?,
+                &Renoise {
+                    s: (1.0 - ab).sqrt(),
+                },
+            )?
+            .reshape((m, b, f))?
+    } else {
+        (x0 * ab.sqrt())?.broadcast_add(&(xi * (1.0 - ab).sqrt())?)?
+    };
     let mut batch_dims = vec![m * b];
     batch_dims.extend_from_slice(&dims[1..]);
     let eps_m = denoiser
         .eps(&perturbed.reshape(batch_dims)?, t)?
         .reshape((m, b, f))?;
     let u = match spec.compat {
+        AuCompat::Paper if fusable(&[&eps_m]) => eps_m.apply_op1_no_bwd(&SqDev {
+            m,
+            inv_m: 1.0 / m as f64,
+            inv_div: 1.0 / spec.ddof.divisor(m),
+        })?,
+        AuCompat::AuRelease if fusable(&[&eps_m, eps]) => eps_m.apply_op2_no_bwd(
+            &eps.reshape((b, f))?,
+            &SqDev {
+                m,
+                inv_m: 1.0 / m as f64,
+                inv_div: 1.0 / m as f64,
+            },
+        )?,
         AuCompat::Paper => {
             let mean = eps_m.mean_keepdim(0)?;
             (eps_m.broadcast_sub(&mean)?.sqr()?.sum(0)? / spec.ddof.divisor(m))?
@@ -228,6 +254,157 @@ pub(crate) fn uncertainty_with(
         }
     };
     u.reshape(dims)
+}
+
+/// Whether the fused CPU passes of `diffuq_linalg::members` can stand in for the candle
+/// expressions of [`uncertainty_with`]: CPU tensors of f32/f64 with no autograd graph to record
+/// (guidance differentiates U in ε and keeps the candle ops; the values are the same bits).
+fn fusable(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| {
+        t.device().is_cpu()
+            && matches!(t.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+            && !t.track_op()
+    })
+}
+
+fn cpu_slice<'a, T: candle_core::WithDType>(
+    s: &'a [T],
+    l: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s[a..b]),
+        None => candle_core::bail!("AU: {what} must be contiguous"),
+    }
+}
+
+/// x̂_t^m = √ᾱ x̂₀ + √(1−ᾱ) ξ_m over (√ᾱ x̂₀ (B·F), ξ (M·B·F)) → (M·B·F) (Alg. 1 line 4).
+struct Renoise {
+    s: f64,
+}
+
+impl candle_core::CustomOp2 for Renoise {
+    fn name(&self) -> &'static str {
+        "diffuq-au-renoise"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage as S;
+        let n = l2.shape().elem_count();
+        let out = match (s1, s2) {
+            (S::F32(a), S::F32(x)) => {
+                let mut o = vec![0f32; n];
+                diffuq_linalg::members::renoise_f32(
+                    cpu_slice(a, l1, "x0")?,
+                    cpu_slice(x, l2, "xi")?,
+                    self.s as f32,
+                    &mut o,
+                );
+                S::F32(o)
+            }
+            (S::F64(a), S::F64(x)) => {
+                let mut o = vec![0f64; n];
+                diffuq_linalg::members::renoise_f64(
+                    cpu_slice(a, l1, "x0")?,
+                    cpu_slice(x, l2, "xi")?,
+                    self.s,
+                    &mut o,
+                );
+                S::F64(o)
+            }
+            _ => candle_core::bail!("AU re-noising: x0 and xi must both be f32 or both f64"),
+        };
+        Ok((out, candle_core::Shape::from(n)))
+    }
+}
+
+/// Eq. 8 over (M, B, F) ε_m → (B, F): Σ_m (ε_m − c)² / divisor, with c the members' mean (one
+/// input) or the given centre (two inputs: the released code's ε).
+struct SqDev {
+    m: usize,
+    inv_m: f64,
+    inv_div: f64,
+}
+
+impl SqDev {
+    fn run(
+        &self,
+        e: &candle_core::CpuStorage,
+        le: &candle_core::Layout,
+        c: Option<(&candle_core::CpuStorage, &candle_core::Layout)>,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage as S;
+        let dims = le.shape().dims();
+        let n = le.shape().elem_count() / self.m;
+        let out = match (e, c) {
+            (S::F32(e), None) => {
+                let mut o = vec![0f32; n];
+                let e = cpu_slice(e, le, "eps_m")?;
+                let (im, id) = (self.inv_m as f32, self.inv_div as f32);
+                diffuq_linalg::members::member_sq_dev_f32(e, self.m, None, im, id, &mut o);
+                S::F32(o)
+            }
+            (S::F32(e), Some((S::F32(c), lc))) => {
+                let mut o = vec![0f32; n];
+                let (e, c) = (cpu_slice(e, le, "eps_m")?, cpu_slice(c, lc, "eps")?);
+                let (im, id) = (self.inv_m as f32, self.inv_div as f32);
+                diffuq_linalg::members::member_sq_dev_f32(e, self.m, Some(c), im, id, &mut o);
+                S::F32(o)
+            }
+            (S::F64(e), None) => {
+                let mut o = vec![0f64; n];
+                let e = cpu_slice(e, le, "eps_m")?;
+                let (im, id) = (self.inv_m, self.inv_div);
+                diffuq_linalg::members::member_sq_dev_f64(e, self.m, None, im, id, &mut o);
+                S::F64(o)
+            }
+            (S::F64(e), Some((S::F64(c), lc))) => {
+                let mut o = vec![0f64; n];
+                let (e, c) = (cpu_slice(e, le, "eps_m")?, cpu_slice(c, lc, "eps")?);
+                let (im, id) = (self.inv_m, self.inv_div);
+                diffuq_linalg::members::member_sq_dev_f64(e, self.m, Some(c), im, id, &mut o);
+                S::F64(o)
+            }
+            _ => candle_core::bail!("AU variance: tensors must all be f32 or all f64"),
+        };
+        Ok((out, candle_core::Shape::from(&dims[1..])))
+    }
+}
+
+impl candle_core::CustomOp1 for SqDev {
+    fn name(&self) -> &'static str {
+        "diffuq-au-sq-dev"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        self.run(s, l, None)
+    }
+}
+
+impl candle_core::CustomOp2 for SqDev {
+    fn name(&self) -> &'static str {
+        "diffuq-au-sq-dev-centred"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        self.run(s1, l1, Some((s2, l2)))
+    }
 }
 
 /// A contiguous range of sampler steps (0-based step indices, not timesteps): where AU runs, or
@@ -409,6 +586,86 @@ mod tests {
     /// Returns (U, denoiser calls, ((1−ᾱ)/v)², the original ε per pixel).
     fn setup(m: usize, compat: AuCompat) -> (Vec<f64>, usize, f64, Vec<f64>) {
         setup_with(m, compat, Ddof::Minus(1))
+    }
+
+    #[test]
+    fn fused_passes_give_the_candle_expressions_bits() {
+        // Expected numbers: candle 0.11's own ops (the expression in `uncertainty_with`), taken
+        // by making ε a Var so the graph is tracked and the fused passes stand aside; the fused
+        // passes must reproduce them bit for bit (f32 and f64, both conventions, every divisor,
+        // M = 1, 5, 6, and more positions than one parallel chunk of 4,096).
+        let g = GaussianMixture::new(
+            vec![
+                Component {
+                    weight: 0.5,
+                    mean: vec![0.3; 72],
+                    std: 0.4,
+                },
+                Component {
+                    weight: 0.5,
+                    mean: vec![-0.5; 72],
+                    std: 0.7,
+                },
+            ],
+            sched(),
+        )
+        .unwrap();
+        let (b, f, t) = (70usize, 72usize, 420.0);
+        let idx: Vec<u64> = (0..b as u64).collect();
+        let st = SeedStreams::new(11);
+        for dtype in [candle_core::DType::F32, candle_core::DType::F64] {
+            let x_t =
+                Tensor::from_vec(st.purpose("x").normals(&idx, None, f), (b, f), &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+            let eps = g
+                .eps(&x_t.to_dtype(candle_core::DType::F64).unwrap(), t)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let ab = sched().alpha_bar_at(t);
+            for m in [1usize, 5, 6] {
+                let xi = renoising(&x_t, 3, &idx, &st.purpose("au-renoise"), m).unwrap();
+                for (compat, ddof) in [
+                    (AuCompat::Paper, Ddof::NoDivisor),
+                    (AuCompat::Paper, Ddof::Minus(1)),
+                    (AuCompat::Paper, Ddof::Minus(0)),
+                    (AuCompat::AuRelease, Ddof::NoDivisor),
+                ] {
+                    if m == 1 && ddof == Ddof::Minus(1) {
+                        continue;
+                    }
+                    let spec = AuSpec {
+                        m,
+                        ddof,
+                        compat,
+                        clip_sample: None,
+                    };
+                    let fused = uncertainty_with(&g, ab, &x_t, &eps, t, &xi, &spec).unwrap();
+                    let var = candle_core::Var::from_tensor(&eps).unwrap();
+                    let plain =
+                        uncertainty_with(&g, ab, &x_t, var.as_tensor(), t, &xi, &spec).unwrap();
+                    assert!(plain.track_op(), "the reference must take candle's ops");
+                    let bits = |u: &Tensor| {
+                        u.flatten_all()
+                            .unwrap()
+                            .to_dtype(candle_core::DType::F64)
+                            .unwrap()
+                            .to_vec1::<f64>()
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(
+                        bits(&fused),
+                        bits(&plain),
+                        "{dtype:?} M={m} {compat:?} {ddof:?}"
+                    );
+                }
+            }
+        }
     }
 
     fn setup_with(m: usize, compat: AuCompat, ddof: Ddof) -> (Vec<f64>, usize, f64, Vec<f64>) {

@@ -12,6 +12,7 @@
 
 pub mod conv;
 pub mod kernels;
+pub mod members;
 pub mod norm;
 pub mod par;
 pub mod streams;
