@@ -483,6 +483,7 @@ fn dispatch(cli: &Cli) -> crate::Result<i32> {
                     mem: mem.clone(),
                     extra: sbatch.clone(),
                 },
+                conv_gemm: matches!(cli.conv_kernels, ConvKernelsArg::Gemm),
             };
             let scripts = job.write(&run_dir.join("slurm"))?;
             println!("array script: {}", scripts.array.display());

@@ -52,6 +52,9 @@ pub struct Job {
     /// The run directory every shard and the merge write to.
     pub run_dir: PathBuf,
     pub resources: Resources,
+    /// `--conv-kernels gemm` when the submitting command had it (every task computes with the
+    /// same kernels; `auto` is the default and is not written).
+    pub conv_gemm: bool,
 }
 
 /// The two scripts, written.
@@ -143,10 +146,15 @@ impl Job {
 
     fn base_args(&self) -> String {
         format!(
-            "{} --experiments {} --runs-dir {}",
+            "{} --experiments {} --runs-dir {}{}",
             q(&self.exe),
             q(&self.experiments_dir),
-            q(&self.runs_dir)
+            q(&self.runs_dir),
+            if self.conv_gemm {
+                " --conv-kernels gemm"
+            } else {
+                ""
+            }
         )
     }
 
@@ -289,6 +297,7 @@ mod tests {
                 extra: vec!["--qos=high".into()],
                 ..Default::default()
             },
+            conv_gemm: false,
         }
     }
 
@@ -298,6 +307,24 @@ mod tests {
         let dir = j.run_dir.join("slurm");
         insta::assert_snapshot!("array_sbatch", j.array_script(&dir).unwrap());
         insta::assert_snapshot!("merge_sbatch", j.merge_script(&dir).unwrap());
+    }
+
+    #[test]
+    fn gemm_kernels_reach_every_task_and_the_merge() {
+        // Expected: by construction, the submitting command's `--conv-kernels gemm` is on the
+        // diffuq command line of both scripts, and absent (the default) otherwise.
+        let dir = Path::new("/scratch/r/runs/gu-fig3/paper/0123456789abcdef/slurm");
+        let mut j = job();
+        for (gemm, want) in [(false, 0), (true, 1)] {
+            j.conv_gemm = gemm;
+            for script in [j.array_script(dir).unwrap(), j.merge_script(dir).unwrap()] {
+                assert_eq!(
+                    script.matches("--conv-kernels gemm").count(),
+                    want,
+                    "{script}"
+                );
+            }
+        }
     }
 
     #[test]
