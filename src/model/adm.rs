@@ -465,7 +465,7 @@ fn first_line(e: &candle_core::Error) -> String {
 }
 
 fn silu(x: &Tensor) -> candle_core::Result<Tensor> {
-    candle_nn::ops::silu(x)
+    super::act::silu(x)
 }
 
 fn conv(

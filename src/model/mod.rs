@@ -3,6 +3,7 @@
 //! uncertainty methods see it through [`network::Bound`] as a [`Denoiser`] (ε), a velocity field,
 //! a [`LastLayerModel`] or a [`DropoutDenoiser`].
 
+pub mod act;
 pub mod adm;
 pub mod cache;
 pub mod catalog;

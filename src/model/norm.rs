@@ -41,6 +41,7 @@ fn dims_of(l: &Layout, groups: usize, eps: f64) -> candle_core::Result<GroupNorm
         l: d[2..].iter().product(),
         groups,
         eps,
+        lanes: false,
     })
 }
 
@@ -70,7 +71,9 @@ impl CustomOp3 for Forward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let d = dims_of(l1, self.groups, self.eps)?;
+        let mut d = dims_of(l1, self.groups, self.eps)?;
+        // f32 statistics in lanes where the other bit-changing f32 kernels run.
+        d.lanes = matches!(s1, CpuStorage::F32(_)) && diffuq_linalg::conv::avx512_active();
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(b)) => {
                 let mut y = vec![0f32; d.n * d.c * d.l];
@@ -135,7 +138,9 @@ impl CustomOp3 for Backward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let d = dims_of(l1, self.groups, self.eps)?;
+        let mut d = dims_of(l1, self.groups, self.eps)?;
+        // f32 statistics in lanes where the other bit-changing f32 kernels run.
+        d.lanes = matches!(s1, CpuStorage::F32(_)) && diffuq_linalg::conv::avx512_active();
         let nx = d.n * d.c * d.l;
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(dy)) => {

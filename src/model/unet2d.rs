@@ -269,7 +269,7 @@ impl UNet2DConfig {
 }
 
 fn silu(x: &Tensor) -> candle_core::Result<Tensor> {
-    candle_nn::ops::silu(x)
+    super::act::silu(x)
 }
 
 fn conv(

@@ -560,8 +560,13 @@ mod fast {
     /// end (rows of the padded grid read up to kw − 1 values past a channel's last row).
     fn pad_image(xi: &[f32], g: &ConvGeom, xp: &mut Vec<f32>) {
         let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
-        xp.clear();
-        xp.resize(g.c * hp * wp + g.kw, 0.0);
+        let len = g.c * hp * wp + g.kw;
+        // A buffer of this size last held an image of this geometry (Scratch lives for one
+        // call): its border and slack are still zero, and the copies below overwrite the rest.
+        if xp.len() != len {
+            xp.clear();
+            xp.resize(len, 0.0);
+        }
         for c in 0..g.c {
             for y in 0..g.h {
                 let d = c * hp * wp + (y + g.ph) * wp + g.pw;
@@ -1070,6 +1075,16 @@ pub fn conv_kernels() -> ConvKernels {
     } else {
         ConvKernels::Auto
     }
+}
+
+/// Whether the AVX-512 kernels are in use (the CPU has them and [`ConvKernels::Gemm`] is not
+/// chosen): the other f32 kernels that change low bits (the SiLU of [`crate::act`]) follow it.
+pub fn avx512_active() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if fast_path() {
+        return true;
+    }
+    false
 }
 
 /// The name of the kernels an f32 convolution runs on now: `avx512` or `im2col+gemm`.

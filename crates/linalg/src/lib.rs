@@ -10,6 +10,7 @@
 //! Matrices are row-major `&[f64]` slices with explicit sizes; all products use every rayon
 //! thread.
 
+pub mod act;
 pub mod conv;
 pub mod kernels;
 pub mod members;

@@ -16,6 +16,10 @@ pub struct GroupNormDims {
     pub l: usize,
     pub groups: usize,
     pub eps: f64,
+    /// Sum the statistics in 8 interleaved f64 lanes (vectorised; ≈ 8× shorter dependency
+    /// chains) instead of one running sum: a different rounding of the same f64 sums, so
+    /// callers choose it together with the other kernels that change low bits.
+    pub lanes: bool,
 }
 
 trait Float: Copy + Send + Sync + Default {
@@ -39,9 +43,32 @@ impl Float for f64 {
     }
 }
 
+/// Σ f(x) in 8 interleaved lanes, combined pairwise, then the tail.
+#[inline(always)]
+fn sum8<T: Float>(x: &[T], f: impl Fn(T) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for &v in tail {
+        s += f(v);
+    }
+    s
+}
+
 /// Mean and 1/s of one group's elements.
-fn stats<T: Float>(x: &[T], eps: f64) -> (f64, f64) {
+fn stats<T: Float>(x: &[T], eps: f64, lanes: bool) -> (f64, f64) {
     let m = x.len() as f64;
+    if lanes {
+        let mean = sum8(x, |v| v.f()) / m;
+        let var = sum8(x, |v| (v.f() - mean) * (v.f() - mean)) / m;
+        return (mean, 1.0 / (var + eps).sqrt());
+    }
     let mean = x.iter().map(|v| v.f()).sum::<f64>() / m;
     let var = x.iter().map(|v| (v.f() - mean).powi(2)).sum::<f64>() / m;
     (mean, 1.0 / (var + eps).sqrt())
@@ -53,7 +80,7 @@ fn forward<T: Float>(x: &[T], gamma: &[T], beta: &[T], d: GroupNormDims, y: &mut
     assert_eq!(x.len(), d.n * d.c * d.l, "group norm input size");
     y.par_chunks_mut(gl).enumerate().for_each(|(ng, yg)| {
         let xg = &x[ng * gl..(ng + 1) * gl];
-        let (mean, inv) = stats(xg, d.eps);
+        let (mean, inv) = stats(xg, d.eps, d.lanes);
         let g0 = (ng % d.groups) * cg;
         // Channel by channel (no per-element index division), same expression per element.
         for (c, (yc, xc)) in yg.chunks_mut(d.l).zip(xg.chunks(d.l)).enumerate() {
@@ -84,7 +111,7 @@ fn backward<T: Float>(
         .for_each(|(ng, (dxg, part))| {
             let xg = &x[ng * gl..(ng + 1) * gl];
             let dyg = &dy[ng * gl..(ng + 1) * gl];
-            let (mean, inv) = stats(xg, d.eps);
+            let (mean, inv) = stats(xg, d.eps, d.lanes);
             let g0 = (ng % d.groups) * cg;
             let (mut sg, mut sgx) = (0f64, 0f64);
             // Channel by channel (no per-element index division), same sums in the same order.
