@@ -44,9 +44,10 @@ pub struct Cli {
     /// Root of run directories
     #[arg(long, global = true, value_name = "DIR", default_value = "runs")]
     pub runs_dir: PathBuf,
-    /// Kernels of the f32 CPU convolution: auto (AVX-512 where the CPU has it, else im2col +
-    /// gemm) or gemm (the arithmetic that trained the committed mini models; slower). Results
-    /// agree to f32 rounding, not bit for bit; each run's manifest records which ran
+    /// f32 CPU kernels of the image networks: auto (AVX-512 convolution, SiLU and group-norm
+    /// statistics where the CPU has it, else im2col + gemm and candle's ops) or gemm (the
+    /// arithmetic that trained the committed mini models; slower). Results agree to f32
+    /// rounding, not bit for bit; each run's manifest records which ran
     #[arg(long, global = true, value_name = "KERNELS", default_value = "auto")]
     pub conv_kernels: ConvKernelsArg,
     #[command(subcommand)]

@@ -130,9 +130,9 @@ pub struct Manifest {
     /// (Linux `VmHWM`; absent elsewhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_rss_mib: Option<f64>,
-    /// Kernels of the f32 CPU convolution (`avx512` or `im2col+gemm`, see
-    /// `diffuq_linalg::conv::ConvKernels`): they sum in different orders, so results computed
-    /// on the two agree to f32 rounding, not in every bit. Absent in older manifests.
+    /// f32 CPU kernels of the image networks (`avx512` or `im2col+gemm`, `--conv-kernels`;
+    /// `diffuq_linalg::conv::ConvKernels`): convolution, SiLU and group norm round differently
+    /// on the two, so results agree to f32 rounding, not in every bit. Absent in older manifests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conv_kernels: Option<String>,
 }

@@ -1049,7 +1049,9 @@ mod fast {
     }
 }
 
-/// The kernels the f32 convolution runs on.
+/// The kernels the f32 convolution runs on. The other f32 kernels that round differently from
+/// candle's ops (SiLU in [`crate::act`], the lane-wise group-norm statistics of
+/// [`crate::norm::GroupNormDims::lanes`]) follow the same choice through [`avx512_active`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvKernels {
     /// The AVX-512 micro-kernels where the CPU has AVX-512F, else im2col + gemm (the default).
