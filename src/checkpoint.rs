@@ -149,6 +149,7 @@ fn tensor_from_storage(info: &TensorInfo, storage: &[u8], what: &str) -> Result<
 fn read_zip_tensors(path: &Path, what: &str) -> Result<Vec<(String, Tensor)>> {
     let bad = |reason: String| Error::invalid(what.to_string(), reason);
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut zip = zip::ZipArchive::new(BufReader::new(file))
         .map_err(|e| bad(format!("unreadable zip ({e})")))?;
     let pkl = zip
@@ -176,7 +177,10 @@ fn read_zip_tensors(path: &Path, what: &str) -> Result<Vec<(String, Tensor)>> {
                     info.path, info.name
                 ))
             })?;
-            let mut buf = Vec::with_capacity(entry.size() as usize);
+            // The entry's declared size is a header field: reserve no more than the archive
+            // holds (a corrupt 2⁶¹ aborted the process in tests/reader_fuzz.rs); read_to_end
+            // grows the buffer for what is really there.
+            let mut buf = Vec::with_capacity(entry.size().min(file_len) as usize);
             entry
                 .read_to_end(&mut buf)
                 .map_err(|e| bad(format!("reading `{}`: {e}", info.path)))?;
