@@ -42,6 +42,7 @@ pub use crate::checkpoint::read_tensors;
 
 use crate::error::{Error, Result, TensorContext};
 use crate::model::conv::conv2d;
+use diffuq_linalg::pool::{out_len, pool3_f32, Pool3};
 
 pub use crate::fetch::FID_HELPER_ARCHIVE_SHA256;
 /// Dimension of the pool3 features.
@@ -666,6 +667,17 @@ impl InceptionV3 {
     }
 
     fn eval(&self, node: &Node, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(kind) = match node {
+            Node::MaxPool3s2 => Some(Pool3::MaxValidStride2),
+            Node::MaxPool3Same => Some(Pool3::MaxSame),
+            Node::AvgPool3Same => Some(Pool3::AvgSameExcludePad),
+            _ => None,
+        } {
+            if x.device().is_cpu() && x.dtype() == DType::F32 {
+                // The same bits as the candle expressions below, on every core.
+                return x.contiguous()?.apply_op1_no_bwd(&PoolOp(kind));
+            }
+        }
         match node {
             Node::Conv(i) => self.convs[*i].forward(x),
             Node::MaxPool3s2 => x.max_pool2d_with_stride(3, 2),
@@ -703,6 +715,37 @@ impl InceptionV3 {
 
 /// 9 / (number of in-bounds taps) for a 3×3, stride-1, pad-1 window: turns candle's
 /// zero-padded average (sum / 9) into PyTorch's `count_include_pad=False` average.
+/// A pooling layer on `diffuq_linalg::pool` (CPU, f32, contiguous).
+struct PoolOp(Pool3);
+
+impl candle_core::CustomOp1 for PoolOp {
+    fn name(&self) -> &'static str {
+        "diffuq-inception-pool"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        if self.0 == Pool3::MaxValidStride2 && (h < 3 || w < 3) {
+            candle_core::bail!("Inception pooling: {h}×{w} is smaller than the 3×3 window");
+        }
+        let x = match (s, l.contiguous_offsets()) {
+            (candle_core::CpuStorage::F32(v), Some((a, b))) => &v[a..b],
+            _ => candle_core::bail!("Inception pooling: input must be contiguous f32"),
+        };
+        let (ho, wo) = (out_len(self.0, h), out_len(self.0, w));
+        let mut y = vec![0f32; n * c * ho * wo];
+        pool3_f32(self.0, x, n * c, h, w, &mut y);
+        Ok((
+            candle_core::CpuStorage::F32(y),
+            candle_core::Shape::from((n, c, ho, wo)),
+        ))
+    }
+}
+
 fn count_excluding_pad(h: usize, w: usize, device: &Device) -> candle_core::Result<Tensor> {
     let taps = |i: usize, n: usize| 3 - usize::from(i == 0) - usize::from(i + 1 == n);
     let mut v = Vec::with_capacity(h * w);
@@ -894,6 +937,64 @@ pub fn resize_bilinear(src: &[f32], (h, w): (usize, usize), (oh, ow): (usize, us
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pooling_kernels_give_the_candle_expressions_bits() {
+        // Expected numbers: candle 0.11's own pooling expressions (those `Inception::eval`
+        // falls back to off the CPU or for other dtypes), computed here; the f32 kernels must
+        // match them bit for bit, on odd and even sizes, 1×1 planes for the stride-1 pools.
+        let dev = Device::Cpu;
+        for (h, w) in [(1, 1), (3, 3), (8, 8), (7, 10), (35, 35), (17, 16)] {
+            let x = Tensor::randn(0f32, 1.0, (2, 3, h, w), &dev).unwrap();
+            let taps = |i: usize, n: usize| 3 - usize::from(i == 0) - usize::from(i + 1 == n);
+            let factor: Vec<f32> = (0..h * w)
+                .map(|k| 9.0 / (taps(k / w, h) * taps(k % w, w)) as f32)
+                .collect();
+            let factor = Tensor::from_vec(factor, (1, 1, h, w), &dev).unwrap();
+            let mut cases = vec![
+                (
+                    Pool3::MaxSame,
+                    x.pad_with_same(2, 1, 1)
+                        .unwrap()
+                        .pad_with_same(3, 1, 1)
+                        .unwrap()
+                        .max_pool2d_with_stride(3, 1)
+                        .unwrap(),
+                ),
+                (
+                    Pool3::AvgSameExcludePad,
+                    x.pad_with_zeros(2, 1, 1)
+                        .unwrap()
+                        .pad_with_zeros(3, 1, 1)
+                        .unwrap()
+                        .avg_pool2d_with_stride(3, 1)
+                        .unwrap()
+                        .broadcast_mul(&factor)
+                        .unwrap(),
+                ),
+            ];
+            if h >= 3 && w >= 3 {
+                cases.push((
+                    Pool3::MaxValidStride2,
+                    x.max_pool2d_with_stride(3, 2).unwrap(),
+                ));
+            }
+            for (kind, want) in cases {
+                let got = x.apply_op1_no_bwd(&PoolOp(kind)).unwrap();
+                let bits = |t: &Tensor| {
+                    t.flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(got.dims(), want.dims(), "{kind:?} {h}×{w}");
+                assert_eq!(bits(&got), bits(&want), "{kind:?} {h}×{w}");
+            }
+        }
+    }
 
     // Expected numbers: the channel counts of TF's Inception-v3 (Szegedy et al. 2016, Table 1 and
     // the published graph): 94 conv layers, 2048 pool3 channels; and pytorch-fid's 94 conv modules.

@@ -16,6 +16,7 @@ pub mod kernels;
 pub mod members;
 pub mod norm;
 pub mod par;
+pub mod pool;
 pub mod streams;
 
 use faer::{linalg::matmul::matmul, Accum, Mat, MatMut, MatRef, Par, Side};
