@@ -222,18 +222,86 @@ fn threads() -> usize {
     rayon::current_num_threads().max(1)
 }
 
+/// The sizes both forward implementations require (they assert rather than return errors: the
+/// caller, `model::conv`, has checked the shapes).
+fn check_forward(g: &ConvGeom, x: usize, w: usize, bias: Option<usize>, y: usize) {
+    assert!(g.is_valid(), "conv geometry {g:?}");
+    assert_eq!(x, g.n * g.c * g.h * g.w, "conv input size");
+    assert_eq!(w, g.o * g.ckk(), "conv weight size");
+    assert_eq!(y, g.n * g.o * g.l(), "conv output size");
+    if let Some(b) = bias {
+        assert_eq!(b, g.o, "conv bias size");
+    }
+}
+
+/// The sizes both backward implementations require: inputs [x, w, dy], outputs [dx, dw, db].
+fn check_backward(g: &ConvGeom, [x, w, dy]: [usize; 3], [dx, dw, db]: [usize; 3]) {
+    assert!(g.is_valid(), "conv geometry {g:?}");
+    assert_eq!(x, g.n * g.c * g.h * g.w, "conv input size");
+    assert_eq!(w, g.o * g.ckk(), "conv weight size");
+    assert_eq!(dy, g.n * g.o * g.l(), "conv output-gradient size");
+    assert_eq!(dx, x, "conv input-gradient size");
+    assert_eq!(dw, w, "conv weight-gradient size");
+    assert_eq!(db, g.o, "conv bias-gradient size");
+}
+
+/// dW, db = the per-group partial sums added in group order (the fixed order that keeps the
+/// gradients' bits independent of the thread count).
+fn add_partials<T: ConvElem>(partials: &[(Vec<T>, Vec<T>)], dw: &mut [T], db: &mut [T]) {
+    dw.fill(T::default());
+    db.fill(T::default());
+    for (gw, gb) in partials {
+        for (a, &b) in dw.iter_mut().zip(gw) {
+            *a += b;
+        }
+        for (a, &b) in db.iter_mut().zip(gb) {
+            *a += b;
+        }
+    }
+}
+
+/// One image's input gradient dx_i = col2im(Wᵀ dy_i) (a 1×1 direct convolution writes Wᵀ dy_i
+/// straight into dx_i); `dcols` is a reusable buffer.
+fn input_grad_one<T: ConvElem>(
+    g: &ConvGeom,
+    weight: &[T],
+    dyi: &[T],
+    dxi: &mut [T],
+    dcols: &mut Vec<T>,
+    par: gemm::Parallelism,
+) {
+    let (l, ckk) = (g.l(), g.ckk());
+    if g.direct() {
+        mm(
+            (ckk, l, g.o),
+            dxi,
+            l,
+            false,
+            (weight, 1, ckk),
+            (dyi, l, 1),
+            par,
+        );
+    } else {
+        dcols.resize(ckk * l, T::default());
+        mm(
+            (ckk, l, g.o),
+            dcols,
+            l,
+            false,
+            (weight, 1, ckk),
+            (dyi, l, 1),
+            par,
+        );
+        col2im_one(dcols, g, dxi);
+    }
+}
+
 /// y (N, O, Ho, Wo) = conv(x, weight) + bias, one image at a time: im2col of one image into a
 /// per-thread buffer, one gemm W (O, C·kh·kw) · cols. Parallel over images when there are at
 /// least as many images as threads, else inside each gemm.
 fn forward<T: ConvElem>(g: &ConvGeom, x: &[T], weight: &[T], bias: Option<&[T]>, y: &mut [T]) {
-    assert!(g.is_valid(), "conv geometry {g:?}");
+    check_forward(g, x.len(), weight.len(), bias.map(<[T]>::len), y.len());
     let (l, ckk, chw) = (g.l(), g.ckk(), g.c * g.h * g.w);
-    assert_eq!(x.len(), g.n * chw, "conv input size");
-    assert_eq!(weight.len(), g.o * ckk, "conv weight size");
-    assert_eq!(y.len(), g.n * g.o * l, "conv output size");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), g.o, "conv bias size");
-    }
     let one = |xi: &[T], yi: &mut [T], cols: &mut Vec<T>, par| {
         let src: &[T] = if g.direct() {
             xi
@@ -296,14 +364,12 @@ fn backward<T: ConvElem>(
     dw: &mut [T],
     db: &mut [T],
 ) {
-    assert!(g.is_valid(), "conv geometry {g:?}");
+    check_backward(
+        g,
+        [x.len(), weight.len(), dy.len()],
+        [dx.len(), dw.len(), db.len()],
+    );
     let (l, ckk, chw) = (g.l(), g.ckk(), g.c * g.h * g.w);
-    assert_eq!(x.len(), g.n * chw, "conv input size");
-    assert_eq!(weight.len(), g.o * ckk, "conv weight size");
-    assert_eq!(dy.len(), g.n * g.o * l, "conv output-gradient size");
-    assert_eq!(dx.len(), x.len(), "conv input-gradient size");
-    assert_eq!(dw.len(), weight.len(), "conv weight-gradient size");
-    assert_eq!(db.len(), g.o, "conv bias-gradient size");
     let groups = g.n.clamp(1, GRAD_GROUPS);
     let t = threads();
     let par = if t > 1 && groups < t {
@@ -354,77 +420,23 @@ fn backward<T: ConvElem>(
                     }
                 }
                 // dcols = Wᵀ (C·kh·kw × O) · dy_i (O × L), then back onto the image.
-                if g.direct() {
-                    mm(
-                        (ckk, l, g.o),
-                        dxi,
-                        l,
-                        false,
-                        (weight, 1, ckk),
-                        (dyi, l, 1),
-                        par,
-                    );
-                } else {
-                    dcols.resize(ckk * l, T::default());
-                    mm(
-                        (ckk, l, g.o),
-                        &mut dcols,
-                        l,
-                        false,
-                        (weight, 1, ckk),
-                        (dyi, l, 1),
-                        par,
-                    );
-                    col2im_one(&dcols, g, dxi);
-                }
+                input_grad_one(g, weight, dyi, dxi, &mut dcols, par);
             }
             (gw, gb)
         })
         .collect();
-    dw.fill(T::default());
-    db.fill(T::default());
-    for (gw, gb) in &partials {
-        for (a, &b) in dw.iter_mut().zip(gw) {
-            *a += b;
-        }
-        for (a, &b) in db.iter_mut().zip(gb) {
-            *a += b;
-        }
-    }
+    add_partials(&partials, dw, db);
 }
 
 /// Input gradient of [`forward`] alone, dx_n = col2im(Wᵀ dy_n), parallel over images: the
 /// AVX-512 backward uses it for strided convolutions (stride 1 is a forward convolution of dy).
 #[cfg(target_arch = "x86_64")]
 fn input_grad_gemm<T: ConvElem>(g: &ConvGeom, weight: &[T], dy: &[T], dx: &mut [T]) {
-    let (l, ckk, chw) = (g.l(), g.ckk(), g.c * g.h * g.w);
+    let chw = g.c * g.h * g.w;
     dx.par_chunks_mut(chw)
-        .zip(dy.par_chunks(g.o * l))
+        .zip(dy.par_chunks(g.o * g.l()))
         .for_each_init(Vec::new, |dcols, (dxi, dyi)| {
-            let par = gemm::Parallelism::None;
-            if g.direct() {
-                mm(
-                    (ckk, l, g.o),
-                    dxi,
-                    l,
-                    false,
-                    (weight, 1, ckk),
-                    (dyi, l, 1),
-                    par,
-                );
-            } else {
-                dcols.resize(ckk * l, T::default());
-                mm(
-                    (ckk, l, g.o),
-                    dcols,
-                    l,
-                    false,
-                    (weight, 1, ckk),
-                    (dyi, l, 1),
-                    par,
-                );
-                col2im_one(dcols, g, dxi);
-            }
+            input_grad_one(g, weight, dyi, dxi, dcols, gemm::Parallelism::None)
         });
 }
 
@@ -790,14 +802,8 @@ mod fast {
         bias: Option<&[f32]>,
         y: &mut [f32],
     ) {
-        assert!(g.is_valid(), "conv geometry {g:?}");
+        check_forward(g, x.len(), weight.len(), bias.map(<[f32]>::len), y.len());
         let (l, ckk, chw) = (g.l(), g.ckk(), g.c * g.h * g.w);
-        assert_eq!(x.len(), g.n * chw, "conv input size");
-        assert_eq!(weight.len(), g.o * ckk, "conv weight size");
-        assert_eq!(y.len(), g.n * g.o * l, "conv output size");
-        if let Some(b) = bias {
-            assert_eq!(b.len(), g.o, "conv bias size");
-        }
         if g.n == 0 || l == 0 {
             return;
         }
@@ -918,14 +924,12 @@ mod fast {
         dw: &mut [f32],
         db: &mut [f32],
     ) {
-        assert!(g.is_valid(), "conv geometry {g:?}");
+        check_backward(
+            g,
+            [x.len(), weight.len(), dy.len()],
+            [dx.len(), dw.len(), db.len()],
+        );
         let (l, ckk, chw) = (g.l(), g.ckk(), g.c * g.h * g.w);
-        assert_eq!(x.len(), g.n * chw, "conv input size");
-        assert_eq!(weight.len(), g.o * ckk, "conv weight size");
-        assert_eq!(dy.len(), g.n * g.o * l, "conv output-gradient size");
-        assert_eq!(dx.len(), x.len(), "conv input-gradient size");
-        assert_eq!(dw.len(), weight.len(), "conv weight-gradient size");
-        assert_eq!(db.len(), g.o, "conv bias-gradient size");
         // Input gradient.
         if g.sh == 1 && g.sw == 1 && g.ph < g.kh && g.pw < g.kw {
             let gt = ConvGeom {
@@ -1036,16 +1040,7 @@ mod fast {
         });
         let partials: Vec<(Vec<f32>, Vec<f32>)> =
             slots.into_iter().map(|m| m.into_inner().unwrap()).collect();
-        dw.fill(0.0);
-        db.fill(0.0);
-        for (gw, gb) in &partials {
-            for (a, &b) in dw.iter_mut().zip(gw) {
-                *a += b;
-            }
-            for (a, &b) in db.iter_mut().zip(gb) {
-                *a += b;
-            }
-        }
+        add_partials(&partials, dw, db);
     }
 }
 
@@ -1091,11 +1086,11 @@ pub fn avx512_active() -> bool {
 
 /// The name of the kernels an f32 convolution runs on now: `avx512` or `im2col+gemm`.
 pub fn active_conv_kernels() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if fast_path() {
-        return "avx512";
+    if avx512_active() {
+        "avx512"
+    } else {
+        "im2col+gemm"
     }
-    "im2col+gemm"
 }
 
 /// Whether this call goes to the AVX-512 kernels.
