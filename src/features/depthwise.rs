@@ -44,10 +44,7 @@ struct DepthwiseOp {
 }
 
 fn contiguous<'a>(s: &'a [f32], l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s[a..b]),
-        None => candle_core::bail!("depthwise conv: {what} must be contiguous"),
-    }
+    crate::model::contiguous_slice(s, l, "depthwise conv", what)
 }
 
 /// One plane: `x` (h, w) → `y` (ho, wo), using `padded` ((h + 2p) × (w + 2p)) as scratch.

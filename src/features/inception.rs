@@ -42,7 +42,7 @@ pub use crate::checkpoint::read_tensors;
 
 use crate::error::{Error, Result, TensorContext};
 use crate::model::conv::conv2d;
-use diffuq_linalg::pool::{out_len, pool3_f32, Pool3};
+use diffuq_linalg::pool::{exclude_pad_factor, out_len, pool3_f32, Pool3};
 
 pub use crate::fetch::FID_HELPER_ARCHIVE_SHA256;
 /// Dimension of the pool3 features.
@@ -713,8 +713,6 @@ impl InceptionV3 {
     }
 }
 
-/// 9 / (number of in-bounds taps) for a 3×3, stride-1, pad-1 window: turns candle's
-/// zero-padded average (sum / 9) into PyTorch's `count_include_pad=False` average.
 /// A pooling layer on `diffuq_linalg::pool` (CPU, f32, contiguous).
 struct PoolOp(Pool3);
 
@@ -732,9 +730,11 @@ impl candle_core::CustomOp1 for PoolOp {
         if self.0 == Pool3::MaxValidStride2 && (h < 3 || w < 3) {
             candle_core::bail!("Inception pooling: {h}×{w} is smaller than the 3×3 window");
         }
-        let x = match (s, l.contiguous_offsets()) {
-            (candle_core::CpuStorage::F32(v), Some((a, b))) => &v[a..b],
-            _ => candle_core::bail!("Inception pooling: input must be contiguous f32"),
+        let x = match s {
+            candle_core::CpuStorage::F32(v) => {
+                crate::model::contiguous_slice(v, l, "Inception pooling", "input")?
+            }
+            _ => candle_core::bail!("Inception pooling: input must be f32"),
         };
         let (ho, wo) = (out_len(self.0, h), out_len(self.0, w));
         let mut y = vec![0f32; n * c * ho * wo];
@@ -746,12 +746,13 @@ impl candle_core::CustomOp1 for PoolOp {
     }
 }
 
+/// 9 / (number of in-bounds taps) for a 3×3, stride-1, pad-1 window: turns candle's
+/// zero-padded average (sum / 9) into PyTorch's `count_include_pad=False` average.
 fn count_excluding_pad(h: usize, w: usize, device: &Device) -> candle_core::Result<Tensor> {
-    let taps = |i: usize, n: usize| 3 - usize::from(i == 0) - usize::from(i + 1 == n);
     let mut v = Vec::with_capacity(h * w);
     for i in 0..h {
         for j in 0..w {
-            v.push(9.0 / (taps(i, h.max(1)) * taps(j, w.max(1))) as f32);
+            v.push(exclude_pad_factor(i, j, h, w));
         }
     }
     Tensor::from_vec(v, (1, 1, h, w), device)
@@ -946,11 +947,7 @@ mod tests {
         let dev = Device::Cpu;
         for (h, w) in [(1, 1), (3, 3), (8, 8), (7, 10), (35, 35), (17, 16)] {
             let x = Tensor::randn(0f32, 1.0, (2, 3, h, w), &dev).unwrap();
-            let taps = |i: usize, n: usize| 3 - usize::from(i == 0) - usize::from(i + 1 == n);
-            let factor: Vec<f32> = (0..h * w)
-                .map(|k| 9.0 / (taps(k / w, h) * taps(k % w, w)) as f32)
-                .collect();
-            let factor = Tensor::from_vec(factor, (1, 1, h, w), &dev).unwrap();
+            let factor = count_excluding_pad(h, w, &dev).unwrap();
             let mut cases = vec![
                 (
                     Pool3::MaxSame,

@@ -21,9 +21,8 @@ pub fn silu(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        (CpuStorage::F32(_), None) => candle_core::bail!("silu: {what} must be contiguous"),
+    match s {
+        CpuStorage::F32(v) => super::contiguous_slice(v, l, "silu", what),
         _ => candle_core::bail!("silu: {what} must be f32"),
     }
 }

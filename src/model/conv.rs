@@ -36,7 +36,7 @@ struct ConvGradOp {
 }
 
 fn contiguous_slice<'a, T>(s: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
-    super::norm::contiguous_slice(s, l, "conv", what)
+    super::contiguous_slice(s, l, "conv", what)
 }
 
 fn geometry(

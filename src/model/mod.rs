@@ -58,3 +58,17 @@ pub trait Denoiser {
         None
     }
 }
+
+/// The elements of a contiguous CPU tensor's storage (the custom ops' kernels read flat slices);
+/// an error naming the op and the argument otherwise.
+pub(crate) fn contiguous_slice<'a, T>(
+    s: &'a [T],
+    l: &candle_core::Layout,
+    op: &str,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s[a..b]),
+        None => candle_core::bail!("{op}: {what} must be contiguous"),
+    }
+}

@@ -12,22 +12,8 @@ use diffuq_linalg::norm::{
     group_norm_backward_f32, group_norm_backward_f64, group_norm_f32, group_norm_f64, GroupNormDims,
 };
 
-/// The elements of a contiguous CPU tensor's storage (the custom ops' kernels read flat slices);
-/// an error naming the op and the argument otherwise.
-pub(super) fn contiguous_slice<'a, T>(
-    s: &'a [T],
-    l: &Layout,
-    op: &str,
-    what: &str,
-) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s[a..b]),
-        None => candle_core::bail!("{op}: {what} must be contiguous"),
-    }
-}
-
 fn slice<'a, T>(s: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
-    contiguous_slice(s, l, "group norm", what)
+    super::contiguous_slice(s, l, "group norm", what)
 }
 
 fn dims_of(l: &Layout, groups: usize, eps: f64) -> candle_core::Result<GroupNormDims> {

@@ -267,15 +267,12 @@ fn fusable(ts: &[&Tensor]) -> bool {
     })
 }
 
-fn cpu_slice<'a, T: candle_core::WithDType>(
+fn cpu_slice<'a, T>(
     s: &'a [T],
     l: &candle_core::Layout,
     what: &str,
 ) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s[a..b]),
-        None => candle_core::bail!("AU: {what} must be contiguous"),
-    }
+    crate::model::contiguous_slice(s, l, "AU", what)
 }
 
 /// x̂_t^m = √ᾱ x̂₀ + √(1−ᾱ) ξ_m over (√ᾱ x̂₀ (B·F), ξ (M·B·F)) → (M·B·F) (Alg. 1 line 4).

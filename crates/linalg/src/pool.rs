@@ -27,6 +27,13 @@ pub fn out_len(kind: Pool3, n: usize) -> usize {
     }
 }
 
+/// 9 / (number of in-image taps) of the 3×3 window centred on (i, j) of an h × w plane, in f32:
+/// the factor that turns a zero-padded 3×3 average (sum / 9) into one over the in-image taps.
+pub fn exclude_pad_factor(i: usize, j: usize, h: usize, w: usize) -> f32 {
+    let taps = |i: usize, n: usize| 3 - usize::from(i == 0) - usize::from(i + 1 == n);
+    9.0 / (taps(i, h.max(1)) * taps(j, w.max(1))) as f32
+}
+
 fn plane(kind: Pool3, x: &[f32], h: usize, w: usize, y: &mut [f32]) {
     match kind {
         Pool3::MaxValidStride2 => {
@@ -69,7 +76,6 @@ fn plane(kind: Pool3, x: &[f32], h: usize, w: usize, y: &mut [f32]) {
         }
         Pool3::AvgSameExcludePad => {
             let scale = (1f64 / 9.0) as f32;
-            let taps = |i: usize, n: usize| 3 - usize::from(i == 0) - usize::from(i + 1 == n);
             for i in 0..h {
                 for j in 0..w {
                     let mut sum = 0f32;
@@ -84,8 +90,7 @@ fn plane(kind: Pool3, x: &[f32], h: usize, w: usize, y: &mut [f32]) {
                             sum += v;
                         }
                     }
-                    let factor = 9.0 / (taps(i, h) * taps(j, w)) as f32;
-                    y[i * w + j] = (sum * scale) * factor;
+                    y[i * w + j] = (sum * scale) * exclude_pad_factor(i, j, h, w);
                 }
             }
         }
