@@ -329,7 +329,25 @@ struct SqDev {
     inv_div: f64,
 }
 
+/// The signature of `member_sq_dev_f32` / `_f64`.
+type SqDevKernel<T> = fn(&[T], usize, Option<&[T]>, T, T, &mut [T]);
+
 impl SqDev {
+    /// One dtype's call: the slices checked, the output allocated, the kernel run.
+    fn typed<T: candle_core::WithDType>(
+        &self,
+        kernel: SqDevKernel<T>,
+        (e, le): (&[T], &candle_core::Layout),
+        c: Option<(&[T], &candle_core::Layout)>,
+    ) -> candle_core::Result<Vec<T>> {
+        let e = cpu_slice(e, le, "eps_m")?;
+        let c = c.map(|(c, lc)| cpu_slice(c, lc, "eps")).transpose()?;
+        let mut o = vec![T::zero(); le.shape().elem_count() / self.m];
+        let (im, id) = (T::from_f64(self.inv_m), T::from_f64(self.inv_div));
+        kernel(e, self.m, c, im, id, &mut o);
+        Ok(o)
+    }
+
     fn run(
         &self,
         e: &candle_core::CpuStorage,
@@ -337,40 +355,19 @@ impl SqDev {
         c: Option<(&candle_core::CpuStorage, &candle_core::Layout)>,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use candle_core::CpuStorage as S;
-        let dims = le.shape().dims();
-        let n = le.shape().elem_count() / self.m;
+        use diffuq_linalg::members::{member_sq_dev_f32, member_sq_dev_f64};
         let out = match (e, c) {
-            (S::F32(e), None) => {
-                let mut o = vec![0f32; n];
-                let e = cpu_slice(e, le, "eps_m")?;
-                let (im, id) = (self.inv_m as f32, self.inv_div as f32);
-                diffuq_linalg::members::member_sq_dev_f32(e, self.m, None, im, id, &mut o);
-                S::F32(o)
-            }
+            (S::F32(e), None) => S::F32(self.typed(member_sq_dev_f32, (e, le), None)?),
             (S::F32(e), Some((S::F32(c), lc))) => {
-                let mut o = vec![0f32; n];
-                let (e, c) = (cpu_slice(e, le, "eps_m")?, cpu_slice(c, lc, "eps")?);
-                let (im, id) = (self.inv_m as f32, self.inv_div as f32);
-                diffuq_linalg::members::member_sq_dev_f32(e, self.m, Some(c), im, id, &mut o);
-                S::F32(o)
+                S::F32(self.typed(member_sq_dev_f32, (e, le), Some((c, lc)))?)
             }
-            (S::F64(e), None) => {
-                let mut o = vec![0f64; n];
-                let e = cpu_slice(e, le, "eps_m")?;
-                let (im, id) = (self.inv_m, self.inv_div);
-                diffuq_linalg::members::member_sq_dev_f64(e, self.m, None, im, id, &mut o);
-                S::F64(o)
-            }
+            (S::F64(e), None) => S::F64(self.typed(member_sq_dev_f64, (e, le), None)?),
             (S::F64(e), Some((S::F64(c), lc))) => {
-                let mut o = vec![0f64; n];
-                let (e, c) = (cpu_slice(e, le, "eps_m")?, cpu_slice(c, lc, "eps")?);
-                let (im, id) = (self.inv_m, self.inv_div);
-                diffuq_linalg::members::member_sq_dev_f64(e, self.m, Some(c), im, id, &mut o);
-                S::F64(o)
+                S::F64(self.typed(member_sq_dev_f64, (e, le), Some((c, lc)))?)
             }
             _ => candle_core::bail!("AU variance: tensors must all be f32 or all f64"),
         };
-        Ok((out, candle_core::Shape::from(&dims[1..])))
+        Ok((out, candle_core::Shape::from(&le.shape().dims()[1..])))
     }
 }
 
