@@ -40,11 +40,7 @@ unsafe fn exp16(z: __m512) -> __m512 {
 unsafe fn silu_chunk(x: &[f32], y: &mut [f32]) {
     let one = _mm512_set1_ps(1.0);
     for (xc, yc) in x.chunks(16).zip(y.chunks_mut(16)) {
-        let m: __mmask16 = if xc.len() == 16 {
-            0xffff
-        } else {
-            ((1u32 << xc.len()) - 1) as __mmask16
-        };
+        let m = crate::kernels::tail_mask(xc.len());
         let v = _mm512_maskz_loadu_ps(m, xc.as_ptr());
         let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), v));
         let out = _mm512_div_ps(v, _mm512_add_ps(one, e));
@@ -57,11 +53,7 @@ unsafe fn silu_chunk(x: &[f32], y: &mut [f32]) {
 unsafe fn silu_grad_chunk(x: &[f32], g: &[f32], dx: &mut [f32]) {
     let one = _mm512_set1_ps(1.0);
     for ((xc, gc), dc) in x.chunks(16).zip(g.chunks(16)).zip(dx.chunks_mut(16)) {
-        let m: __mmask16 = if xc.len() == 16 {
-            0xffff
-        } else {
-            ((1u32 << xc.len()) - 1) as __mmask16
-        };
+        let m = crate::kernels::tail_mask(xc.len());
         let v = _mm512_maskz_loadu_ps(m, xc.as_ptr());
         let gv = _mm512_maskz_loadu_ps(m, gc.as_ptr());
         let s = _mm512_div_ps(
@@ -84,19 +76,11 @@ pub fn silu_f32(x: &[f32], y: &mut [f32]) {
     assert!(available(), "silu_f32 needs AVX-512F");
     assert_eq!(x.len(), y.len(), "silu sizes");
     #[cfg(target_arch = "x86_64")]
-    {
-        let yp = y.as_mut_ptr() as usize;
-        crate::par::for_ranges(x.len().div_ceil(CHUNK), |r| {
-            for c in r {
-                let (a, b) = (c * CHUNK, x.len().min((c + 1) * CHUNK));
-                // SAFETY: AVX-512F checked above; chunk c alone writes y[a..b].
-                unsafe {
-                    let yc = std::slice::from_raw_parts_mut((yp as *mut f32).add(a), b - a);
-                    silu_chunk(&x[a..b], yc)
-                }
-            }
-        });
-    }
+    crate::par::for_chunks_mut(y, CHUNK, |i, yc| {
+        let a = i * CHUNK;
+        // SAFETY: AVX-512F checked above.
+        unsafe { silu_chunk(&x[a..a + yc.len()], yc) }
+    });
 }
 
 /// dx = g · σ(x)·(1 + x·(1 − σ(x))), the gradient of [`silu_f32`]. Panics without AVX-512F.
@@ -107,19 +91,11 @@ pub fn silu_backward_f32(x: &[f32], g: &[f32], dx: &mut [f32]) {
         "silu gradient sizes"
     );
     #[cfg(target_arch = "x86_64")]
-    {
-        let dp = dx.as_mut_ptr() as usize;
-        crate::par::for_ranges(x.len().div_ceil(CHUNK), |r| {
-            for c in r {
-                let (a, b) = (c * CHUNK, x.len().min((c + 1) * CHUNK));
-                // SAFETY: AVX-512F checked above; chunk c alone writes dx[a..b].
-                unsafe {
-                    let dc = std::slice::from_raw_parts_mut((dp as *mut f32).add(a), b - a);
-                    silu_grad_chunk(&x[a..b], &g[a..b], dc)
-                }
-            }
-        });
-    }
+    crate::par::for_chunks_mut(dx, CHUNK, |i, dc| {
+        let a = i * CHUNK;
+        // SAFETY: AVX-512F checked above.
+        unsafe { silu_grad_chunk(&x[a..a + dc.len()], &g[a..a + dc.len()], dc) }
+    });
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]

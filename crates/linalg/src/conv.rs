@@ -616,16 +616,10 @@ mod fast {
             let l = j0 + j;
             let (oy, ox) = (l / wo, l % wo);
             let len = (wo - ox).min(cols - j);
-            let m0 = if len >= 16 {
-                0xffff
-            } else {
-                ((1u32 << len) - 1) as u16
-            };
-            let m1 = if len > 16 {
-                ((1u32 << (len - 16)) - 1) as u16
-            } else {
-                0
-            };
+            let (m0, m1) = (
+                kernels::tail_mask(len.min(16)),
+                kernels::tail_mask(len.saturating_sub(16)),
+            );
             segs[nseg] = (oy * wp + ox, jb + j, m0, m1);
             nseg += 1;
             j += len;

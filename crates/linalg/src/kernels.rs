@@ -38,6 +38,13 @@ pub fn available() -> bool {
     }
 }
 
+/// The mask of the first `len` of 16 lanes (`len` ≤ 16; 0 gives no lane).
+#[cfg(target_arch = "x86_64")]
+pub fn tail_mask(len: usize) -> __mmask16 {
+    debug_assert!(len <= 16);
+    ((1u32 << len) - 1) as __mmask16
+}
+
 /// How a [`tile_8x32`] block starts: from zero, from the values already in C (a later slice of
 /// the summed index), or from a per-row bias.
 #[derive(Clone, Copy)]
@@ -68,18 +75,10 @@ pub unsafe fn tile_8x32(
     cols: usize,
     start: Start<'_>,
 ) {
-    let m0: __mmask16 = if cols >= 16 {
-        0xffff
-    } else {
-        ((1u32 << cols) - 1) as __mmask16
-    };
-    let m1: __mmask16 = if cols >= 32 {
-        0xffff
-    } else if cols > 16 {
-        ((1u32 << (cols - 16)) - 1) as __mmask16
-    } else {
-        0
-    };
+    let (m0, m1) = (
+        tail_mask(cols.min(16)),
+        tail_mask(cols.saturating_sub(16).min(16)),
+    );
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     match start {
         Start::Zero => {}
@@ -183,7 +182,7 @@ pub unsafe fn dot_4x6(
         t += 16;
     }
     if t < len {
-        let m = ((1u32 << (len - t)) - 1) as __mmask16;
+        let m = tail_mask(len - t);
         step!(_mm512_maskz_loadu_ps, m; s, t);
     }
     *acc = s;

@@ -54,6 +54,26 @@ pub(crate) fn for_ranges(n: usize, f: impl Fn(Range<usize>) + Sync) {
     }
 }
 
+/// `f(i, chunk_i)` for the consecutive `chunk`-element pieces of `out` (the last may be shorter),
+/// possibly in parallel: each piece is handed to exactly one call.
+pub(crate) fn for_chunks_mut<T: Send>(
+    out: &mut [T],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    assert!(chunk > 0, "for_chunks_mut: empty chunks");
+    let (len, base) = (out.len(), out.as_mut_ptr() as usize);
+    for_ranges(len.div_ceil(chunk), |r| {
+        for i in r {
+            let (a, b) = (i * chunk, len.min((i + 1) * chunk));
+            // SAFETY: pieces [a, b) of distinct i are disjoint and inside `out`, which stays
+            // mutably borrowed for the whole call; each i is visited once.
+            let piece = unsafe { std::slice::from_raw_parts_mut((base as *mut T).add(a), b - a) };
+            f(i, piece);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +94,20 @@ mod tests {
                 seen.into_inner().unwrap().iter().all(|&c| c == 1),
                 "n = {n}"
             );
+        }
+    }
+
+    #[test]
+    fn chunks_are_disjoint_and_cover_the_slice() {
+        // Expected: by definition, piece i starts at i·chunk and every element is written once.
+        for (n, chunk) in [(1usize, 1usize), (10, 3), (64, 16), (65, 16)] {
+            let mut v = vec![0usize; n];
+            for_chunks_mut(&mut v, chunk, |i, piece| {
+                for (k, x) in piece.iter_mut().enumerate() {
+                    *x += i * chunk + k + 1;
+                }
+            });
+            assert_eq!(v, (1..=n).collect::<Vec<_>>(), "n = {n}, chunk = {chunk}");
         }
     }
 }

@@ -111,14 +111,7 @@ pub fn pool3_f32(kind: Pool3, x: &[f32], planes: usize, h: usize, w: usize, y: &
     let (ho, wo) = (out_len(kind, h), out_len(kind, w));
     assert_eq!(x.len(), planes * h * w, "pool input size");
     assert_eq!(y.len(), planes * ho * wo, "pool output size");
-    let yp = y.as_mut_ptr() as usize;
-    crate::par::for_ranges(planes, |r| {
-        for p in r {
-            // SAFETY: plane p alone writes y[p·ho·wo..(p + 1)·ho·wo].
-            let yo = unsafe {
-                std::slice::from_raw_parts_mut((yp as *mut f32).add(p * ho * wo), ho * wo)
-            };
-            plane(kind, &x[p * h * w..(p + 1) * h * w], h, w, yo);
-        }
+    crate::par::for_chunks_mut(y, ho * wo, |p, yo| {
+        plane(kind, &x[p * h * w..(p + 1) * h * w], h, w, yo)
     });
 }
