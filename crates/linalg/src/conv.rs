@@ -579,6 +579,12 @@ mod fast {
             xp.clear();
             xp.resize(len, 0.0);
         }
+        pad_into(xi, g, xp);
+    }
+
+    /// Copy image `xi` into the interior of `xp`, a padded buffer whose border is already zero.
+    fn pad_into(xi: &[f32], g: &ConvGeom, xp: &mut [f32]) {
+        let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
         for c in 0..g.c {
             for y in 0..g.h {
                 let d = c * hp * wp + (y + g.ph) * wp + g.pw;
@@ -742,12 +748,14 @@ mod fast {
         let unit_stride = g.sh == 1 && g.sw == 1;
         let plen = g.c * (g.h + 2 * g.ph) * (g.w + 2 * g.pw) + g.kw;
         if unit_stride {
-            // One padded copy per image, side by side.
-            let mut one = Vec::new();
-            padded.clear();
-            for xi in xs.chunks(chw) {
-                pad_image(xi, g, &mut one);
-                padded.extend_from_slice(&one);
+            // One padded copy per image, side by side, written in place (a buffer of this size
+            // last held images of this geometry, so its borders are still zero).
+            if padded.len() != imgs * plen {
+                padded.clear();
+                padded.resize(imgs * plen, 0.0);
+            }
+            for (xi, xp) in xs.chunks(chw).zip(padded.chunks_mut(plen)) {
+                pad_into(xi, g, xp);
             }
         }
         let mut k0 = 0;
