@@ -10,8 +10,8 @@
 //! * f32 on CPUs with AVX-512F (module `fast`, kernels in [`crate::kernels`]): the same products
 //!   register-blocked by hand, packing the column matrix 32 positions at a time straight from a
 //!   zero-padded copy of the image, the input gradient of a stride-1 convolution as a forward
-//!   convolution of dy with the flipped kernel, and the weight gradient read along the padded
-//!   image's rows (no im2col at stride 1). 1.2–2.5× faster than the first on this machine's
+//!   convolution of dy with the flipped kernel, and the weight gradient on the same register
+//!   tile over a channels-last copy of the padded image (no im2col). 1.2–2.5× faster than the first on this machine's
 //!   shapes; a different summation order, so different low bits ([`ConvKernels`] picks one).
 //!
 //! Both are deterministic: no result depends on the thread count or on scheduling.
@@ -448,8 +448,10 @@ fn input_grad_gemm<T: ConvElem>(g: &ConvGeom, weight: &[T], dy: &[T], dx: &mut [
 /// Each output value is one FMA chain over the summed index in the same order whatever the batch
 /// split or thread count. Input gradient: for stride 1, dx is the forward convolution of dy with
 /// the flipped, transposed kernel and padding k − 1 − p; otherwise Wᵀ dy + col2im. Weight
-/// gradient: dot products along the output positions ([`crate::kernels::dot_4x6`]) of dy's rows
-/// with the column matrix's rows, accumulated over a fixed grouping of images.
+/// gradient, over a fixed grouping of images: with 16 or more input channels, the same 8 × 32
+/// tile summing over output positions (dy as the broadcast operand, 32 channels of the
+/// channels-last padded image as the vector operand); with fewer, dot products along the output
+/// positions ([`crate::kernels::dot_4x6`]) of dy's rows with the column matrix's rows.
 #[cfg(target_arch = "x86_64")]
 mod fast {
     use super::*;
@@ -917,6 +919,207 @@ mod fast {
         }
     }
 
+    /// Input channels from which the weight gradient runs on the register tile
+    /// ([`weight_grad_tiles`]); with fewer, a 32-channel panel would be mostly empty lanes.
+    const TILE_DW_MIN_C: usize = 16;
+    /// Output positions per packed panel of the weight gradient (256 × 32 × 4 B = 32 KiB).
+    const LC: usize = 256;
+
+    /// Image (C, H, W) → zero-padded and channels last, (H + 2ph, W + 2pw, C), in 16 × 16 blocks
+    /// transposed in registers. A buffer of this size last held an image of this geometry, so
+    /// its border is still zero.
+    ///
+    /// # Safety
+    /// AVX-512F must be available.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pad_channels_last(xi: &[f32], g: &ConvGeom, xt: &mut Vec<f32>) {
+        let (hp, wp, hw) = (g.h + 2 * g.ph, g.w + 2 * g.pw, g.h * g.w);
+        let len = hp * wp * g.c;
+        if xt.len() != len {
+            xt.clear();
+            xt.resize(len, 0.0);
+        }
+        assert!(xi.len() == g.c * hw);
+        for y in 0..g.h {
+            for x0 in (0..g.w).step_by(16) {
+                for c0 in (0..g.c).step_by(16) {
+                    // SAFETY: rows c0.. < C of the image, columns x0.. < W of row y; the
+                    // destination pixels (y + ph, x0 + pw ..) lie inside the padded image.
+                    kernels::transpose_block(
+                        xi.as_ptr().add(c0 * hw + y * g.w + x0),
+                        hw,
+                        16.min(g.c - c0),
+                        16.min(g.w - x0),
+                        xt.as_mut_ptr()
+                            .add(((y + g.ph) * wp + g.pw + x0) * g.c + c0),
+                        g.c,
+                    );
+                }
+            }
+        }
+    }
+
+    /// dy_i (O, L) → `[tile][l][MR]` (rows past O zero): the broadcast operand of the tile.
+    ///
+    /// # Safety
+    /// AVX-512F must be available.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pack_dy(dyi: &[f32], o: usize, l: usize, dp: &mut Vec<f32>) {
+        let tiles = o.div_ceil(MR);
+        dp.clear();
+        dp.resize(tiles * l * MR, 0.0);
+        assert!(dyi.len() == o * l);
+        for t in 0..tiles {
+            for l0 in (0..l).step_by(16) {
+                // SAFETY: rows t·MR.. < O, columns l0.. < L of dy; positions l0.. of tile t.
+                kernels::transpose_block(
+                    dyi.as_ptr().add(t * MR * l + l0),
+                    l,
+                    MR.min(o - t * MR),
+                    16.min(l - l0),
+                    dp.as_mut_ptr().add((t * l + l0) * MR),
+                    MR,
+                );
+            }
+        }
+    }
+
+    /// Rows l0..l0+lc of the channels-last column matrix at kernel offset (ky, kx), channels
+    /// c0..c0+cols: `buf[(l − l0)·NR + j] = xt[((oy·sh + ky)·wp + ox·sw + kx)·C + c0 + j]` for
+    /// output position l = oy·Wo + ox (lanes past `cols` zero).
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `xt` is [`pad_channels_last`]'s output for this geometry.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pack_rows_channels_last(
+        xt: &[f32],
+        g: &ConvGeom,
+        (ky, kx, c0, cols): (usize, usize, usize, usize),
+        (l0, lc): (usize, usize),
+        buf: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        let (wp, wo, ho) = (g.w + 2 * g.pw, g.wo(), g.ho());
+        assert!(lc * NR <= buf.len() && l0 + lc <= ho * wo && c0 + cols <= g.c);
+        assert!(ky < g.kh && kx < g.kw && xt.len() == (g.h + 2 * g.ph) * wp * g.c);
+        let (m0, m1) = (
+            kernels::tail_mask(cols.min(16)),
+            kernels::tail_mask(cols.saturating_sub(16)),
+        );
+        let (mut oy, mut ox) = (l0 / wo, l0 % wo);
+        for i in 0..lc {
+            // SAFETY: (oy·sh + ky, ox·sw + kx) is inside the padded image for every output
+            // position (the geometry is valid), and the masks keep the reads to channels < C.
+            let src = xt
+                .as_ptr()
+                .add(((oy * g.sh + ky) * wp + ox * g.sw + kx) * g.c + c0);
+            let dst = buf.as_mut_ptr().add(i * NR);
+            _mm512_storeu_ps(dst, _mm512_maskz_loadu_ps(m0, src));
+            _mm512_storeu_ps(dst.add(16), _mm512_maskz_loadu_ps(m1, src.add(16)));
+            ox += 1;
+            if ox == wo {
+                ox = 0;
+                oy += 1;
+            }
+        }
+    }
+
+    /// Per-thread buffers of [`weight_grad_tiles`].
+    #[derive(Default)]
+    struct GradScratch {
+        xt: Vec<f32>,
+        dp: Vec<f32>,
+        panel: Vec<f32>,
+        acc: Vec<f32>,
+    }
+
+    /// dW[o, (c, ky, kx)] = Σ over the images `imgs` of Σ_l dy_i[o, l] · x_i[c, oy·sh + ky − ph,
+    /// ox·sw + kx − pw], on the 8 × 32 register tile: the summed index is the output position,
+    /// dy packed as the broadcast operand (8 output channels) and 32 consecutive input channels of
+    /// the channels-last padded image as the vector operand, so each block of dW stays in
+    /// registers over a panel of 256 positions. One FMA chain per dW value, over the images in
+    /// order, then the positions in order.
+    fn weight_grad_tiles(
+        g: &ConvGeom,
+        x: &[f32],
+        dy: &[f32],
+        imgs: std::ops::Range<usize>,
+        gw: &mut [f32],
+        s: &mut GradScratch,
+    ) {
+        let (l, ckk, chw) = (g.l(), g.ckk(), g.c * g.h * g.w);
+        let (tiles, khw) = (g.o.div_ceil(MR), g.kh * g.kw);
+        assert!(gw.len() == g.o * ckk && imgs.end * chw <= x.len());
+        s.panel.resize(LC * NR, 0.0);
+        // acc[o, (ky·kw + kx)·C + c], rows padded to whole tiles.
+        s.acc.clear();
+        s.acc.resize(tiles * MR * ckk, 0.0);
+        for (j, n) in imgs.enumerate() {
+            // SAFETY: AVX-512F checked by the caller.
+            unsafe {
+                pad_channels_last(&x[n * chw..(n + 1) * chw], g, &mut s.xt);
+                pack_dy(&dy[n * g.o * l..(n + 1) * g.o * l], g.o, l, &mut s.dp);
+            }
+            for l0 in (0..l).step_by(LC) {
+                let lc = LC.min(l - l0);
+                for q in 0..khw {
+                    for c0 in (0..g.c).step_by(NR) {
+                        let cols = NR.min(g.c - c0);
+                        // SAFETY: AVX-512F checked by the caller; the packed dy holds `tiles`
+                        // blocks of l × MR values, the panel lc × NR, and each tile writes rows
+                        // t·MR.. (< tiles·MR) and columns q·C + c0.. (< ckk) of acc.
+                        unsafe {
+                            pack_rows_channels_last(
+                                &s.xt,
+                                g,
+                                (q / g.kw, q % g.kw, c0, cols),
+                                (l0, lc),
+                                &mut s.panel,
+                            );
+                            for t in 0..tiles {
+                                let start = if j == 0 && l0 == 0 {
+                                    Start::Zero
+                                } else {
+                                    Start::Load
+                                };
+                                kernels::tile_8x32(
+                                    lc,
+                                    s.dp.as_ptr().add((t * l + l0) * MR),
+                                    s.panel.as_ptr(),
+                                    NR,
+                                    s.acc.as_mut_ptr().add(t * MR * ckk + q * g.c + c0),
+                                    ckk,
+                                    MR.min(g.o - t * MR),
+                                    cols,
+                                    start,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Each row of acc, (kh·kw, C), transposed into dW's (C, kh·kw) order.
+        for o in 0..g.o {
+            for q0 in (0..khw).step_by(16) {
+                for c0 in (0..g.c).step_by(16) {
+                    // SAFETY: AVX-512F checked by the caller; the block stays inside row o of
+                    // acc (q < kh·kw, c < C) and of gw.
+                    unsafe {
+                        kernels::transpose_block(
+                            s.acc.as_ptr().add(o * ckk + q0 * g.c + c0),
+                            g.c,
+                            16.min(khw - q0),
+                            16.min(g.c - c0),
+                            gw.as_mut_ptr().add(o * ckk + c0 * khw + q0),
+                            khw,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     pub(super) fn backward(
         g: &ConvGeom,
         x: &[f32],
@@ -982,9 +1185,22 @@ mod fast {
         let bounds: Vec<usize> = (0..=groups).map(|i| i * g.n / groups).collect();
         let slots: Vec<std::sync::Mutex<(Vec<f32>, Vec<f32>)>> =
             (0..groups).map(|_| Default::default()).collect();
+        let on_tiles = g.c >= TILE_DW_MIN_C;
         crate::par::for_ranges(groups, |r| {
+            let mut scratch = GradScratch::default();
             for i in r {
-                let part = {
+                let part = if on_tiles {
+                    let mut gw = vec![0f32; g.o * ckk];
+                    let mut gb = vec![0f32; g.o];
+                    weight_grad_tiles(g, x, dy, bounds[i]..bounds[i + 1], &mut gw, &mut scratch);
+                    for d in dy[bounds[i] * g.o * l..bounds[i + 1] * g.o * l].chunks(g.o * l) {
+                        for (b, row) in gb.iter_mut().zip(d.chunks(l)) {
+                            // SAFETY: AVX-512F checked by the caller.
+                            *b += unsafe { kernels::lane_sum(row) };
+                        }
+                    }
+                    (gw, gb)
+                } else {
                     let mut gw = vec![0f32; g.o * ckk];
                     let mut gb = vec![0f32; g.o];
                     let mut bufs: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
@@ -1190,47 +1406,50 @@ mod tests {
     #[test]
     fn backward_bits_do_not_depend_on_the_thread_count() {
         // The weight and bias gradients are sums over images; the fixed image grouping must give
-        // the same bits under 1, 2 and 3 threads (and the forward too).
-        let g = ConvGeom {
-            n: 23,
-            c: 4,
-            h: 6,
-            w: 5,
-            o: 3,
-            kh: 3,
-            kw: 3,
-            sh: 1,
-            sw: 1,
-            ph: 1,
-            pw: 1,
-        };
-        let x: Vec<f32> = (0..g.n * g.c * g.h * g.w)
-            .map(|i| ((i * 37 % 101) as f32) / 50.0 - 1.0)
-            .collect();
-        let w: Vec<f32> = (0..g.o * g.ckk())
-            .map(|i| ((i * 13 % 17) as f32) / 8.0 - 1.0)
-            .collect();
-        let dy: Vec<f32> = (0..g.n * g.o * g.l())
-            .map(|i| ((i * 7 % 23) as f32) / 11.0 - 1.0)
-            .collect();
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
-                let mut y = vec![0f32; dy.len()];
-                conv2d_forward_f32(&g, &x, &w, None, &mut y);
-                let (mut dx, mut dw, mut db) =
-                    (vec![0f32; x.len()], vec![0f32; w.len()], vec![0f32; g.o]);
-                conv2d_backward_f32(&g, &x, &w, &dy, (&mut dx, &mut dw, &mut db));
-                (y, dx, dw, db)
-            })
-        };
-        let one = run(1);
-        assert_eq!(one, run(2));
-        assert_eq!(one, run(3));
-        assert!(one.2.iter().any(|&v| v != 0.0));
+        // the same bits under 1, 2 and 3 threads (and the forward too). Four and twenty input
+        // channels: the two weight-gradient kernels of the AVX-512 path.
+        for c in [4, 20] {
+            let g = ConvGeom {
+                n: 23,
+                c,
+                h: 6,
+                w: 5,
+                o: 3,
+                kh: 3,
+                kw: 3,
+                sh: 1,
+                sw: 1,
+                ph: 1,
+                pw: 1,
+            };
+            let x: Vec<f32> = (0..g.n * g.c * g.h * g.w)
+                .map(|i| ((i * 37 % 101) as f32) / 50.0 - 1.0)
+                .collect();
+            let w: Vec<f32> = (0..g.o * g.ckk())
+                .map(|i| ((i * 13 % 17) as f32) / 8.0 - 1.0)
+                .collect();
+            let dy: Vec<f32> = (0..g.n * g.o * g.l())
+                .map(|i| ((i * 7 % 23) as f32) / 11.0 - 1.0)
+                .collect();
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    let mut y = vec![0f32; dy.len()];
+                    conv2d_forward_f32(&g, &x, &w, None, &mut y);
+                    let (mut dx, mut dw, mut db) =
+                        (vec![0f32; x.len()], vec![0f32; w.len()], vec![0f32; g.o]);
+                    conv2d_backward_f32(&g, &x, &w, &dy, (&mut dx, &mut dw, &mut db));
+                    (y, dx, dw, db)
+                })
+            };
+            let one = run(1);
+            assert_eq!(one, run(2));
+            assert_eq!(one, run(3));
+            assert!(one.2.iter().any(|&v| v != 0.0));
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -1257,6 +1476,13 @@ mod tests {
             (7, 9, 2, 3, 10, 3, 3, 1, 1, 1, 1),
             (9, 5, 5, 5, 6, 3, 3, 2, 2, 1, 1),
             (5, 12, 3, 3, 9, 1, 1, 1, 1, 0, 0),
+            // Weight gradient on the register tile (C ≥ 16): ragged channel panels, rows wider
+            // than one 16-column transpose, strides, 1×1 and rectangular kernels.
+            (3, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1),
+            (2, 40, 19, 37, 13, 3, 3, 2, 2, 1, 1),
+            (3, 33, 18, 17, 24, 1, 1, 1, 1, 0, 0),
+            (2, 17, 9, 11, 5, 3, 1, 1, 2, 1, 0),
+            (1, 48, 5, 5, 70, 3, 3, 1, 1, 1, 1),
         ];
         for (n, c, h, w, o, kh, kw, sh, sw, ph, pw) in geoms {
             let g = ConvGeom {

@@ -7,10 +7,13 @@
 //!   output channel per lane of the 8) and B as rows of 32 consecutive output positions (two
 //!   512-bit vectors). 16 accumulators, 2 vector loads and 8 broadcasts per 16 FMAs: the
 //!   register-blocked outer-product loop of Goto & van de Geijn (2008), used for the forward
-//!   convolution and, with flipped weights, for its input gradient.
+//!   convolution, with flipped weights for its input gradient, and with dy as A and a
+//!   channels-last image as B for its weight gradient.
 //! * [`dot_4x6`] — a 4 × 6 block of `C += A·Bᵀ` where both A's and B's rows are contiguous in the
 //!   summed index (the weight gradient Σ_l dy[o, l] · cols[k, l]): 24 accumulators of 16 lanes,
-//!   10 loads per 24 FMAs, reduced across lanes once at the end.
+//!   10 loads per 24 FMAs, reduced across lanes once at the end (the weight gradient of
+//!   convolutions with fewer than 16 input channels).
+//! * [`transpose_block`] and [`lane_sum`]: the layout changes and bias sums around them.
 //!
 //! The machine this was written on (2-core AMD Zen 4) executes a 512-bit FMA as two 256-bit
 //! halves, so the peak is that of AVX2; the gain over the generic gemm comes from the 32 vector
@@ -214,6 +217,94 @@ pub unsafe fn reduce_4x6(acc: &[[__m512; DB]; DA]) -> [[f32; DB]; DA] {
     out
 }
 
+/// `dst[j·ldd + i] = src[i·lds + j]` for i < rows ≤ 16, j < cols ≤ 16: a block transposed in
+/// registers (the 4-stage unpack/shuffle network: 64 shuffles per 256 values); nothing outside
+/// the block is read or written.
+///
+/// # Safety
+/// AVX-512F must be available; the `rows × cols` block is readable at `src` (row stride `lds`)
+/// and the `cols × rows` block writable at `dst` (row stride `ldd`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn transpose_block(
+    src: *const f32,
+    lds: usize,
+    rows: usize,
+    cols: usize,
+    dst: *mut f32,
+    ldd: usize,
+) {
+    debug_assert!(rows <= 16 && cols <= 16);
+    let (mc, mr) = (tail_mask(cols), tail_mask(rows));
+    let mut r = [_mm512_setzero_ps(); 16];
+    for (i, v) in r.iter_mut().enumerate().take(rows) {
+        *v = _mm512_maskz_loadu_ps(mc, src.add(i * lds));
+    }
+    // Pairs of rows interleaved: t[2k] lane group q = (r2k[4q], r2k+1[4q], r2k[4q+1], ...).
+    let mut t = [_mm512_setzero_ps(); 16];
+    for k in 0..8 {
+        t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    // Quads: u[4k + m] holds, in 128-bit lane q, rows 4k..4k+3 at column 4q + m.
+    let mut u = [_mm512_setzero_ps(); 16];
+    for k in 0..4 {
+        let (a, b) = (_mm512_castps_pd(t[4 * k]), _mm512_castps_pd(t[4 * k + 2]));
+        let (c, d) = (
+            _mm512_castps_pd(t[4 * k + 1]),
+            _mm512_castps_pd(t[4 * k + 3]),
+        );
+        u[4 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        u[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        u[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        u[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    // 128-bit lanes gathered: column 4q + m = lane q of u[m], u[4 + m], u[8 + m], u[12 + m].
+    for m in 0..4 {
+        let v0 = _mm512_shuffle_f32x4::<0x88>(u[m], u[4 + m]);
+        let w0 = _mm512_shuffle_f32x4::<0x88>(u[8 + m], u[12 + m]);
+        let v1 = _mm512_shuffle_f32x4::<0xdd>(u[m], u[4 + m]);
+        let w1 = _mm512_shuffle_f32x4::<0xdd>(u[8 + m], u[12 + m]);
+        let out = [
+            (m, _mm512_shuffle_f32x4::<0x88>(v0, w0)),
+            (8 + m, _mm512_shuffle_f32x4::<0xdd>(v0, w0)),
+            (4 + m, _mm512_shuffle_f32x4::<0x88>(v1, w1)),
+            (12 + m, _mm512_shuffle_f32x4::<0xdd>(v1, w1)),
+        ];
+        for (j, v) in out {
+            if j < cols {
+                _mm512_mask_storeu_ps(dst.add(j * ldd), mr, v);
+            }
+        }
+    }
+}
+
+/// Σ row[t] in 16 lanes (lane i: the values at t ≡ i mod 16, in order), then the lanes added in
+/// a fixed order: the bias gradient's row sums without a 4-cycle add chain per value.
+///
+/// # Safety
+/// AVX-512F must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn lane_sum(row: &[f32]) -> f32 {
+    let (mut a, mut b) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let p = row.as_ptr();
+    let full = row.len() / 32 * 32;
+    let mut t = 0;
+    while t < full {
+        a = _mm512_add_ps(a, _mm512_loadu_ps(p.add(t)));
+        b = _mm512_add_ps(b, _mm512_loadu_ps(p.add(t + 16)));
+        t += 32;
+    }
+    if t < row.len() {
+        let n = row.len() - t;
+        a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(tail_mask(n.min(16)), p.add(t)));
+        let m1 = tail_mask(n.saturating_sub(16));
+        b = _mm512_add_ps(b, _mm512_maskz_loadu_ps(m1, p.add(t + 16)));
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(a, b))
+}
+
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
@@ -279,6 +370,48 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn transpose_block_moves_each_value_and_nothing_else() {
+        // Expected values: the definition dst[j][i] = src[i][j], index by index; cells outside
+        // the block keep their sentinel.
+        if !available() {
+            eprintln!("no AVX-512F on this CPU: kernel not exercised");
+            return;
+        }
+        let (lds, ldd) = (19, 21);
+        let src: Vec<f32> = (0..16 * lds).map(|i| i as f32).collect();
+        for rows in [1, 7, 8, 15, 16] {
+            for cols in [1, 3, 9, 16] {
+                let mut dst = vec![-1f32; 16 * ldd];
+                unsafe { transpose_block(src.as_ptr(), lds, rows, cols, dst.as_mut_ptr(), ldd) };
+                for j in 0..16 {
+                    for i in 0..ldd {
+                        let want = if j < cols && i < rows {
+                            src[i * lds + j]
+                        } else {
+                            -1.0
+                        };
+                        assert_eq!(dst[j * ldd + i], want, "rows {rows} cols {cols} ({j},{i})");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lane_sum_matches_a_plain_sum() {
+        // Expected numbers: f64 sums computed here; small integers, so exact in f32 too.
+        if !available() {
+            eprintln!("no AVX-512F on this CPU: kernel not exercised");
+            return;
+        }
+        for len in [0usize, 1, 15, 16, 17, 31, 32, 33, 100] {
+            let v: Vec<f32> = (0..len).map(|i| (i % 7) as f32 - 3.0).collect();
+            let want: f64 = v.iter().map(|&x| x as f64).sum();
+            assert_eq!(unsafe { lane_sum(&v) } as f64, want, "len {len}");
         }
     }
 
