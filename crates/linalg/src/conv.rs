@@ -476,16 +476,11 @@ mod fast {
     unsafe impl Send for SyncPtr {}
     unsafe impl Sync for SyncPtr {}
 
-    /// W (O, K) → `[tile][k][MR]`, rows past O zero.
+    /// W (O, K) → `[tile][k][MR]`, rows past O zero (see [`pack_rows8`]).
     fn pack_weight(w: &[f32], o: usize, k: usize) -> Vec<f32> {
-        let tiles = o.div_ceil(MR);
-        let mut p = vec![0f32; tiles * k * MR];
-        for oi in 0..o {
-            let (t, r) = (oi / MR, oi % MR);
-            for (kk, &v) in w[oi * k..(oi + 1) * k].iter().enumerate() {
-                p[(t * k + kk) * MR + r] = v;
-            }
-        }
+        let mut p = Vec::new();
+        // SAFETY: this module runs only where AVX-512F was detected.
+        unsafe { pack_rows8(w, o, k, &mut p) };
         p
     }
 
@@ -584,13 +579,32 @@ mod fast {
         pad_into(xi, g, xp);
     }
 
-    /// Copy image `xi` into the interior of `xp`, a padded buffer whose border is already zero.
+    /// Copy image `xi` into the interior of `xp`, a padded buffer whose border is already zero
+    /// (rows of a few values: masked vector moves, not a memcpy call each).
     fn pad_into(xi: &[f32], g: &ConvGeom, xp: &mut [f32]) {
         let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+        assert!(xi.len() == g.c * g.h * g.w && xp.len() >= g.c * hp * wp);
+        // SAFETY: AVX-512F detected (this module's precondition); sizes asserted above.
+        unsafe { pad_rows(xi, g, xp) }
+    }
+
+    /// [`pad_into`]'s copies.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `xi` is one (C, H, W) image, `xp` holds its padded copy.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pad_rows(xi: &[f32], g: &ConvGeom, xp: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+        let (src, dst) = (xi.as_ptr(), xp.as_mut_ptr());
         for c in 0..g.c {
             for y in 0..g.h {
-                let d = c * hp * wp + (y + g.ph) * wp + g.pw;
-                xp[d..d + g.w].copy_from_slice(&xi[(c * g.h + y) * g.w..(c * g.h + y + 1) * g.w]);
+                let (s, d) = ((c * g.h + y) * g.w, c * hp * wp + (y + g.ph) * wp + g.pw);
+                for x0 in (0..g.w).step_by(16) {
+                    let m = kernels::tail_mask(16.min(g.w - x0));
+                    let v = _mm512_maskz_loadu_ps(m, src.add(s + x0));
+                    _mm512_mask_storeu_ps(dst.add(d + x0), m, v);
+                }
             }
         }
     }
@@ -661,7 +675,49 @@ mod fast {
         }
     }
 
-    /// Output panels `panels` of one image: y_i[:, panel] = W · cols_i[:, panel] + b.
+    /// Offsets in the zero-padded image (C, H + 2ph, W + 2pw) of row k = (c·kh + ky)·kw + kx of
+    /// a stride-1 column matrix: row k at output position (oy, ox) is the padded image's value
+    /// at offset koff[k] + oy·(W + 2pw) + ox.
+    fn padded_offsets(g: &ConvGeom) -> Vec<usize> {
+        let (hp, wp, khw) = (g.h + 2 * g.ph, g.w + 2 * g.pw, g.kh * g.kw);
+        (0..g.ckk())
+            .map(|k| (k / khw) * hp * wp + ((k % khw) / g.kw) * wp + k % g.kw)
+            .collect()
+    }
+
+    /// The output positions j0..j0+cols of a stride-1 convolution as runs on the padded grid
+    /// (position (oy, ox) at offset oy·(W + 2pw) + ox) for [`kernels::tile_8x32_runs`], and
+    /// whether some half has two runs; `None` when a half spans three or more output rows (images
+    /// narrower than 8 columns), which are packed instead.
+    fn panel_runs(g: &ConvGeom, j0: usize, cols: usize) -> Option<(kernels::Runs, bool)> {
+        let (wo, wp) = (g.wo(), g.w + 2 * g.pw);
+        let mut runs = kernels::Runs {
+            m: [[0; 2]; 2],
+            d: [[0; 2]; 2],
+        };
+        let mut two = false;
+        for h in 0..2 {
+            let (s0, s1) = (16 * h, (16 * h + 16).min(cols));
+            let (mut lane, mut r) = (s0, 0);
+            while lane < s1 {
+                if r == 2 {
+                    return None;
+                }
+                let (oy, ox) = ((j0 + lane) / wo, (j0 + lane) % wo);
+                let len = (wo - ox).min(s1 - lane);
+                runs.m[h][r] = ((kernels::tail_mask(len) as u32) << (lane - s0)) as u16;
+                runs.d[h][r] = (oy * wp + ox) as isize - (lane - s0) as isize;
+                two |= r == 1;
+                r += 1;
+                lane += len;
+            }
+        }
+        Some((runs, two))
+    }
+
+    /// Output panels `panels` of one image: y_i[:, panel] = W · cols_i[:, panel] + b. Stride 1:
+    /// the tile reads the column matrix in place from the padded image (`koff`:
+    /// [`padded_offsets`]) where a panel's halves are at most two runs each, else it is packed.
     ///
     /// # Safety
     /// `yi` points at this image's O × L outputs; no other thread writes these panels.
@@ -671,6 +727,7 @@ mod fast {
         xi: &[f32],
         wp: &[f32],
         bias: Option<&[f32]>,
+        koff: &[usize],
         yi: SyncPtr,
         panels: std::ops::Range<usize>,
         scratch: &mut Scratch,
@@ -682,6 +739,7 @@ mod fast {
         let unit_stride = g.sh == 1 && g.sw == 1 && !g.direct();
         if unit_stride {
             pad_image(xi, g, padded);
+            assert!(koff.len() == ckk && padded.len() >= g.c * (g.h + 2 * g.ph) * (g.w + 2 * g.pw));
         }
         let mut k0 = 0;
         while k0 < ckk {
@@ -689,6 +747,40 @@ mod fast {
             for p in panels.clone() {
                 let j0 = p * NR;
                 let cols = NR.min(l - j0);
+                if let Some((runs, two)) = unit_stride.then(|| panel_runs(g, j0, cols)).flatten() {
+                    // Nothing packed: the whole summed index at once, in the first slice's pass.
+                    if k0 > 0 {
+                        continue;
+                    }
+                    for t in 0..tiles {
+                        let rows = MR.min(g.o - t * MR);
+                        let start = match bias {
+                            Some(b) => Start::Bias(&b[t * MR..]),
+                            None => Start::Zero,
+                        };
+                        // SAFETY: every run lies on one output row, so it reads inside the
+                        // padded channel of each row k (see `panel_runs`, `padded_offsets`).
+                        let (a, cp) = (wp.as_ptr().add(t * ckk * MR), yi.0.add(t * MR * l + j0));
+                        let tile = if two {
+                            kernels::tile_8x32_runs::<true>
+                        } else {
+                            kernels::tile_8x32_runs::<false>
+                        };
+                        tile(
+                            ckk,
+                            a,
+                            padded.as_ptr(),
+                            koff,
+                            &runs,
+                            cp,
+                            l,
+                            rows,
+                            cols,
+                            start,
+                        );
+                    }
+                    continue;
+                }
                 let (bp, ldb) = if g.direct() {
                     (xi.as_ptr().add(k0 * l + j0), l)
                 } else {
@@ -812,6 +904,7 @@ mod fast {
             return;
         }
         let wp = pack_weight(weight, g.o, ckk);
+        let koff = padded_offsets(g);
         let panels = l.div_ceil(NR);
         let t = crate::par::threads();
         let per_panel = NR / l;
@@ -851,6 +944,7 @@ mod fast {
                             xi,
                             &wp,
                             bias,
+                            &koff,
                             SyncPtr(yp.get().add(i * oln)),
                             0..panels,
                             &mut scratch,
@@ -869,7 +963,7 @@ mod fast {
                     for p in r {
                         let pr = p * panels / parts..(p + 1) * panels / parts;
                         // SAFETY: the panel ranges are disjoint, so are the columns each writes.
-                        unsafe { image_panels(g, xi, &wp, bias, yi, pr, &mut scratch) }
+                        unsafe { image_panels(g, xi, &wp, bias, &koff, yi, pr, &mut scratch) }
                     }
                 });
             }
@@ -945,10 +1039,11 @@ mod fast {
                 for c0 in (0..g.c).step_by(16) {
                     // SAFETY: rows c0.. < C of the image, columns x0.. < W of row y; the
                     // destination pixels (y + ph, x0 + pw ..) lie inside the padded image.
+                    let rows = 16.min(g.c - c0);
                     kernels::transpose_block(
                         xi.as_ptr().add(c0 * hw + y * g.w + x0),
                         hw,
-                        16.min(g.c - c0),
+                        (rows, rows),
                         16.min(g.w - x0),
                         xt.as_mut_ptr()
                             .add(((y + g.ph) * wp + g.pw + x0) * g.c + c0),
@@ -959,29 +1054,34 @@ mod fast {
         }
     }
 
-    /// dy_i (O, L) → `[tile][l][MR]` (rows past O zero): the broadcast operand of the tile.
+    /// A row-major (O, L) matrix → `[tile][l][MR]` (rows past O zero), the broadcast operand of
+    /// the tile: the weight (O, C·kh·kw) of the forward, dy_i (O, Ho·Wo) of the weight gradient.
     ///
     /// # Safety
     /// AVX-512F must be available.
     #[target_feature(enable = "avx512f")]
-    unsafe fn pack_dy(dyi: &[f32], o: usize, l: usize, dp: &mut Vec<f32>) {
+    unsafe fn pack_rows8(dyi: &[f32], o: usize, l: usize, dp: &mut Vec<f32>) {
         let tiles = o.div_ceil(MR);
-        dp.clear();
-        dp.resize(tiles * l * MR, 0.0);
+        let len = tiles * l * MR;
         assert!(dyi.len() == o * l);
+        dp.clear();
+        dp.reserve(len);
         for t in 0..tiles {
             for l0 in (0..l).step_by(16) {
-                // SAFETY: rows t·MR.. < O, columns l0.. < L of dy; positions l0.. of tile t.
+                // SAFETY: rows t·MR.. < O, columns l0.. < L of dy; positions l0.. of tile t,
+                // all MR lanes written (rows past O as zeros), inside the reserved capacity.
                 kernels::transpose_block(
                     dyi.as_ptr().add(t * MR * l + l0),
                     l,
-                    MR.min(o - t * MR),
+                    (MR.min(o - t * MR), MR),
                     16.min(l - l0),
                     dp.as_mut_ptr().add((t * l + l0) * MR),
                     MR,
                 );
             }
         }
+        // SAFETY: the loops above wrote every one of the `len` values.
+        dp.set_len(len);
     }
 
     /// Rows l0..l0+lc of the channels-last column matrix at kernel offset (ky, kx), channels
@@ -1058,7 +1158,7 @@ mod fast {
             // SAFETY: AVX-512F checked by the caller.
             unsafe {
                 pad_channels_last(&x[n * chw..(n + 1) * chw], g, &mut s.xt);
-                pack_dy(&dy[n * g.o * l..(n + 1) * g.o * l], g.o, l, &mut s.dp);
+                pack_rows8(&dy[n * g.o * l..(n + 1) * g.o * l], g.o, l, &mut s.dp);
             }
             for l0 in (0..l).step_by(LC) {
                 let lc = LC.min(l - l0);
@@ -1106,10 +1206,11 @@ mod fast {
                     // SAFETY: AVX-512F checked by the caller; the block stays inside row o of
                     // acc (q < kh·kw, c < C) and of gw.
                     unsafe {
+                        let rows = 16.min(khw - q0);
                         kernels::transpose_block(
                             s.acc.as_ptr().add(o * ckk + q0 * g.c + c0),
                             g.c,
-                            16.min(khw - q0),
+                            (rows, rows),
                             16.min(g.c - c0),
                             gw.as_mut_ptr().add(o * ckk + c0 * khw + q0),
                             khw,

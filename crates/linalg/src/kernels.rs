@@ -57,6 +57,73 @@ pub enum Start<'a> {
     Bias(&'a [f32]),
 }
 
+/// The two 16-lane masks of a tile row's first `cols` ≤ 32 values.
+#[cfg(target_arch = "x86_64")]
+fn col_masks(cols: usize) -> (__mmask16, __mmask16) {
+    (
+        tail_mask(cols.min(16)),
+        tail_mask(cols.saturating_sub(16).min(16)),
+    )
+}
+
+/// A tile's accumulators at the start of its sum (see [`Start`]).
+///
+/// # Safety
+/// AVX-512F must be available; for `Start::Load`, `rows` rows of C at stride `ldc` are readable
+/// in the lanes of the masks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn start_tile(
+    start: Start<'_>,
+    c: *const f32,
+    ldc: usize,
+    rows: usize,
+    (m0, m1): (__mmask16, __mmask16),
+) -> [[__m512; 2]; MR] {
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    match start {
+        Start::Zero => {}
+        Start::Bias(bias) => {
+            for (r, row) in acc.iter_mut().enumerate().take(rows) {
+                let v = _mm512_set1_ps(bias[r]);
+                *row = [v, v];
+            }
+        }
+        Start::Load => {
+            for (r, row) in acc.iter_mut().enumerate().take(rows) {
+                let p = c.add(r * ldc);
+                *row = [
+                    _mm512_maskz_loadu_ps(m0, p),
+                    _mm512_maskz_loadu_ps(m1, p.add(16)),
+                ];
+            }
+        }
+    }
+    acc
+}
+
+/// A tile's first `rows` rows stored to C in the lanes of the masks.
+///
+/// # Safety
+/// AVX-512F must be available; those values of C are writable.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_tile(
+    acc: &[[__m512; 2]; MR],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    (m0, m1): (__mmask16, __mmask16),
+) {
+    for (r, row) in acc.iter().enumerate().take(rows) {
+        let p = c.add(r * ldc);
+        _mm512_mask_storeu_ps(p, m0, row[0]);
+        _mm512_mask_storeu_ps(p.add(16), m1, row[1]);
+    }
+}
+
 /// `C[r, j] = start[r, j] + Σ_{k < kc} a[k·8 + r] · b[k·ldb + j]` for r < rows ≤ 8, j < cols ≤ 32,
 /// C row-major with row stride `ldc`.
 ///
@@ -78,29 +145,8 @@ pub unsafe fn tile_8x32(
     cols: usize,
     start: Start<'_>,
 ) {
-    let (m0, m1) = (
-        tail_mask(cols.min(16)),
-        tail_mask(cols.saturating_sub(16).min(16)),
-    );
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    match start {
-        Start::Zero => {}
-        Start::Bias(bias) => {
-            for (r, row) in acc.iter_mut().enumerate().take(rows) {
-                let v = _mm512_set1_ps(bias[r]);
-                *row = [v, v];
-            }
-        }
-        Start::Load => {
-            for (r, row) in acc.iter_mut().enumerate().take(rows) {
-                let p = c.add(r * ldc);
-                *row = [
-                    _mm512_maskz_loadu_ps(m0, p),
-                    _mm512_maskz_loadu_ps(m1, p.add(16)),
-                ];
-            }
-        }
-    }
+    let (m0, m1) = col_masks(cols);
+    let mut acc = start_tile(start, c, ldc, rows, (m0, m1));
     if cols == NR {
         for k in 0..kc {
             let bp = b.add(k * ldb);
@@ -126,11 +172,63 @@ pub unsafe fn tile_8x32(
             }
         }
     }
-    for (r, row) in acc.iter().enumerate().take(rows) {
-        let p = c.add(r * ldc);
-        _mm512_mask_storeu_ps(p, m0, row[0]);
-        _mm512_mask_storeu_ps(p.add(16), m1, row[1]);
+    store_tile(&acc, c, ldc, rows, (m0, m1));
+}
+
+/// Where [`tile_8x32_runs`] reads the 32 B values of a summed index: half h (lanes 16h..16h+16)
+/// is one or two runs of consecutive values, run r covering the lanes of mask `m[h][r]`, lane i
+/// read at `row + d[h][r] + i` (a run of values starting at offset o in lane s has d = o − s).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug)]
+pub struct Runs {
+    pub m: [[__mmask16; 2]; 2],
+    pub d: [[isize; 2]; 2],
+}
+
+/// [`tile_8x32`] with B read in place instead of from a packed panel: B's row k is gathered by
+/// `runs` from `base + koff[k]` (masked loads, two per half at most), e.g. the output positions
+/// of a stride-1 convolution read straight from the zero-padded image, whose rows of the column
+/// matrix are shifted copies of it. `TWO`: some half has a second run.
+///
+/// # Safety
+/// AVX-512F must be available; `a` holds `kc·8` values; `koff` has `kc` entries and every lane
+/// that `runs` selects, `base + koff[k] + d + lane`, is readable; `c` and `start` as for
+/// [`tile_8x32`], with `cols` the lanes `runs` selects.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn tile_8x32_runs<const TWO: bool>(
+    kc: usize,
+    a: *const f32,
+    base: *const f32,
+    koff: &[usize],
+    runs: &Runs,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    start: Start<'_>,
+) {
+    assert!(koff.len() >= kc);
+    let (m0, m1) = col_masks(cols);
+    let mut acc = start_tile(start, c, ldc, rows, (m0, m1));
+    let Runs { m, d } = *runs;
+    for (k, &off) in koff.iter().enumerate().take(kc) {
+        let p = base.wrapping_add(off);
+        let mut b0 = _mm512_maskz_loadu_ps(m[0][0], p.wrapping_offset(d[0][0]));
+        let mut b1 = _mm512_maskz_loadu_ps(m[1][0], p.wrapping_offset(d[1][0]));
+        if TWO {
+            b0 = _mm512_mask_loadu_ps(b0, m[0][1], p.wrapping_offset(d[0][1]));
+            b1 = _mm512_mask_loadu_ps(b1, m[1][1], p.wrapping_offset(d[1][1]));
+        }
+        let ap = a.add(k * MR);
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*ap.add(r));
+            row[0] = _mm512_fmadd_ps(av, b0, row[0]);
+            row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+        }
     }
+    store_tile(&acc, c, ldc, rows, (m0, m1));
 }
 
 /// Rows of A in one [`dot_4x6`] block.
@@ -217,25 +315,26 @@ pub unsafe fn reduce_4x6(acc: &[[__m512; DB]; DA]) -> [[f32; DB]; DA] {
     out
 }
 
-/// `dst[j·ldd + i] = src[i·lds + j]` for i < rows ≤ 16, j < cols ≤ 16: a block transposed in
-/// registers (the 4-stage unpack/shuffle network: 64 shuffles per 256 values); nothing outside
-/// the block is read or written.
+/// `dst[j·ldd + i] = src[i·lds + j]` for i < rows ≤ 16, j < cols ≤ 16, and 0 for
+/// rows ≤ i < `out_rows` ≤ 16 (`(rows, out_rows)`: a block padded with zero rows): a block
+/// transposed in registers (the 4-stage unpack/shuffle network: 64 shuffles per 256 values);
+/// nothing outside the block is read or written.
 ///
 /// # Safety
 /// AVX-512F must be available; the `rows × cols` block is readable at `src` (row stride `lds`)
-/// and the `cols × rows` block writable at `dst` (row stride `ldd`).
+/// and the `cols × out_rows` block writable at `dst` (row stride `ldd`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub unsafe fn transpose_block(
     src: *const f32,
     lds: usize,
-    rows: usize,
+    (rows, out_rows): (usize, usize),
     cols: usize,
     dst: *mut f32,
     ldd: usize,
 ) {
-    debug_assert!(rows <= 16 && cols <= 16);
-    let (mc, mr) = (tail_mask(cols), tail_mask(rows));
+    debug_assert!(rows <= out_rows && out_rows <= 16 && cols <= 16);
+    let (mc, mr) = (tail_mask(cols), tail_mask(out_rows));
     let mut r = [_mm512_setzero_ps(); 16];
     for (i, v) in r.iter_mut().enumerate().take(rows) {
         *v = _mm512_maskz_loadu_ps(mc, src.add(i * lds));
@@ -374,6 +473,97 @@ mod tests {
     }
 
     #[test]
+    fn runs_tile_reads_what_the_packed_tile_reads() {
+        // Expected numbers: tile_8x32 (checked against plain sums above) on B packed by hand
+        // from the same runs; the same FMA chain, so the bits must agree.
+        if !available() {
+            eprintln!("no AVX-512F on this CPU: kernel not exercised");
+            return;
+        }
+        let kc = 23;
+        let src: Vec<f32> = (0..600)
+            .map(|i| ((i * 11 % 29) as f32) / 7.0 - 2.0)
+            .collect();
+        let koff: Vec<usize> = (0..kc).map(|k| (k * 17) % 97).collect();
+        let a: Vec<f32> = (0..kc * MR)
+            .map(|i| ((i * 5 % 13) as f32) / 4.0 - 1.5)
+            .collect();
+        // Half 0: lanes 0..5 from offset 3, lanes 5..16 from offset 40; half 1: lanes 0..9
+        // from offset 100 (a ragged panel of 25 columns); then one run per half.
+        let cases = [
+            (
+                Runs {
+                    m: [[0x001f, 0xffe0], [0x01ff, 0]],
+                    d: [[3, 35], [100, 0]],
+                },
+                25,
+                true,
+            ),
+            (
+                Runs {
+                    m: [[0xffff, 0], [0xffff, 0]],
+                    d: [[7, 0], [60, 0]],
+                },
+                32,
+                false,
+            ),
+        ];
+        for (runs, cols, two) in cases {
+            let mut b = vec![0f32; kc * NR];
+            for (k, &off) in koff.iter().enumerate() {
+                for j in 0..cols {
+                    let (h, lane) = (j / 16, j % 16);
+                    let r = usize::from(runs.m[h][0] & (1 << lane) == 0);
+                    b[k * NR + j] = src[(off as isize + runs.d[h][r] + lane as isize) as usize];
+                }
+            }
+            let (mut c1, mut c2) = (vec![0f32; MR * NR], vec![0f32; MR * NR]);
+            unsafe {
+                tile_8x32(
+                    kc,
+                    a.as_ptr(),
+                    b.as_ptr(),
+                    NR,
+                    c1.as_mut_ptr(),
+                    NR,
+                    7,
+                    cols,
+                    Start::Zero,
+                );
+                let p = (a.as_ptr(), src.as_ptr(), c2.as_mut_ptr());
+                if two {
+                    tile_8x32_runs::<true>(
+                        kc,
+                        p.0,
+                        p.1,
+                        &koff,
+                        &runs,
+                        p.2,
+                        NR,
+                        7,
+                        cols,
+                        Start::Zero,
+                    );
+                } else {
+                    tile_8x32_runs::<false>(
+                        kc,
+                        p.0,
+                        p.1,
+                        &koff,
+                        &runs,
+                        p.2,
+                        NR,
+                        7,
+                        cols,
+                        Start::Zero,
+                    );
+                }
+            }
+            assert_eq!(c1, c2, "cols {cols}");
+        }
+    }
+
+    #[test]
     fn transpose_block_moves_each_value_and_nothing_else() {
         // Expected values: the definition dst[j][i] = src[i][j], index by index; cells outside
         // the block keep their sentinel.
@@ -382,19 +572,26 @@ mod tests {
             return;
         }
         let (lds, ldd) = (19, 21);
-        let src: Vec<f32> = (0..16 * lds).map(|i| i as f32).collect();
-        for rows in [1, 7, 8, 15, 16] {
+        let src: Vec<f32> = (0..16 * lds).map(|i| i as f32 + 1.0).collect();
+        for (rows, out_rows) in [(1, 1), (7, 7), (5, 8), (8, 8), (15, 15), (16, 16), (0, 3)] {
             for cols in [1, 3, 9, 16] {
                 let mut dst = vec![-1f32; 16 * ldd];
-                unsafe { transpose_block(src.as_ptr(), lds, rows, cols, dst.as_mut_ptr(), ldd) };
+                let ptr = dst.as_mut_ptr();
+                unsafe { transpose_block(src.as_ptr(), lds, (rows, out_rows), cols, ptr, ldd) };
                 for j in 0..16 {
                     for i in 0..ldd {
                         let want = if j < cols && i < rows {
                             src[i * lds + j]
+                        } else if j < cols && i < out_rows {
+                            0.0
                         } else {
                             -1.0
                         };
-                        assert_eq!(dst[j * ldd + i], want, "rows {rows} cols {cols} ({j},{i})");
+                        assert_eq!(
+                            dst[j * ldd + i],
+                            want,
+                            "rows {rows}/{out_rows} cols {cols} ({j},{i})"
+                        );
                     }
                 }
             }
