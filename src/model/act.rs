@@ -36,8 +36,10 @@ impl CustomOp1 for Silu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = slice(s, l, "input")?;
-        let mut y = vec![0f32; x.len()];
-        diffuq_linalg::act::silu_f32(x, &mut y);
+        // SAFETY: the `_uninit` kernel writes every output value.
+        let y = unsafe {
+            diffuq_linalg::written_vec(x.len(), |y| diffuq_linalg::act::silu_f32_uninit(x, y))
+        };
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 

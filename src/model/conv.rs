@@ -18,7 +18,8 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
 use diffuq_linalg::conv::{
-    conv2d_backward_f32, conv2d_backward_f64, conv2d_forward_f32, conv2d_forward_f64, ConvGeom,
+    conv2d_backward_f32, conv2d_backward_f64, conv2d_forward_f32_uninit, conv2d_forward_f64_uninit,
+    ConvGeom,
 };
 
 /// The forward op over (x, weight, bias); stride and padding per axis.
@@ -71,7 +72,7 @@ fn geometry(
     Ok(g)
 }
 
-type Fwd<T> = fn(&ConvGeom, &[T], &[T], Option<&[T]>, &mut [T]);
+type Fwd<T> = fn(&ConvGeom, &[T], &[T], Option<&[T]>, &mut [std::mem::MaybeUninit<T>]);
 type Bwd<T> = fn(&ConvGeom, &[T], &[T], &[T], (&mut [T], &mut [T], &mut [T]));
 
 fn forward_typed<T: Copy + Default>(
@@ -87,8 +88,10 @@ fn forward_typed<T: Copy + Default>(
     if b.len() != g.o {
         candle_core::bail!("conv: bias has {} entries, expected {}", b.len(), g.o);
     }
-    let mut y = vec![T::default(); g.n * g.o * g.ho() * g.wo()];
-    kernel(g, x, w, Some(b), &mut y);
+    // SAFETY: the `*_uninit` kernels write every output value.
+    let y = unsafe {
+        diffuq_linalg::written_vec(g.n * g.o * g.ho() * g.wo(), |y| kernel(g, x, w, Some(b), y))
+    };
     Ok(y)
 }
 
@@ -126,10 +129,10 @@ impl CustomOp3 for ConvOp {
         let g = geometry(l1.shape(), l2.shape(), self.stride, self.pad)?;
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(
-                forward_typed(conv2d_forward_f32, &g, (x, l1), (w, l2), (b, l3))?,
+                forward_typed(conv2d_forward_f32_uninit, &g, (x, l1), (w, l2), (b, l3))?,
             ),
             (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => CpuStorage::F64(
-                forward_typed(conv2d_forward_f64, &g, (x, l1), (w, l2), (b, l3))?,
+                forward_typed(conv2d_forward_f64_uninit, &g, (x, l1), (w, l2), (b, l3))?,
             ),
             _ => candle_core::bail!("conv: input, weight and bias must all be f32 or all f64"),
         };

@@ -9,7 +9,8 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Shape, Tensor};
 
 use diffuq_linalg::norm::{
-    group_norm_backward_f32, group_norm_backward_f64, group_norm_f32, group_norm_f64, GroupNormDims,
+    group_norm_backward_f32, group_norm_backward_f64, group_norm_f32_uninit, group_norm_f64,
+    GroupNormDims,
 };
 
 fn slice<'a, T>(s: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
@@ -62,14 +63,13 @@ impl CustomOp3 for Forward {
         d.lanes = matches!(s1, CpuStorage::F32(_)) && diffuq_linalg::conv::avx512_active();
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(b)) => {
-                let mut y = vec![0f32; d.n * d.c * d.l];
-                group_norm_f32(
-                    slice(x, l1, "x")?,
-                    slice(g, l2, "γ")?,
-                    slice(b, l3, "β")?,
-                    d,
-                    &mut y,
-                );
+                let (x, g, b) = (slice(x, l1, "x")?, slice(g, l2, "γ")?, slice(b, l3, "β")?);
+                // SAFETY: the `_uninit` kernel writes every output value.
+                let y = unsafe {
+                    diffuq_linalg::written_vec(d.n * d.c * d.l, |y| {
+                        group_norm_f32_uninit(x, g, b, d, y)
+                    })
+                };
                 CpuStorage::F32(y)
             }
             (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(b)) => {

@@ -10,6 +10,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -37,14 +38,14 @@ unsafe fn exp16(z: __m512) -> __m512 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn silu_chunk(x: &[f32], y: &mut [f32]) {
+unsafe fn silu_chunk(x: &[f32], y: &mut [MaybeUninit<f32>]) {
     let one = _mm512_set1_ps(1.0);
     for (xc, yc) in x.chunks(16).zip(y.chunks_mut(16)) {
         let m = crate::kernels::tail_mask(xc.len());
         let v = _mm512_maskz_loadu_ps(m, xc.as_ptr());
         let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), v));
         let out = _mm512_div_ps(v, _mm512_add_ps(one, e));
-        _mm512_mask_storeu_ps(yc.as_mut_ptr(), m, out);
+        _mm512_mask_storeu_ps(yc.as_mut_ptr().cast::<f32>(), m, out);
     }
 }
 
@@ -73,6 +74,11 @@ pub fn available() -> bool {
 
 /// y = x / (1 + e^(−x)). Panics when AVX-512F is not available (check [`available`]).
 pub fn silu_f32(x: &[f32], y: &mut [f32]) {
+    silu_f32_uninit(x, crate::as_uninit(y))
+}
+
+/// [`silu_f32`] into uninitialised storage: every value of `y` is written.
+pub fn silu_f32_uninit(x: &[f32], y: &mut [MaybeUninit<f32>]) {
     assert!(available(), "silu_f32 needs AVX-512F");
     assert_eq!(x.len(), y.len(), "silu sizes");
     #[cfg(target_arch = "x86_64")]

@@ -821,20 +821,21 @@ mod fast {
     /// summed index, then scattered to the images' outputs.
     ///
     /// # Safety
-    /// AVX-512F must be available; `xs` holds whole images, `ys` their outputs.
+    /// AVX-512F must be available; `xs` holds whole images, `ys` points at their outputs (all
+    /// written, none read) and no other thread writes them.
     unsafe fn image_group(
         g: &ConvGeom,
         xs: &[f32],
         wp: &[f32],
         bias: Option<&[f32]>,
-        ys: &mut [f32],
+        ys: SyncPtr,
         scratch: &mut Scratch,
         tile: &mut Vec<f32>,
     ) {
         let (l, ckk, chw) = (g.l(), g.ckk(), g.c * g.h * g.w);
         let imgs = xs.len() / chw;
         let cols = imgs * l;
-        assert!(cols <= NR && ys.len() == imgs * g.o * l);
+        assert!(cols <= NR);
         let tiles = g.o.div_ceil(MR);
         let Scratch { panel: buf, padded } = scratch;
         buf.resize(KC * NR, 0.0);
@@ -884,19 +885,22 @@ mod fast {
             }
             k0 += kc;
         }
-        for (i, yi) in ys.chunks_mut(g.o * l).enumerate() {
-            for (o, row) in yi.chunks_mut(l).enumerate() {
-                row.copy_from_slice(&tile[o * NR + i * l..o * NR + (i + 1) * l]);
+        for i in 0..imgs {
+            for o in 0..g.o {
+                let src = &tile[o * NR + i * l..o * NR + (i + 1) * l];
+                // SAFETY: the caller's contract: `ys` holds these images' O × L outputs.
+                std::ptr::copy_nonoverlapping(src.as_ptr(), ys.0.add((i * g.o + o) * l), l);
             }
         }
     }
 
+    /// Writes every value of y (which may be uninitialised) and reads none.
     pub(super) fn forward(
         g: &ConvGeom,
         x: &[f32],
         weight: &[f32],
         bias: Option<&[f32]>,
-        y: &mut [f32],
+        y: &mut [std::mem::MaybeUninit<f32>],
     ) {
         check_forward(g, x.len(), weight.len(), bias.map(<[f32]>::len), y.len());
         let (l, ckk, chw) = (g.l(), g.ckk(), g.c * g.h * g.w);
@@ -908,7 +912,7 @@ mod fast {
         let panels = l.div_ceil(NR);
         let t = crate::par::threads();
         let per_panel = NR / l;
-        let yp = SyncPtr(y.as_mut_ptr());
+        let yp = SyncPtr(y.as_mut_ptr().cast::<f32>());
         let oln = g.o * l;
         if per_panel >= 2 {
             // Images in groups of `per_panel` sharing panels.
@@ -918,14 +922,12 @@ mod fast {
                     let (i0, i1) = (gi * per_panel, g.n.min((gi + 1) * per_panel));
                     // SAFETY: group gi alone writes images i0..i1 of y; AVX-512F was checked.
                     unsafe {
-                        let ys =
-                            std::slice::from_raw_parts_mut(yp.get().add(i0 * oln), (i1 - i0) * oln);
                         image_group(
                             g,
                             &x[i0 * chw..i1 * chw],
                             &wp,
                             bias,
-                            ys,
+                            SyncPtr(yp.get().add(i0 * oln)),
                             &mut scratch,
                             &mut tile,
                         )
@@ -1262,7 +1264,7 @@ mod fast {
                     }
                 }
             }
-            forward(&gt, dy, &wt, None, dx);
+            forward(&gt, dy, &wt, None, crate::as_uninit(dx));
         } else {
             input_grad_gemm(g, weight, dy, dx);
         }
@@ -1423,13 +1425,46 @@ fn fast_path() -> bool {
 pub fn conv2d_forward_f32(g: &ConvGeom, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if fast_path() {
+        return fast::forward(g, x, w, b, crate::as_uninit(y));
+    }
+    forward(g, x, w, b, y)
+}
+
+/// [`conv2d_forward_f32`] into uninitialised storage: every value of `y` is written (see
+/// [`crate::written_vec`]).
+pub fn conv2d_forward_f32_uninit(
+    g: &ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    y: &mut [std::mem::MaybeUninit<f32>],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if fast_path() {
         return fast::forward(g, x, w, b, y);
     }
+    y.fill(std::mem::MaybeUninit::new(0.0));
+    // SAFETY: every element was just initialised.
+    let y = unsafe { &mut *(y as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
     forward(g, x, w, b, y)
 }
 
 /// f64 version of [`conv2d_forward_f32`].
 pub fn conv2d_forward_f64(g: &ConvGeom, x: &[f64], w: &[f64], b: Option<&[f64]>, y: &mut [f64]) {
+    forward(g, x, w, b, y)
+}
+
+/// f64 version of [`conv2d_forward_f32_uninit`] (zeroes y, then the im2col + gemm path).
+pub fn conv2d_forward_f64_uninit(
+    g: &ConvGeom,
+    x: &[f64],
+    w: &[f64],
+    b: Option<&[f64]>,
+    y: &mut [std::mem::MaybeUninit<f64>],
+) {
+    y.fill(std::mem::MaybeUninit::new(0.0));
+    // SAFETY: every element was just initialised.
+    let y = unsafe { &mut *(y as *mut [std::mem::MaybeUninit<f64>] as *mut [f64]) };
     forward(g, x, w, b, y)
 }
 
@@ -1620,7 +1655,7 @@ mod tests {
             };
             for bias in [None, Some(b.as_slice())] {
                 let (mut y1, mut y2) = (vec![0f32; dy.len()], vec![0f32; dy.len()]);
-                fast::forward(&g, &x, &wt, bias, &mut y1);
+                fast::forward(&g, &x, &wt, bias, crate::as_uninit(&mut y1));
                 forward(&g, &x, &wt, bias, &mut y2);
                 close(&y1, &y2, "y");
             }

@@ -6,6 +6,8 @@
 //!
 //!   dβ_c = Σ_{n,l} dy,   dγ_c = Σ_{n,l} dy·x̂,   dx = (g − mean(g) − x̂·mean(g·x̂)) / s,  g = γ_c dy.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 /// Layout of one call: N items, C channels, L positions per channel, G groups.
@@ -74,10 +76,12 @@ fn stats<T: Float>(x: &[T], eps: f64, lanes: bool) -> (f64, f64) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-fn forward<T: Float>(x: &[T], gamma: &[T], beta: &[T], d: GroupNormDims, y: &mut [T]) {
+/// Writes every value of y (which may be uninitialised).
+fn forward<T: Float>(x: &[T], gamma: &[T], beta: &[T], d: GroupNormDims, y: &mut [MaybeUninit<T>]) {
     let cg = d.c / d.groups;
     let gl = cg * d.l;
     assert_eq!(x.len(), d.n * d.c * d.l, "group norm input size");
+    assert_eq!(y.len(), x.len(), "group norm output size");
     y.par_chunks_mut(gl).enumerate().for_each(|(ng, yg)| {
         let xg = &x[ng * gl..(ng + 1) * gl];
         let (mean, inv) = stats(xg, d.eps, d.lanes);
@@ -86,7 +90,7 @@ fn forward<T: Float>(x: &[T], gamma: &[T], beta: &[T], d: GroupNormDims, y: &mut
         for (c, (yc, xc)) in yg.chunks_mut(d.l).zip(xg.chunks(d.l)).enumerate() {
             let (gm, bt) = (gamma[g0 + c].f(), beta[g0 + c].f());
             for (yv, xv) in yc.iter_mut().zip(xc) {
-                *yv = T::from_f((xv.f() - mean) * inv * gm + bt);
+                *yv = MaybeUninit::new(T::from_f((xv.f() - mean) * inv * gm + bt));
             }
         }
     });
@@ -155,11 +159,22 @@ fn backward<T: Float>(
 }
 
 pub fn group_norm_f32(x: &[f32], gamma: &[f32], beta: &[f32], d: GroupNormDims, y: &mut [f32]) {
+    forward(x, gamma, beta, d, crate::as_uninit(y))
+}
+
+/// [`group_norm_f32`] into uninitialised storage: every value of `y` is written.
+pub fn group_norm_f32_uninit(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    d: GroupNormDims,
+    y: &mut [MaybeUninit<f32>],
+) {
     forward(x, gamma, beta, d, y)
 }
 
 pub fn group_norm_f64(x: &[f64], gamma: &[f64], beta: &[f64], d: GroupNormDims, y: &mut [f64]) {
-    forward(x, gamma, beta, d, y)
+    forward(x, gamma, beta, d, crate::as_uninit(y))
 }
 
 pub fn group_norm_backward_f32(
