@@ -943,9 +943,19 @@ mod tests {
     fn pooling_kernels_give_the_candle_expressions_bits() {
         // Expected numbers: candle 0.11's own pooling expressions (those `Inception::eval`
         // falls back to off the CPU or for other dtypes), computed here; the f32 kernels must
-        // match them bit for bit, on odd and even sizes, 1×1 planes for the stride-1 pools.
+        // match them bit for bit, on odd and even sizes, 1×1 planes for the stride-1 pools, and
+        // rows wider than one and two 16-lane vectors.
         let dev = Device::Cpu;
-        for (h, w) in [(1, 1), (3, 3), (8, 8), (7, 10), (35, 35), (17, 16)] {
+        for (h, w) in [
+            (1, 1),
+            (3, 3),
+            (8, 8),
+            (7, 10),
+            (35, 35),
+            (17, 16),
+            (5, 40),
+            (4, 73),
+        ] {
             let x = Tensor::randn(0f32, 1.0, (2, 3, h, w), &dev).unwrap();
             let factor = count_excluding_pad(h, w, &dev).unwrap();
             let mut cases = vec![

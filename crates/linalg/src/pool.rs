@@ -97,6 +97,125 @@ fn plane(kind: Pool3, x: &[f32], h: usize, w: usize, y: &mut [f32]) {
     }
 }
 
+/// [`plane`] 16 output columns at a time: every lane performs the scalar code's operations in
+/// the same order (the same window order, `max_ps(v, best)` = `if best < v { v } else { best }`
+/// lane by lane, NaN and signed zeros included; zero taps added as +0.0), so the bits agree.
+#[cfg(target_arch = "x86_64")]
+mod fast {
+    use super::*;
+    use crate::kernels::tail_mask;
+    use std::arch::x86_64::*;
+
+    /// Lanes lo..hi of 16.
+    fn lanes(lo: usize, hi: usize) -> __mmask16 {
+        tail_mask(hi.min(16)) & !tail_mask(lo.min(16))
+    }
+
+    /// # Safety
+    /// AVX-512F must be available; `x` is one h × w plane, `y` its output, `fac` the h × w
+    /// factors of [`exclude_pad_factor`].
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn plane(
+        kind: Pool3,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        fac: &[f32],
+        y: &mut [f32],
+    ) {
+        let (ho, wo) = (out_len(kind, h), out_len(kind, w));
+        assert!(x.len() == h * w && y.len() == ho * wo);
+        let xp = x.as_ptr();
+        for i in 0..ho {
+            for j0 in (0..wo).step_by(16) {
+                let len = 16.min(wo - j0);
+                let out = match kind {
+                    Pool3::MaxValidStride2 => {
+                        // Columns 2j + n, j in j0..j0+len: the even lanes of 32 loaded values.
+                        let even = _mm512_setr_epi32(
+                            0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30,
+                        );
+                        let need = 2 * len - 1;
+                        let (ma, mb) =
+                            (tail_mask(need.min(16)), tail_mask(need.saturating_sub(16)));
+                        let mut best = _mm512_setzero_ps();
+                        for m in 0..3 {
+                            let row = xp.add((2 * i + m) * w);
+                            for n in 0..3 {
+                                // SAFETY: the last column read, 2(j0 + len − 1) + n ≤ 2·wo ≤
+                                // w − 1, is inside the row; masked lanes are not read.
+                                let p = row.add(2 * j0 + n);
+                                let lo = _mm512_maskz_loadu_ps(ma, p);
+                                let hi = _mm512_maskz_loadu_ps(mb, p.wrapping_add(16));
+                                let v = _mm512_permutex2var_ps(lo, even, hi);
+                                best = if m == 0 && n == 0 {
+                                    v
+                                } else {
+                                    _mm512_max_ps(v, best)
+                                };
+                            }
+                        }
+                        best
+                    }
+                    Pool3::MaxSame => {
+                        let mut best = _mm512_setzero_ps();
+                        for m in 0..3 {
+                            let r = (i + m).saturating_sub(1).min(h - 1);
+                            let row = xp.add(r * w);
+                            for n in 0..3 {
+                                // Column j + n − 1 clamped to the row: in-row lanes loaded,
+                                // then the (at most one) clamped lane at each edge.
+                                let c0 = (j0 + n) as isize - 1;
+                                let lo = (-c0).max(0) as usize;
+                                let hi = (w as isize - c0).clamp(0, len as isize) as usize;
+                                let mut v =
+                                    _mm512_maskz_loadu_ps(lanes(lo, hi), row.wrapping_offset(c0));
+                                if lo > 0 {
+                                    v = _mm512_mask_loadu_ps(v, 1, row);
+                                }
+                                if hi < len {
+                                    // Only lane len − 1 (column w, n = 2) is past the edge.
+                                    debug_assert_eq!(hi + 1, len);
+                                    let e = row.add(w - 1).wrapping_sub(hi);
+                                    v = _mm512_mask_loadu_ps(v, 1 << hi, e);
+                                }
+                                best = if m == 0 && n == 0 {
+                                    v
+                                } else {
+                                    _mm512_max_ps(v, best)
+                                };
+                            }
+                        }
+                        best
+                    }
+                    Pool3::AvgSameExcludePad => {
+                        let mut sum = _mm512_setzero_ps();
+                        for m in 0..3 {
+                            let r = (i + m) as isize - 1;
+                            for n in 0..3 {
+                                let v = if r < 0 || r >= h as isize {
+                                    _mm512_setzero_ps()
+                                } else {
+                                    let c0 = (j0 + n) as isize - 1;
+                                    let lo = (-c0).max(0) as usize;
+                                    let hi = (w as isize - c0).clamp(0, len as isize) as usize;
+                                    let row = xp.add(r as usize * w);
+                                    _mm512_maskz_loadu_ps(lanes(lo, hi), row.wrapping_offset(c0))
+                                };
+                                sum = _mm512_add_ps(sum, v);
+                            }
+                        }
+                        let scale = _mm512_set1_ps((1f64 / 9.0) as f32);
+                        let f = _mm512_maskz_loadu_ps(tail_mask(len), fac.as_ptr().add(i * w + j0));
+                        _mm512_mul_ps(_mm512_mul_ps(sum, scale), f)
+                    }
+                };
+                _mm512_mask_storeu_ps(y.as_mut_ptr().add(i * wo + j0), tail_mask(len), out);
+            }
+        }
+    }
+}
+
 /// y (planes, out_len(h), out_len(w)) = `kind` of x (planes, h, w).
 pub fn pool3_f32(kind: Pool3, x: &[f32], planes: usize, h: usize, w: usize, y: &mut [f32]) {
     assert!(
@@ -111,6 +230,17 @@ pub fn pool3_f32(kind: Pool3, x: &[f32], planes: usize, h: usize, w: usize, y: &
     let (ho, wo) = (out_len(kind, h), out_len(kind, w));
     assert_eq!(x.len(), planes * h * w, "pool input size");
     assert_eq!(y.len(), planes * ho * wo, "pool output size");
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::available() {
+        let fac: Vec<f32> = (0..h * w)
+            .map(|k| exclude_pad_factor(k / w, k % w, h, w))
+            .collect();
+        crate::par::for_chunks_mut(y, ho * wo, |p, yo| {
+            // SAFETY: AVX-512F checked; plane p of x, its output and the factors' plane.
+            unsafe { fast::plane(kind, &x[p * h * w..(p + 1) * h * w], h, w, &fac, yo) }
+        });
+        return;
+    }
     crate::par::for_chunks_mut(y, ho * wo, |p, yo| {
         plane(kind, &x[p * h * w..(p + 1) * h * w], h, w, yo)
     });
