@@ -18,8 +18,8 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
 use diffuq_linalg::conv::{
-    conv2d_backward_f32, conv2d_backward_f64, conv2d_forward_f32_uninit, conv2d_forward_f64_uninit,
-    ConvGeom,
+    conv2d_backward_f32_uninit, conv2d_backward_f64_uninit, conv2d_forward_f32_uninit,
+    conv2d_forward_f64_uninit, ConvGeom, GradsUninit,
 };
 
 /// The forward op over (x, weight, bias); stride and padding per axis.
@@ -73,7 +73,7 @@ fn geometry(
 }
 
 type Fwd<T> = fn(&ConvGeom, &[T], &[T], Option<&[T]>, &mut [std::mem::MaybeUninit<T>]);
-type Bwd<T> = fn(&ConvGeom, &[T], &[T], &[T], (&mut [T], &mut [T], &mut [T]));
+type Bwd<T> = fn(&ConvGeom, &[T], &[T], &[T], GradsUninit<'_, T>);
 
 fn forward_typed<T: Copy + Default>(
     kernel: Fwd<T>,
@@ -105,10 +105,14 @@ fn backward_typed<T: Copy + Default>(
     let x = contiguous_slice(x, xl, "input")?;
     let w = contiguous_slice(w, wl, "weight")?;
     let dy = contiguous_slice(dy, dyl, "output gradient")?;
-    let mut out = vec![T::default(); x.len() + w.len() + g.o];
-    let (dx, rest) = out.split_at_mut(x.len());
-    let (dw, db) = rest.split_at_mut(w.len());
-    kernel(g, x, w, dy, (dx, dw, db));
+    // SAFETY: the `*_uninit` kernels write every value of dx, dW and db.
+    let out = unsafe {
+        diffuq_linalg::written_vec(x.len() + w.len() + g.o, |out| {
+            let (dx, rest) = out.split_at_mut(x.len());
+            let (dw, db) = rest.split_at_mut(w.len());
+            kernel(g, x, w, dy, (dx, dw, db))
+        })
+    };
     Ok(out)
 }
 
@@ -185,10 +189,10 @@ impl CustomOp3 for ConvGradOp {
         }
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(dy)) => CpuStorage::F32(
-                backward_typed(conv2d_backward_f32, &g, (x, l1), (w, l2), (dy, l3))?,
+                backward_typed(conv2d_backward_f32_uninit, &g, (x, l1), (w, l2), (dy, l3))?,
             ),
             (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(dy)) => CpuStorage::F64(
-                backward_typed(conv2d_backward_f64, &g, (x, l1), (w, l2), (dy, l3))?,
+                backward_typed(conv2d_backward_f64_uninit, &g, (x, l1), (w, l2), (dy, l3))?,
             ),
             _ => candle_core::bail!("conv backward: tensors must all be f32 or all f64"),
         };

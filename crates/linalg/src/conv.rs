@@ -456,6 +456,7 @@ fn input_grad_gemm<T: ConvElem>(g: &ConvGeom, weight: &[T], dy: &[T], dx: &mut [
 mod fast {
     use super::*;
     use crate::kernels::{self, Start, DA, DB, MR, NR};
+    use std::mem::MaybeUninit;
 
     /// Rows of the column matrix packed per panel (256 × 32 × 4 B = 32 KiB, one L1 cache).
     const KC: usize = 256;
@@ -1223,14 +1224,15 @@ mod fast {
         }
     }
 
+    /// Writes every value of dx, dW and db (which may be uninitialised).
     pub(super) fn backward(
         g: &ConvGeom,
         x: &[f32],
         weight: &[f32],
         dy: &[f32],
-        dx: &mut [f32],
-        dw: &mut [f32],
-        db: &mut [f32],
+        dx: &mut [MaybeUninit<f32>],
+        dw: &mut [MaybeUninit<f32>],
+        db: &mut [MaybeUninit<f32>],
     ) {
         check_backward(
             g,
@@ -1264,9 +1266,9 @@ mod fast {
                     }
                 }
             }
-            forward(&gt, dy, &wt, None, crate::as_uninit(dx));
+            forward(&gt, dy, &wt, None, dx);
         } else {
-            input_grad_gemm(g, weight, dy, dx);
+            input_grad_gemm(g, weight, dy, crate::zeroed(dx));
         }
         // Weight and bias gradients over the same fixed image groups as the generic backward.
         // Stride 1: read the zero-padded image along the padded grid (row width wp), no im2col.
@@ -1361,7 +1363,36 @@ mod fast {
         });
         let partials: Vec<(Vec<f32>, Vec<f32>)> =
             slots.into_iter().map(|m| m.into_inner().unwrap()).collect();
-        add_partials(&partials, dw, db);
+        add_partials_par(&partials, dw, db);
+    }
+
+    /// [`add_partials`]'s sums (each value 0 + the groups' partials in group order, the same
+    /// bits), written into uninitialised storage and parallel over slices of dW.
+    fn add_partials_par(
+        partials: &[(Vec<f32>, Vec<f32>)],
+        dw: &mut [MaybeUninit<f32>],
+        db: &mut [MaybeUninit<f32>],
+    ) {
+        const CH: usize = 1024;
+        crate::par::for_chunks_mut(dw, CH, |i, out| {
+            let mut acc = [0f32; CH];
+            let acc = &mut acc[..out.len()];
+            for (gw, _) in partials {
+                for (a, &v) in acc.iter_mut().zip(&gw[i * CH..i * CH + out.len()]) {
+                    *a += v;
+                }
+            }
+            for (o, &a) in out.iter_mut().zip(acc.iter()) {
+                o.write(a);
+            }
+        });
+        for (c, o) in db.iter_mut().enumerate() {
+            let mut v = 0f32;
+            for (_, gb) in partials {
+                v += gb[c];
+            }
+            o.write(v);
+        }
     }
 }
 
@@ -1443,10 +1474,7 @@ pub fn conv2d_forward_f32_uninit(
     if fast_path() {
         return fast::forward(g, x, w, b, y);
     }
-    y.fill(std::mem::MaybeUninit::new(0.0));
-    // SAFETY: every element was just initialised.
-    let y = unsafe { &mut *(y as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
-    forward(g, x, w, b, y)
+    forward(g, x, w, b, crate::zeroed(y))
 }
 
 /// f64 version of [`conv2d_forward_f32`].
@@ -1462,10 +1490,7 @@ pub fn conv2d_forward_f64_uninit(
     b: Option<&[f64]>,
     y: &mut [std::mem::MaybeUninit<f64>],
 ) {
-    y.fill(std::mem::MaybeUninit::new(0.0));
-    // SAFETY: every element was just initialised.
-    let y = unsafe { &mut *(y as *mut [std::mem::MaybeUninit<f64>] as *mut [f64]) };
-    forward(g, x, w, b, y)
+    forward(g, x, w, b, crate::zeroed(y))
 }
 
 /// dx, dW, db of [`conv2d_forward_f32`] given dy; deterministic whatever the thread count.
@@ -1478,9 +1503,45 @@ pub fn conv2d_backward_f32(
 ) {
     #[cfg(target_arch = "x86_64")]
     if fast_path() {
-        return fast::backward(g, x, w, dy, dx, dw, db);
+        let u = crate::as_uninit;
+        return fast::backward(g, x, w, dy, u(dx), u(dw), u(db));
     }
     backward(g, x, w, dy, dx, dw, db)
+}
+
+/// The three outputs of a backward pass into uninitialised storage.
+pub type GradsUninit<'a, T> = (
+    &'a mut [std::mem::MaybeUninit<T>],
+    &'a mut [std::mem::MaybeUninit<T>],
+    &'a mut [std::mem::MaybeUninit<T>],
+);
+
+/// [`conv2d_backward_f32`] into uninitialised storage: every value of dx, dW and db is written.
+pub fn conv2d_backward_f32_uninit(
+    g: &ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    (dx, dw, db): GradsUninit<'_, f32>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if fast_path() {
+        return fast::backward(g, x, w, dy, dx, dw, db);
+    }
+    let z = crate::zeroed;
+    backward(g, x, w, dy, z(dx), z(dw), z(db))
+}
+
+/// f64 version of [`conv2d_backward_f32_uninit`] (zeroes the outputs, then im2col + gemm).
+pub fn conv2d_backward_f64_uninit(
+    g: &ConvGeom,
+    x: &[f64],
+    w: &[f64],
+    dy: &[f64],
+    (dx, dw, db): GradsUninit<'_, f64>,
+) {
+    let z = crate::zeroed;
+    backward(g, x, w, dy, z(dx), z(dw), z(db))
 }
 
 /// f64 version of [`conv2d_backward_f32`].
@@ -1662,7 +1723,8 @@ mod tests {
             let mk = || (vec![0f32; x.len()], vec![0f32; wt.len()], vec![0f32; o]);
             let (mut dx1, mut dw1, mut db1) = mk();
             let (mut dx2, mut dw2, mut db2) = mk();
-            fast::backward(&g, &x, &wt, &dy, &mut dx1, &mut dw1, &mut db1);
+            let u = crate::as_uninit;
+            fast::backward(&g, &x, &wt, &dy, u(&mut dx1), u(&mut dw1), u(&mut db1));
             backward(&g, &x, &wt, &dy, &mut dx2, &mut dw2, &mut db2);
             close(&dx1, &dx2, "dx");
             close(&dw1, &dw2, "dw");

@@ -29,6 +29,14 @@ pub(crate) fn as_uninit<T>(s: &mut [T]) -> &mut [MaybeUninit<T>] {
     unsafe { &mut *(s as *mut [T] as *mut [MaybeUninit<T>]) }
 }
 
+/// Uninitialised storage zero-filled (`T::default()`) and handed back initialised: the
+/// `*_uninit` entry points of kernels that accumulate into their output.
+pub(crate) fn zeroed<T: Copy + Default>(s: &mut [MaybeUninit<T>]) -> &mut [T] {
+    s.fill(MaybeUninit::new(T::default()));
+    // SAFETY: every element was just initialised, and MaybeUninit<T> has T's layout.
+    unsafe { &mut *(s as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
 /// A vector of `n` values produced by `fill`, which must write every one of them: the
 /// `*_uninit` kernels, whose outputs would otherwise be zeroed first by a single-threaded
 /// memset that the kernel then overwrites (≈ 5% of a UNet evaluation on 2 cores).
