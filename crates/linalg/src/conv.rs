@@ -8,11 +8,12 @@
 //!   Σ dy, and its input gradient col2im(Wᵀ dy_n). Columns are built one image at a time into a
 //!   per-thread buffer (never a batch-sized one), parallel over images with rayon.
 //! * f32 on CPUs with AVX-512F (module `fast`, kernels in [`crate::kernels`]): the same products
-//!   register-blocked by hand, packing the column matrix 32 positions at a time straight from a
-//!   zero-padded copy of the image, the input gradient of a stride-1 convolution as a forward
-//!   convolution of dy with the flipped kernel, and the weight gradient on the same register
-//!   tile over a channels-last copy of the padded image (no im2col). 1.2–2.5× faster than the first on this machine's
-//!   shapes; a different summation order, so different low bits ([`ConvKernels`] picks one).
+//!   register-blocked by hand — a stride-1 forward reading the column matrix in place from a
+//!   zero-padded copy of the image (other strides packing it 32 positions at a time), the input
+//!   gradient of a stride-1 convolution as a forward convolution of dy with the flipped kernel,
+//!   and the weight gradient on the same register tile over a channels-last copy of the padded
+//!   image (no im2col anywhere). 2.3–3.5× faster than the first on the bench shapes; a
+//!   different summation order, so different low bits ([`ConvKernels`] picks one).
 //!
 //! Both are deterministic: no result depends on the thread count or on scheduling.
 //!
@@ -442,9 +443,10 @@ fn input_grad_gemm<T: ConvElem>(g: &ConvGeom, weight: &[T], dy: &[T], dx: &mut [
 
 /// The f32 convolution on the AVX-512 micro-kernels of [`crate::kernels`].
 ///
-/// Forward: for each image, slices of KC rows of its column matrix are packed 32 output
-/// positions at a time straight from the image (a packed panel of im2col, never the whole
-/// matrix) and multiplied by the weight, packed once per call in blocks of 8 output channels.
+/// Forward: each image's output, 32 positions × 8 channels at a time, is the weight (packed
+/// once per call in blocks of 8 output channels) times the column matrix, read in place from the
+/// zero-padded image at stride 1 ([`crate::kernels::tile_8x32_runs`]) and otherwise packed 32
+/// positions × KC rows at a time straight from the image (never the whole matrix).
 /// Each output value is one FMA chain over the summed index in the same order whatever the batch
 /// split or thread count. Input gradient: for stride 1, dx is the forward convolution of dy with
 /// the flipped, transposed kernel and padding k − 1 − p; otherwise Wᵀ dy + col2im. Weight
