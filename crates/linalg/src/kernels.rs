@@ -231,6 +231,57 @@ pub unsafe fn tile_8x32_runs<const TWO: bool>(
     store_tile(&acc, c, ldc, rows, (m0, m1));
 }
 
+/// Output channels of one [`tile_32x8`] block.
+pub const OB: usize = 32;
+/// Output positions of one [`tile_32x8`] block.
+pub const PB: usize = 8;
+
+/// The transposed product for short output rows: 32 output channels (two vectors) × 8
+/// consecutive output positions, `out[p][o] = bias[o] + Σ_{k < kc} w[k·32 + o] · x[koff[k] + p]`,
+/// the weight packed `[k][32]` as the vector operand and the 8 input values of each summed index
+/// broadcast straight from the image (consecutive values: no packing and no masks), as oneDNN's
+/// direct convolutions do. Used where an output row is too short for [`tile_8x32_runs`]'s
+/// halves to be single runs (8-wide images). `out` is position-major (8 × 32); the caller
+/// transposes it into place.
+///
+/// # Safety
+/// AVX-512F must be available; `w` holds `kc·32` values; for every k < kc, `x + koff[k] ..+ 8`
+/// is readable; `bias` (when given) has 32 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn tile_32x8(
+    kc: usize,
+    w: *const f32,
+    x: *const f32,
+    koff: &[usize],
+    bias: Option<&[f32; OB]>,
+    out: &mut [[f32; OB]; PB],
+) {
+    assert!(koff.len() >= kc);
+    let init = match bias {
+        Some(b) => [
+            _mm512_loadu_ps(b.as_ptr()),
+            _mm512_loadu_ps(b.as_ptr().add(16)),
+        ],
+        None => [_mm512_setzero_ps(); 2],
+    };
+    let mut acc = [init; PB];
+    for (k, &off) in koff.iter().enumerate().take(kc) {
+        let wp = w.add(k * OB);
+        let (w0, w1) = (_mm512_loadu_ps(wp), _mm512_loadu_ps(wp.add(16)));
+        let xp = x.add(off);
+        for (p, row) in acc.iter_mut().enumerate() {
+            let xv = _mm512_set1_ps(*xp.add(p));
+            row[0] = _mm512_fmadd_ps(xv, w0, row[0]);
+            row[1] = _mm512_fmadd_ps(xv, w1, row[1]);
+        }
+    }
+    for (row, o) in acc.iter().zip(out.iter_mut()) {
+        _mm512_storeu_ps(o.as_mut_ptr(), row[0]);
+        _mm512_storeu_ps(o.as_mut_ptr().add(16), row[1]);
+    }
+}
+
 /// Rows of A in one [`dot_4x6`] block.
 pub const DA: usize = 4;
 /// Rows of B in one [`dot_4x6`] block.
@@ -560,6 +611,41 @@ mod tests {
                 }
             }
             assert_eq!(c1, c2, "cols {cols}");
+        }
+    }
+
+    #[test]
+    fn transposed_tile_matches_a_plain_sum() {
+        // Expected numbers: the definition out[p][o] = bias[o] + Σ_k w[k][o]·x[koff[k] + p],
+        // summed in f64 here; the f32 FMA chain agrees to 1e-5 relative (sums of 29 O(1) terms).
+        if !available() {
+            eprintln!("no AVX-512F on this CPU: kernel not exercised");
+            return;
+        }
+        let kc = 29;
+        let w: Vec<f32> = (0..kc * OB)
+            .map(|i| ((i * 7 % 19) as f32) / 9.0 - 1.0)
+            .collect();
+        let x: Vec<f32> = (0..400)
+            .map(|i| ((i * 5 % 23) as f32) / 11.0 - 1.0)
+            .collect();
+        let koff: Vec<usize> = (0..kc).map(|k| (k * 37) % 380).collect();
+        let bias: [f32; OB] = std::array::from_fn(|o| o as f32 * 0.125 - 2.0);
+        for b in [None, Some(&bias)] {
+            let mut out = [[0f32; OB]; PB];
+            unsafe { tile_32x8(kc, w.as_ptr(), x.as_ptr(), &koff, b, &mut out) };
+            for (p, row) in out.iter().enumerate() {
+                for (o, &got) in row.iter().enumerate() {
+                    let s: f64 = (0..kc)
+                        .map(|k| w[k * OB + o] as f64 * x[koff[k] + p] as f64)
+                        .sum();
+                    let want = s + b.map_or(0.0, |b| b[o] as f64);
+                    assert!(
+                        (got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "({p},{o}): {got} vs {want}"
+                    );
+                }
+            }
         }
     }
 
