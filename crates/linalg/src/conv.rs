@@ -443,10 +443,12 @@ fn input_grad_gemm<T: ConvElem>(g: &ConvGeom, weight: &[T], dy: &[T], dx: &mut [
 
 /// The f32 convolution on the AVX-512 micro-kernels of [`crate::kernels`].
 ///
-/// Forward: each image's output, 32 positions × 8 channels at a time, is the weight (packed
-/// once per call in blocks of 8 output channels) times the column matrix, read in place from the
-/// zero-padded image at stride 1 ([`crate::kernels::tile_8x32_runs`]) and otherwise packed 32
-/// positions × KC rows at a time straight from the image (never the whole matrix).
+/// Forward: each image's output is the weight times the column matrix, read in place from the
+/// zero-padded image at stride 1 — 32 output channels × 8 positions at a time
+/// ([`crate::kernels::tile_32x8`]) where that tile's lanes are ≥ 95% useful, else 8 channels ×
+/// 32 positions ([`crate::kernels::tile_8x32_runs`]) — and otherwise packed 32 positions × KC
+/// rows at a time straight from the image (never the whole matrix). Every path starts each
+/// output from its bias and adds the summed index in the same order, so the bits agree.
 /// Each output value is one FMA chain over the summed index in the same order whatever the batch
 /// split or thread count. Input gradient: for stride 1, dx is the forward convolution of dy with
 /// the flipped, transposed kernel and padding k − 1 − p; otherwise Wᵀ dy + col2im. Weight

@@ -13,6 +13,9 @@
 //!   summed index (the weight gradient Σ_l dy[o, l] · cols[k, l]): 24 accumulators of 16 lanes,
 //!   10 loads per 24 FMAs, reduced across lanes once at the end (the weight gradient of
 //!   convolutions with fewer than 16 input channels).
+//! * [`tile_8x32_runs`] — the same tile reading B in place from a padded image (runs of output
+//!   rows), and [`tile_32x8`] — its transpose (32 output channels × 8 positions, the image's
+//!   values broadcast), for stride-1 forward convolutions without packing.
 //! * [`transpose_block`] and [`lane_sum`]: the layout changes and bias sums around them.
 //!
 //! The machine this was written on (2-core AMD Zen 4) executes a 512-bit FMA as two 256-bit
@@ -429,7 +432,7 @@ pub unsafe fn transpose_block(
     }
 }
 
-/// Σ row[t] in 16 lanes (lane i: the values at t ≡ i mod 16, in order), then the lanes added in
+/// Σ `row[t]` in 16 lanes (lane i: the values at t ≡ i mod 16, in order), then the lanes added in
 /// a fixed order: the bias gradient's row sums without a 4-cycle add chain per value.
 ///
 /// # Safety

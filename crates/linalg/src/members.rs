@@ -90,7 +90,7 @@ fn sq_dev<T: Elem>(e: &[T], m: usize, center: Option<&[T]>, inv_m: T, inv_div: T
     });
 }
 
-/// out[i·n + p] = a[p] + (xi[i·n + p]·s + 0) for every member i: the re-noised inputs
+/// `out[i·n + p] = a[p] + (xi[i·n + p]·s + 0)` for every member i: the re-noised inputs
 /// √ᾱ x̂₀ + √(1−ᾱ) ξ_i of Alg. 1 line 4, with `a` = √ᾱ x̂₀ (n values) and s = √(1−ᾱ).
 pub fn renoise_f32(a: &[f32], xi: &[f32], s: f32, out: &mut [f32]) {
     renoise(a, xi, s, out)
@@ -101,7 +101,7 @@ pub fn renoise_f64(a: &[f64], xi: &[f64], s: f64, out: &mut [f64]) {
     renoise(a, xi, s, out)
 }
 
-/// out[p] = (Σ_i (e[i·n + p] − c[p])²)·inv_div + 0 over the m members, with c the given centre
+/// `out[p] = (Σ_i (e[i·n + p] − c[p])²)·inv_div + 0` over the m members, with c the given centre
 /// or the members' mean (Σ_i e[i·n + p])·inv_m + 0: Eq. 8's sum of squared deviations (and the
 /// released code's, centred on ε).
 pub fn member_sq_dev_f32(
