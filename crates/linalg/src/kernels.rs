@@ -51,6 +51,21 @@ pub fn tail_mask(len: usize) -> __mmask16 {
     ((1u32 << len) - 1) as __mmask16
 }
 
+/// One step of the register tiles: `acc[r] += splat(a[r]) · (v0, v1)` for every row r of `acc`
+/// (8 rows; `a` points at the step's 8 broadcast values). A macro, not a function, so that the
+/// step is always expanded inside the calling kernel's loop (and its target features).
+#[cfg(target_arch = "x86_64")]
+macro_rules! fma_rows {
+    ($acc:expr, $a:expr, $v0:expr, $v1:expr) => {{
+        let (a, v0, v1) = ($a, $v0, $v1);
+        for (r, row) in $acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*a.add(r));
+            row[0] = _mm512_fmadd_ps(av, v0, row[0]);
+            row[1] = _mm512_fmadd_ps(av, v1, row[1]);
+        }
+    }};
+}
+
 /// How a [`tile_8x32`] block starts: from zero, from the values already in C (a later slice of
 /// the summed index), or from a per-row bias.
 #[derive(Clone, Copy)]
@@ -155,24 +170,14 @@ pub unsafe fn tile_8x32(
             let bp = b.add(k * ldb);
             let b0 = _mm512_loadu_ps(bp);
             let b1 = _mm512_loadu_ps(bp.add(16));
-            let ap = a.add(k * MR);
-            for (r, row) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*ap.add(r));
-                row[0] = _mm512_fmadd_ps(av, b0, row[0]);
-                row[1] = _mm512_fmadd_ps(av, b1, row[1]);
-            }
+            fma_rows!(acc, a.add(k * MR), b0, b1);
         }
     } else {
         for k in 0..kc {
             let bp = b.add(k * ldb);
             let b0 = _mm512_maskz_loadu_ps(m0, bp);
             let b1 = _mm512_maskz_loadu_ps(m1, bp.add(16));
-            let ap = a.add(k * MR);
-            for (r, row) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*ap.add(r));
-                row[0] = _mm512_fmadd_ps(av, b0, row[0]);
-                row[1] = _mm512_fmadd_ps(av, b1, row[1]);
-            }
+            fma_rows!(acc, a.add(k * MR), b0, b1);
         }
     }
     store_tile(&acc, c, ldc, rows, (m0, m1));
@@ -224,12 +229,7 @@ pub unsafe fn tile_8x32_runs<const TWO: bool>(
             b0 = _mm512_mask_loadu_ps(b0, m[0][1], p.wrapping_offset(d[0][1]));
             b1 = _mm512_mask_loadu_ps(b1, m[1][1], p.wrapping_offset(d[1][1]));
         }
-        let ap = a.add(k * MR);
-        for (r, row) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(*ap.add(r));
-            row[0] = _mm512_fmadd_ps(av, b0, row[0]);
-            row[1] = _mm512_fmadd_ps(av, b1, row[1]);
-        }
+        fma_rows!(acc, a.add(k * MR), b0, b1);
     }
     store_tile(&acc, c, ldc, rows, (m0, m1));
 }
@@ -272,12 +272,7 @@ pub unsafe fn tile_32x8(
     for (k, &off) in koff.iter().enumerate().take(kc) {
         let wp = w.add(k * OB);
         let (w0, w1) = (_mm512_loadu_ps(wp), _mm512_loadu_ps(wp.add(16)));
-        let xp = x.add(off);
-        for (p, row) in acc.iter_mut().enumerate() {
-            let xv = _mm512_set1_ps(*xp.add(p));
-            row[0] = _mm512_fmadd_ps(xv, w0, row[0]);
-            row[1] = _mm512_fmadd_ps(xv, w1, row[1]);
-        }
+        fma_rows!(acc, x.add(off), w0, w1);
     }
     for (row, o) in acc.iter().zip(out.iter_mut()) {
         _mm512_storeu_ps(o.as_mut_ptr(), row[0]);

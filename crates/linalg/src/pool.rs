@@ -111,6 +111,15 @@ mod fast {
         tail_mask(hi.min(16)) & !tail_mask(lo.min(16))
     }
 
+    /// Tap n of a stride-1 window over output columns j0..j0+len reads columns c0 + lane,
+    /// c0 = j0 + n − 1: (c0, the in-row lanes lo..hi).
+    fn in_row(j0: usize, n: usize, w: usize, len: usize) -> (isize, usize, usize) {
+        let c0 = (j0 + n) as isize - 1;
+        let lo = (-c0).max(0) as usize;
+        let hi = (w as isize - c0).clamp(0, len as isize) as usize;
+        (c0, lo, hi)
+    }
+
     /// # Safety
     /// AVX-512F must be available; `x` is one h × w plane, `y` its output, `fac` the h × w
     /// factors of [`exclude_pad_factor`].
@@ -165,9 +174,7 @@ mod fast {
                             for n in 0..3 {
                                 // Column j + n − 1 clamped to the row: in-row lanes loaded,
                                 // then the (at most one) clamped lane at each edge.
-                                let c0 = (j0 + n) as isize - 1;
-                                let lo = (-c0).max(0) as usize;
-                                let hi = (w as isize - c0).clamp(0, len as isize) as usize;
+                                let (c0, lo, hi) = in_row(j0, n, w, len);
                                 let mut v =
                                     _mm512_maskz_loadu_ps(lanes(lo, hi), row.wrapping_offset(c0));
                                 if lo > 0 {
@@ -196,9 +203,7 @@ mod fast {
                                 let v = if r < 0 || r >= h as isize {
                                     _mm512_setzero_ps()
                                 } else {
-                                    let c0 = (j0 + n) as isize - 1;
-                                    let lo = (-c0).max(0) as usize;
-                                    let hi = (w as isize - c0).clamp(0, len as isize) as usize;
+                                    let (c0, lo, hi) = in_row(j0, n, w, len);
                                     let row = xp.add(r as usize * w);
                                     _mm512_maskz_loadu_ps(lanes(lo, hi), row.wrapping_offset(c0))
                                 };
