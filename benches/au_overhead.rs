@@ -14,7 +14,11 @@
 //! (`diffuq_linalg::members`, same bits) and candle's pool workers spinning 1,000 rather than
 //! 25,000 times after an op (`diffuq::keep_freed_memory`): plain 101–105 ms, window 1.35–1.41×
 //! (median of 5; criterion medians 106 / 144 ms = 1.35×, a noisier second run 1.58×), every
-//! step 6.0–6.5×; the 5,000-row call 9.1–9.2 ms, the 1,000-row call 1.8–2.2 ms.
+//! step 6.0–6.5×; the 5,000-row call 9.1–9.2 ms, the 1,000-row call 1.8–2.2 ms. With the
+//! keystream made sixteen ChaCha20 blocks at a time (`diffuq_linalg::chacha`, same words) and the
+//! ratios read from interleaved rounds (below), on a Zen 5 of the same size: draws 0.75–0.85 ms
+//! (were 1.43), plain 77.7–86.4 ms, window 1.37×, 1.34×, 1.38× in three runs, every step
+//! 6.7–6.8×.
 //! The network is the frozen (inference) view of the MLP, as artifacts sample.
 
 use std::hint::black_box;
@@ -126,17 +130,17 @@ fn sample(s: &Setup, window: Option<StepWindow>) -> usize {
     out.nfe
 }
 
-/// Median wall time of `n` runs, seconds.
-fn median_secs(n: usize, mut f: impl FnMut()) -> f64 {
-    let mut t: Vec<f64> = (0..n)
-        .map(|_| {
-            let t0 = Instant::now();
-            f();
-            t0.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[n / 2]
+/// Wall time of one run, seconds.
+fn secs(f: impl FnOnce()) -> f64 {
+    let t0 = Instant::now();
+    f();
+    t0.elapsed().as_secs_f64()
+}
+
+/// The median of `v` (odd length).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn benches(c: &mut Criterion) {
@@ -169,20 +173,43 @@ fn benches(c: &mut Criterion) {
     });
     g.finish();
 
-    let plain = median_secs(5, || {
-        sample(&s, None);
-    });
-    let window = median_secs(5, || {
-        sample(&s, Some(StepWindow::PAPER));
-    });
-    let every = median_secs(5, || {
-        sample(&s, Some(StepWindow::all(50)));
-    });
+    // The ratios from interleaved runs, each round's ratio taken to its own plain run: the
+    // shared machine's speed drifts by ±15% over seconds and single runs vary by more, which
+    // separate blocks of runs would read as overhead (or hide). 21 rounds for the window (the
+    // order within a round alternating), 5 for AU at every step (6× the work per run).
+    let (mut plain, mut window, mut every) = (vec![], vec![], vec![]);
+    let run = |w: Option<StepWindow>| {
+        secs(|| {
+            sample(&s, w);
+        })
+    };
+    for round in 0..21 {
+        let (p, w) = if round % 2 == 0 {
+            let p = run(None);
+            (p, run(Some(StepWindow::PAPER)))
+        } else {
+            let w = run(Some(StepWindow::PAPER));
+            (run(None), w)
+        };
+        window.push(w / p);
+        plain.push(p);
+    }
+    for _ in 0..5 {
+        let p = run(None);
+        every.push(run(Some(StepWindow::all(50))) / p);
+    }
+    let spread = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        format!("{lo:.2}–{hi:.2}")
+    };
     println!(
-        "AU overhead vs plain 50-step DDIM (median of 5): window 45..48, M = 5: {:.2}× (NFE 70/50 = 1.40×); every step: {:.2}× (NFE 300/50 = 6.00×); plain {:.1} ms",
-        window / plain,
-        every / plain,
-        plain * 1e3
+        "AU overhead vs plain 50-step DDIM (median of interleaved rounds; range): window 45..48, M = 5: {:.2}× ({}; NFE 70/50 = 1.40×); every step: {:.2}× ({}; NFE 300/50 = 6.00×); plain {:.1} ms",
+        median(window.clone()),
+        spread(&window),
+        median(every.clone()),
+        spread(&every),
+        median(plain) * 1e3
     );
 }
 

@@ -11,6 +11,7 @@
 //! thread.
 
 pub mod act;
+pub mod chacha;
 pub mod conv;
 pub mod kernels;
 pub mod members;
