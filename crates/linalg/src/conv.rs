@@ -1569,6 +1569,17 @@ pub fn conv_kernels() -> ConvKernels {
     }
 }
 
+/// The depth block (kc) of the gemm crate's f32 products with a long summed index on this CPU:
+/// gemm sums a dot product in blocks of kc terms, so kc — and only kc of its cache blocking — sets
+/// the order of the sum, hence the low bits of the gemm path (im2col convolution, its backward,
+/// candle's matmul). gemm 0.19 derives it from the L1 data cache for its x86 FMA kernel (16 × 6
+/// tile): 512 on a 32 KiB 8-way L1 (AMD Zen 4, the CPU that trained the committed mini models),
+/// 1,024 on a 48 KiB 12-way one (Zen 5); products with both m and n ≤ 64 use 512 everywhere.
+/// Two CPUs with the same value give the gemm path the same bits.
+pub fn gemm_f32_depth_block() -> usize {
+    gemm_common::cache::kernel_params(1 << 12, 1 << 12, 1 << 16, 16, 6, 4).kc
+}
+
 /// Whether the AVX-512 kernels are in use (the CPU has them and [`ConvKernels::Gemm`] is not
 /// chosen): the other f32 kernels that change low bits (the SiLU of [`crate::act`]) follow it.
 pub fn avx512_active() -> bool {
@@ -1701,6 +1712,69 @@ pub fn conv2d_backward_f64(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gemm_sums_in_depth_blocks_of_the_stated_size() {
+        // Expected: the outputs of an 80 × 6 × 4,096 f32 product (m > 64, so gemm's cache rule
+        // applies; no threads) summed the way gemm 0.19 sums them: an FMA chain from 0 within each block of
+        // `gemm_f32_depth_block()` terms, the blocks' partial sums added in order. Checked bit for
+        // bit on every output, so a wrong block size (the values differ from 1,024-term blocks
+        // in the low bits) fails here.
+        let (m, n, k) = (80usize, 6usize, 4096usize);
+        let val = |i: usize| ((i * 2_654_435_761usize % 1_000_003) as f32 / 1_000_003.0) - 0.5;
+        let a: Vec<f32> = (0..m * k).map(val).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| val(i + 77)).collect();
+        let mut c = vec![0f32; m * n];
+        // SAFETY: row-major a (m × k), b (k × n), c (m × n), all of those sizes.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        };
+        let kc = gemm_f32_depth_block();
+        let sum = |kc: usize, i: usize, j: usize| {
+            let mut total = None;
+            for blk in (0..k).step_by(kc) {
+                let mut acc = 0f32;
+                for p in blk..(blk + kc).min(k) {
+                    acc = a[i * k + p].mul_add(b[p * n + j], acc);
+                }
+                total = Some(total.map_or(acc, |t: f32| t + acc));
+            }
+            total.unwrap()
+        };
+        let mut other_differs = false;
+        for i in 0..m {
+            for j in 0..n {
+                assert_eq!(
+                    c[i * n + j].to_bits(),
+                    sum(kc, i, j).to_bits(),
+                    "({i}, {j}), kc {kc}"
+                );
+                let other = if kc == 512 { 1024 } else { 512 };
+                other_differs |= sum(other, i, j).to_bits() != c[i * n + j].to_bits();
+            }
+        }
+        assert!(other_differs, "the product does not tell block sizes apart");
+    }
 
     #[test]
     fn col2im_is_the_adjoint_of_im2col() {
