@@ -6,7 +6,9 @@
 //! The reference times come from `golden/bench_images_reference.py` (torch, 2 threads), committed
 //! as `benches/reference/images.json`; after criterion's own report this bench prints one line per
 //! case with diffuq's median, torch's and the ratio (diffuq / torch; < 1 is faster), and the peak
-//! resident memory of the process. Shapes and names match the script's.
+//! resident memory of the process. Shapes and names match the script's. The reference names the
+//! CPU it was timed on, and the bench notes when this CPU is another one (torch and these kernels
+//! both run about 2× faster on a Zen 5 than on a Zen 4 of the same size, by different amounts).
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -185,11 +187,25 @@ fn dirs_inception() -> Option<std::path::PathBuf> {
 
 fn report(ours: &BTreeMap<String, f64>) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/reference/images.json");
-    let torch: BTreeMap<String, f64> = std::fs::read_to_string(path)
+    let reference = std::fs::read_to_string(path)
         .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let torch: BTreeMap<String, f64> = reference
+        .as_ref()
         .and_then(|v| serde_json::from_value(v["ms"].clone()).ok())
         .unwrap_or_default();
+    // A ratio compares two machines unless the reference was timed on this CPU kind.
+    let theirs = reference
+        .as_ref()
+        .and_then(|v| v["cpu"].as_str().map(str::to_owned));
+    match (theirs, cpu()) {
+        (Some(a), Some(b)) if a != b => println!(
+            "\nnote: the torch times were measured on {a}; this CPU is {b}: the ratios compare \
+             two machines (rerun golden/bench_images_reference.py here for a like-for-like ratio)"
+        ),
+        (None, _) => println!("\nnote: the torch reference does not name its CPU"),
+        _ => {}
+    }
     println!(
         "\n{:<36} {:>12} {:>12} {:>8}",
         "case", "diffuq ms", "torch ms", "ratio"
@@ -206,6 +222,26 @@ fn report(ours: &BTreeMap<String, f64>) {
             kb as f64 / 1024.0
         );
     }
+}
+
+/// This CPU as `golden/bench_images_reference.py` names it: "model name (family F, model M)" from
+/// /proc/cpuinfo (Linux).
+fn cpu() -> Option<String> {
+    let s = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let field = |key: &str| {
+        s.lines()
+            .take_while(|l| !l.trim().is_empty())
+            .find(|l| l.split(':').next().map(str::trim) == Some(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_else(|| "?".into())
+    };
+    Some(format!(
+        "{} (family {}, model {})",
+        field("model name"),
+        field("cpu family"),
+        field("model")
+    ))
 }
 
 /// VmHWM of this process (Linux), in kB.

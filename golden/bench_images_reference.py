@@ -106,5 +106,22 @@ if len(sys.argv) > 1:
         # call golden/inception_features.py checks diffuq against.
         out["inception pool3 b50 299x299"] = median_ms(lambda: inception(xi), reps=3)
 
-json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "ms": out}, sys.stdout, indent=1)
+def cpu():
+    """The CPU as benches/images.rs names it: model name, family and model from /proc/cpuinfo
+    (two machines can share a model name: "AMD EPYC" is both a Zen 4 and a Zen 5 here)."""
+    f = {}
+    with open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if not line.strip():
+                break
+            k, _, v = line.partition(":")
+            f[k.strip()] = v.strip()
+    return f"{f.get('model name', '?')} (family {f.get('cpu family', '?')}, model {f.get('model', '?')})"
+
+
+json.dump(
+    {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu(), "ms": out},
+    sys.stdout,
+    indent=1,
+)
 print()
