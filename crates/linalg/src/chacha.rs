@@ -9,9 +9,11 @@
 //! four-block AVX2 refill. [`Wide`] yields exactly the same 32-bit words in the same order —
 //! `next_u64` joins two consecutive words low word first, as `rand_core`'s `BlockRng` does, also
 //! across a refill — so `rand_distr`'s samplers draw the same numbers from it. Tests below compare
-//! it with `ChaCha20Rng` word for word at several positions, streams and counter carries.
+//! it with `ChaCha20Rng` word for word at several positions, streams and counter carries. Without
+//! AVX-512 the blocks are read from `rand_chacha` itself.
 
-use rand::RngCore;
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -21,19 +23,21 @@ const BLOCKS: usize = 16;
 /// 32-bit words per ChaCha block.
 const BLOCK_WORDS: usize = 16;
 /// "expand 32-byte k".
+#[cfg(target_arch = "x86_64")]
 const SIGMA: [u32; 4] = [0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574];
 
 /// A ChaCha20 stream positioned like `ChaCha20Rng::from_seed(key)` followed by
 /// `set_stream(stream)` and `set_word_pos(word_pos)`.
 pub struct Wide {
-    key: [u32; 8],
+    key: [u8; 32],
     stream: u64,
     /// Counter of the first block of the next refill.
     next_block: u64,
     buf: [u32; BLOCKS * BLOCK_WORDS],
     /// Next unread word of `buf`.
     idx: usize,
-    /// Whether the AVX-512 refill can run (checked once per stream).
+    /// Whether the AVX-512 refill can run (checked once per stream); elsewhere `rand_chacha`
+    /// makes the blocks.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     wide: bool,
 }
@@ -42,12 +46,8 @@ impl Wide {
     /// The stream `stream` of `key` from word `word_pos` (taken modulo 2⁶⁸, as `rand_chacha`
     /// does: the block counter is 64 bits).
     pub fn new(key: [u8; 32], stream: u64, word_pos: u128) -> Self {
-        let mut k = [0u32; 8];
-        for (w, c) in k.iter_mut().zip(key.chunks_exact(4)) {
-            *w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        }
         let mut s = Self {
-            key: k,
+            key,
             stream,
             next_block: (word_pos / BLOCK_WORDS as u128) as u64,
             buf: [0; BLOCKS * BLOCK_WORDS],
@@ -63,12 +63,12 @@ impl Wide {
         #[cfg(target_arch = "x86_64")]
         if self.wide {
             // SAFETY: `wide` is set only where AVX-512F was detected.
-            unsafe { refill_avx512(&self.key, self.stream, self.next_block, &mut self.buf) };
+            unsafe { refill_avx512(self.key, self.stream, self.next_block, &mut self.buf) };
         } else {
-            refill_scalar(&self.key, self.stream, self.next_block, &mut self.buf);
+            refill_rand_chacha(self.key, self.stream, self.next_block, &mut self.buf);
         }
         #[cfg(not(target_arch = "x86_64"))]
-        refill_scalar(&self.key, self.stream, self.next_block, &mut self.buf);
+        refill_rand_chacha(self.key, self.stream, self.next_block, &mut self.buf);
         self.next_block = self.next_block.wrapping_add(BLOCKS as u64);
         self.idx = 0;
     }
@@ -107,11 +107,14 @@ impl RngCore for Wide {
     }
 }
 
-/// The 16 input words of block `block`.
-fn input(key: &[u32; 8], stream: u64, block: u64) -> [u32; 16] {
+/// The 16 input words of block `block` (the key's 32 bytes as 8 little-endian words).
+#[cfg(target_arch = "x86_64")]
+fn input(key: [u8; 32], stream: u64, block: u64) -> [u32; 16] {
     let mut s = [0u32; 16];
     s[..4].copy_from_slice(&SIGMA);
-    s[4..12].copy_from_slice(key);
+    for (w, c) in s[4..12].iter_mut().zip(key.chunks_exact(4)) {
+        *w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
     s[12] = block as u32;
     s[13] = (block >> 32) as u32;
     s[14] = stream as u32;
@@ -120,6 +123,7 @@ fn input(key: &[u32; 8], stream: u64, block: u64) -> [u32; 16] {
 }
 
 /// The quarter-round's index quadruples: four columns, then four diagonals.
+#[cfg(target_arch = "x86_64")]
 const ROUNDS: [[usize; 4]; 8] = [
     [0, 4, 8, 12],
     [1, 5, 9, 13],
@@ -131,27 +135,17 @@ const ROUNDS: [[usize; 4]; 8] = [
     [3, 4, 9, 14],
 ];
 
-/// Portable refill: the blocks one after another.
-fn refill_scalar(key: &[u32; 8], stream: u64, block: u64, out: &mut [u32; BLOCKS * BLOCK_WORDS]) {
-    for (b, o) in out.chunks_exact_mut(BLOCK_WORDS).enumerate() {
-        let init = input(key, stream, block.wrapping_add(b as u64));
-        let mut x = init;
-        for _ in 0..10 {
-            for &[a, b, c, d] in &ROUNDS {
-                x[a] = x[a].wrapping_add(x[b]);
-                x[d] = (x[d] ^ x[a]).rotate_left(16);
-                x[c] = x[c].wrapping_add(x[d]);
-                x[b] = (x[b] ^ x[c]).rotate_left(12);
-                x[a] = x[a].wrapping_add(x[b]);
-                x[d] = (x[d] ^ x[a]).rotate_left(8);
-                x[c] = x[c].wrapping_add(x[d]);
-                x[b] = (x[b] ^ x[c]).rotate_left(7);
-            }
-        }
-        for ((o, x), i) in o.iter_mut().zip(x).zip(init) {
-            *o = x.wrapping_add(i);
-        }
-    }
+/// Refill without AVX-512: the same sixteen blocks read from `rand_chacha` itself.
+fn refill_rand_chacha(
+    key: [u8; 32],
+    stream: u64,
+    block: u64,
+    out: &mut [u32; BLOCKS * BLOCK_WORDS],
+) {
+    let mut r = ChaCha20Rng::from_seed(key);
+    r.set_stream(stream);
+    r.set_word_pos(u128::from(block) * BLOCK_WORDS as u128);
+    out.iter_mut().for_each(|w| *w = r.next_u32());
 }
 
 /// Sixteen consecutive blocks from `block`, lane j of every register holding block `block + j`
@@ -162,7 +156,7 @@ fn refill_scalar(key: &[u32; 8], stream: u64, block: u64, out: &mut [u32; BLOCKS
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn refill_avx512(
-    key: &[u32; 8],
+    key: [u8; 32],
     stream: u64,
     block: u64,
     out: &mut [u32; BLOCKS * BLOCK_WORDS],
@@ -212,8 +206,6 @@ unsafe fn refill_avx512(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
-    use rand_chacha::ChaCha20Rng;
 
     fn reference(key: [u8; 32], stream: u64, pos: u128) -> ChaCha20Rng {
         let mut r = ChaCha20Rng::from_seed(key);
@@ -227,7 +219,7 @@ mod tests {
         // Expected: rand_chacha 0.9's ChaCha20Rng, word for word, over three refills, from
         // block-aligned and mid-block positions, at a low-word counter carry (block 2³² − 5: the
         // 16 lanes straddle it) and at the 2⁶⁸ wrap; with the AVX-512 refill where the CPU has it
-        // and with the portable one.
+        // and with the rand_chacha refill (which checks the buffer positioning).
         let mut key = [0u8; 32];
         for (i, k) in key.iter_mut().enumerate() {
             *k = (i as u8).wrapping_mul(37).wrapping_add(11);

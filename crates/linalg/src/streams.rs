@@ -4,12 +4,11 @@
 //! sampling code is compiled at opt-level 3 (in diffuq itself, at opt-level 1, AU's re-noising
 //! draws ran 2× slower), and filled on several threads: each row depends on its own stream
 //! alone, so the bits do not depend on the thread count. The keystream comes from
-//! [`crate::chacha::Wide`] where the CPU has AVX-512F (the same words as `rand_chacha`, 1,000
-//! rows of 320 normals in 0.67–0.69 ms instead of 1.33 ms on the 2-core dev machine) and from
-//! `rand_chacha` itself elsewhere.
+//! [`crate::chacha::Wide`]: the same words as `rand_chacha`, sixteen blocks at a time where the
+//! CPU has AVX-512F (1,000 rows of 320 normals in 0.67–0.69 ms instead of 1.33 ms on the 2-core
+//! dev machine), from `rand_chacha` itself elsewhere.
 
-use rand::{Rng, RngCore, SeedableRng};
-use rand_chacha::ChaCha20Rng;
+use rand::Rng;
 use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
@@ -18,19 +17,21 @@ use crate::chacha::Wide;
 /// Below this many draws a thread hand-off costs more than it saves.
 const PARALLEL_FROM: usize = 1 << 14;
 
-/// Row k filled by `fill` from the stream `make(indices[k])`, on several threads when there are
-/// enough draws.
-fn rows_with<R: RngCore>(
+/// Row k filled by `fill` from the stream `indices[k]` of `key` at `word_pos` (0 if none), on
+/// several threads when there are enough draws.
+fn rows(
+    key: [u8; 32],
     indices: &[u64],
+    word_pos: Option<u128>,
     dim: usize,
-    make: impl Fn(u64) -> R + Sync,
-    fill: impl Fn(&mut R, &mut [f32]) + Sync,
+    fill: impl Fn(&mut Wide, &mut [f32]) + Sync,
 ) -> Vec<f32> {
     let mut out = vec![0f32; indices.len() * dim];
     if dim == 0 {
         return out;
     }
-    let one = |(&i, row): (&u64, &mut [f32])| fill(&mut make(i), row);
+    let one =
+        |(&i, row): (&u64, &mut [f32])| fill(&mut Wide::new(key, i, word_pos.unwrap_or(0)), row);
     if out.len() >= PARALLEL_FROM && rayon::current_num_threads() > 1 {
         indices
             .par_iter()
@@ -43,43 +44,12 @@ fn rows_with<R: RngCore>(
     out
 }
 
-/// [`rows_with`] on the ChaCha20 streams of `key` at `word_pos`: sixteen-block AVX-512 refills
-/// ([`Wide`], the same words) where the CPU has AVX-512F, `rand_chacha` itself elsewhere.
-macro_rules! rows {
-    ($key:expr, $indices:expr, $word_pos:expr, $dim:expr, $fill:expr) => {{
-        let (key, word_pos) = ($key, $word_pos);
-        if crate::kernels::available() {
-            rows_with(
-                $indices,
-                $dim,
-                |i| Wide::new(key, i, word_pos.unwrap_or(0)),
-                $fill,
-            )
-        } else {
-            rows_with(
-                $indices,
-                $dim,
-                |i| {
-                    let mut rng = ChaCha20Rng::from_seed(key);
-                    rng.set_stream(i);
-                    if let Some(p) = word_pos {
-                        rng.set_word_pos(p);
-                    }
-                    rng
-                },
-                $fill,
-            )
-        }
-    }};
-}
-
 /// `dim` standard normals (rand_distr's ziggurat, f32) per index, row-major.
 pub fn normal_rows(key: [u8; 32], indices: &[u64], word_pos: Option<u128>, dim: usize) -> Vec<f32> {
-    fn fill<R: RngCore>(rng: &mut R, row: &mut [f32]) {
+    rows(key, indices, word_pos, dim, |rng, row| {
         row.iter_mut()
             .for_each(|v| *v = rng.sample::<f32, _>(StandardNormal))
-    }
-    rows!(key, indices, word_pos, dim, fill)
+    })
 }
 
 /// `dim` uniforms in [lo, hi) per index, row-major.
@@ -91,15 +61,16 @@ pub fn uniform_rows(
     lo: f32,
     hi: f32,
 ) -> Vec<f32> {
-    // A closure literal: the macro expands it once per stream type.
-    rows!(key, indices, word_pos, dim, |rng, row: &mut [f32]| row
-        .iter_mut()
-        .for_each(|v| *v = rng.random_range(lo..hi)))
+    rows(key, indices, word_pos, dim, |rng, row| {
+        row.iter_mut().for_each(|v| *v = rng.random_range(lo..hi))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
 
     #[test]
     fn rows_are_the_streams_drawn_one_by_one() {
