@@ -517,20 +517,9 @@ impl Resample {
         match self {
             Resample::None => Ok(x.clone()),
             Resample::Down => x.avg_pool2d(2),
-            Resample::Up => upsample2x(x),
+            Resample::Up => super::upsample::nearest2x(x),
         }
     }
-}
-
-/// Nearest-neighbour ×2 upsampling as a broadcast. Not candle's `upsample_nearest2d`: its
-/// backward (candle 0.11) overwrites the gradient already accumulated for its input instead of
-/// adding to it, which loses a branch when the input feeds two paths (an up ResBlock's x goes
-/// through both its norm and its skip resampling).
-fn upsample2x(x: &Tensor) -> candle_core::Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    x.reshape((n, c, h, 1, w, 1))?
-        .broadcast_as((n, c, h, 2, w, 2))?
-        .reshape((n, c, 2 * h, 2 * w))
 }
 
 /// guided-diffusion's ResBlock.

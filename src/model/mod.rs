@@ -20,6 +20,7 @@ pub mod toy_mlp;
 pub mod train;
 pub mod trainer;
 pub mod unet2d;
+pub mod upsample;
 pub mod uvit;
 pub mod vae;
 

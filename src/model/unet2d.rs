@@ -359,24 +359,24 @@ impl Resnet {
         emb: &Tensor,
         mode: &mut Mode<'_>,
     ) -> candle_core::Result<Tensor> {
-        let h = self.conv1.forward(&silu(&self.norm1.forward(x)?)?)?;
-        let e = self
-            .time_emb_proj
-            .forward(&silu(emb)?)?
-            .unsqueeze(2)?
-            .unsqueeze(3)?;
+        let h = self
+            .conv1
+            .forward(&self.norm1.forward_silu(x, None, &mut Mode::Eval, 0.0)?)?;
+        let e = self.time_emb_proj.forward(&silu(emb)?)?; // (N, C) or (N, 2C)
         let h = if self.scale_shift {
+            let e = e.unsqueeze(2)?.unsqueeze(3)?;
             let c = e.dim(1)? / 2;
             let scale = e.narrow(1, 0, c)?;
             let shift = e.narrow(1, c, c)?;
-            self.norm2
+            let h = self
+                .norm2
                 .forward(&h)?
                 .broadcast_mul(&(scale + 1.0)?)?
-                .broadcast_add(&shift)?
+                .broadcast_add(&shift)?;
+            mode.dropout(&silu(&h)?, self.dropout)?
         } else {
-            self.norm2.forward(&h.broadcast_add(&e)?)?
+            self.norm2.forward_silu(&h, Some(&e), mode, self.dropout)?
         };
-        let h = mode.dropout(&silu(&h)?, self.dropout)?;
         let h = self.conv2.forward(&h)?;
         let skip = match &self.shortcut {
             Some(c) => c.forward(x)?,
@@ -826,11 +826,19 @@ impl UNet2D {
                 }
             }
             if let Some(c) = &block.upsample {
-                let (_, _, hh, ww) = h.dims4()?;
-                h = c.forward(&h.upsample_nearest2d(2 * hh, 2 * ww)?)?;
+                // candle's own upsample on the trained models' kernels (their bits); the fused
+                // op with a one-pass backward on the AVX-512 kernels.
+                let up = if diffuq_linalg::conv::avx512_active() {
+                    super::upsample::nearest2x(&h)?
+                } else {
+                    let (_, _, hh, ww) = h.dims4()?;
+                    h.upsample_nearest2d(2 * hh, 2 * ww)?
+                };
+                h = c.forward(&up)?;
             }
         }
-        silu(&self.conv_norm_out.forward(&h)?)
+        self.conv_norm_out
+            .forward_silu(&h, None, &mut Mode::Eval, 0.0)
     }
 }
 

@@ -545,16 +545,6 @@ fn group_norm(vb: &VarBuilder, c: usize, name: &str) -> candle_core::Result<Grou
     )
 }
 
-/// Nearest-neighbour ×2 (`F.interpolate(scale_factor=2, mode="nearest")`) as a broadcast, which
-/// is differentiable (candle 0.11's `upsample_nearest2d` backward overwrites accumulated
-/// gradients; see adm.rs).
-fn upsample2x(x: &Tensor) -> candle_core::Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    x.reshape((n, c, h, 1, w, 1))?
-        .broadcast_as((n, c, h, 2, w, 2))?
-        .reshape((n, c, 2 * h, 2 * w))
-}
-
 /// LDM's `ResnetBlock` without time embedding (diffusers' `ResnetBlock2D` with temb None).
 struct ResnetBlock {
     norm1: GroupNorm,
@@ -1072,7 +1062,7 @@ impl VaeDecoder {
                 }
             }
             if let Some(c) = &level.upsample {
-                h = c.forward(&upsample2x(&h)?)?;
+                h = c.forward(&super::upsample::nearest2x(&h)?)?;
             }
         }
         let h = silu(&self.norm_out.forward(&h)?)?;

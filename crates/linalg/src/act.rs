@@ -67,6 +67,59 @@ unsafe fn silu_grad_chunk(x: &[f32], g: &[f32], dx: &mut [f32]) {
     }
 }
 
+/// y ← silu(y) on one slice, single-threaded, same arithmetic as [`silu_f32`] (for fused kernels
+/// that run inside a parallel task). Panics without AVX-512F.
+pub fn silu_in_place_f32(y: &mut [f32]) {
+    assert!(available(), "silu_in_place_f32 needs AVX-512F");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512F checked above.
+    unsafe {
+        silu_in_place_chunk(y)
+    }
+}
+
+/// g ← g · silu′(x) on one slice, single-threaded, same arithmetic as [`silu_backward_f32`].
+/// Panics without AVX-512F.
+pub fn silu_grad_in_place_f32(x: &[f32], g: &mut [f32]) {
+    assert!(available(), "silu_grad_in_place_f32 needs AVX-512F");
+    assert_eq!(x.len(), g.len(), "silu gradient sizes");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512F checked above.
+    unsafe {
+        silu_grad_in_place_chunk(x, g)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn silu_grad_in_place_chunk(x: &[f32], g: &mut [f32]) {
+    let one = _mm512_set1_ps(1.0);
+    for (xc, gc) in x.chunks(16).zip(g.chunks_mut(16)) {
+        let m = crate::kernels::tail_mask(xc.len());
+        let v = _mm512_maskz_loadu_ps(m, xc.as_ptr());
+        let gv = _mm512_maskz_loadu_ps(m, gc.as_ptr());
+        let s = _mm512_div_ps(
+            one,
+            _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), v))),
+        );
+        let d = _mm512_mul_ps(s, _mm512_fmadd_ps(v, _mm512_sub_ps(one, s), one));
+        _mm512_mask_storeu_ps(gc.as_mut_ptr(), m, _mm512_mul_ps(gv, d));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn silu_in_place_chunk(y: &mut [f32]) {
+    let one = _mm512_set1_ps(1.0);
+    for yc in y.chunks_mut(16) {
+        let m = crate::kernels::tail_mask(yc.len());
+        let v = _mm512_maskz_loadu_ps(m, yc.as_ptr());
+        let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), v));
+        let out = _mm512_div_ps(v, _mm512_add_ps(one, e));
+        _mm512_mask_storeu_ps(yc.as_mut_ptr(), m, out);
+    }
+}
+
 /// Whether [`silu_f32`] and [`silu_backward_f32`] can run (AVX-512F on this CPU).
 pub fn available() -> bool {
     crate::kernels::available()

@@ -18,6 +18,7 @@ pub mod members;
 pub mod norm;
 pub mod par;
 pub mod pool;
+pub mod resample;
 pub mod streams;
 
 use std::mem::MaybeUninit;

@@ -5,10 +5,14 @@
 //! elements of a group:
 //!
 //!   dβ_c = Σ_{n,l} dy,   dγ_c = Σ_{n,l} dy·x̂,   dx = (g − mean(g) − x̂·mean(g·x̂)) / s,  g = γ_c dy.
+//!
+//! A UNet residual block follows each norm with a SiLU, and its second norm also adds the time
+//! embedding before and applies dropout after: [`group_norm_silu_f32_uninit`] and its backward do
+//! y = dropout(SiLU(GroupNorm(x + e))) in one pass over the data each (the backward recomputes
+//! the statistics and the activations), where separate tensor ops would each write a full-size
+//! tensor forward and accumulate a full-size gradient backward.
 
 use std::mem::MaybeUninit;
-
-use rayon::prelude::*;
 
 /// Layout of one call: N items, C channels, L positions per channel, G groups.
 #[derive(Clone, Copy, Debug)]
@@ -82,7 +86,7 @@ fn forward<T: Float>(x: &[T], gamma: &[T], beta: &[T], d: GroupNormDims, y: &mut
     let gl = cg * d.l;
     assert_eq!(x.len(), d.n * d.c * d.l, "group norm input size");
     assert_eq!(y.len(), x.len(), "group norm output size");
-    y.par_chunks_mut(gl).enumerate().for_each(|(ng, yg)| {
+    crate::par::for_chunks_mut(y, gl, |ng, yg| {
         let xg = &x[ng * gl..(ng + 1) * gl];
         let (mean, inv) = stats(xg, d.eps, d.lanes);
         let g0 = (ng % d.groups) * cg;
@@ -108,54 +112,260 @@ fn backward<T: Float>(
     let cg = d.c / d.groups;
     let gl = cg * d.l;
     // Per (n, c) partial sums of dy and dy·x̂, computed with dx; reduced over n after.
-    let mut partial = vec![(0f64, 0f64); d.n * d.c];
-    dx.par_chunks_mut(gl)
-        .zip(partial.par_chunks_mut(cg))
+    let mut partial = vec![[0f64; 3]; d.n * d.c];
+    crate::par::for_chunks_mut2(dx, gl, &mut partial, cg, |ng, dxg, part| {
+        let xg = &x[ng * gl..(ng + 1) * gl];
+        let dyg = &dy[ng * gl..(ng + 1) * gl];
+        let st = stats(xg, d.eps, d.lanes);
+        let g0 = (ng % d.groups) * cg;
+        backward_group(xg, dyg, &gamma[g0..g0 + cg], d.l, st, dxg, part);
+    });
+    reduce_partials(&partial, d, dgamma, dbeta);
+}
+
+/// Backward of one (n, group) block of C/G channels × L positions with its statistics (mean, 1/s):
+/// writes dx and adds the block's Σ dy and Σ dy·x̂ per channel to `part[c][0]` and `part[c][1]`.
+fn backward_group<T: Float>(
+    xg: &[T],
+    dyg: &[T],
+    gamma: &[T],
+    l: usize,
+    (mean, inv): (f64, f64),
+    dxg: &mut [T],
+    part: &mut [[f64; 3]],
+) {
+    let (mut sg, mut sgx) = (0f64, 0f64);
+    // Channel by channel (no per-element index division), same sums in the same order.
+    for (c, (xc, dc)) in xg.chunks(l).zip(dyg.chunks(l)).enumerate() {
+        let gm = gamma[c].f();
+        let (mut p0, mut p1) = (part[c][0], part[c][1]);
+        for (xv, dv) in xc.iter().zip(dc) {
+            let xh = (xv.f() - mean) * inv;
+            let g = gm * dv.f();
+            sg += g;
+            sgx += g * xh;
+            p0 += dv.f();
+            p1 += dv.f() * xh;
+        }
+        part[c][0] = p0;
+        part[c][1] = p1;
+    }
+    let m = xg.len() as f64;
+    let (mg, mgx) = (sg / m, sgx / m);
+    for (c, (oc, (xc, dc))) in dxg
+        .chunks_mut(l)
+        .zip(xg.chunks(l).zip(dyg.chunks(l)))
         .enumerate()
-        .for_each(|(ng, (dxg, part))| {
-            let xg = &x[ng * gl..(ng + 1) * gl];
-            let dyg = &dy[ng * gl..(ng + 1) * gl];
-            let (mean, inv) = stats(xg, d.eps, d.lanes);
-            let g0 = (ng % d.groups) * cg;
-            let (mut sg, mut sgx) = (0f64, 0f64);
-            // Channel by channel (no per-element index division), same sums in the same order.
-            for (c, (xc, dc)) in xg.chunks(d.l).zip(dyg.chunks(d.l)).enumerate() {
-                let gm = gamma[g0 + c].f();
-                let (mut p0, mut p1) = (part[c].0, part[c].1);
-                for (xv, dv) in xc.iter().zip(dc) {
-                    let xh = (xv.f() - mean) * inv;
-                    let g = gm * dv.f();
-                    sg += g;
-                    sgx += g * xh;
-                    p0 += dv.f();
-                    p1 += dv.f() * xh;
-                }
-                part[c] = (p0, p1);
-            }
-            let m = gl as f64;
-            let (mg, mgx) = (sg / m, sgx / m);
-            for (c, (oc, (xc, dc))) in dxg
-                .chunks_mut(d.l)
-                .zip(xg.chunks(d.l).zip(dyg.chunks(d.l)))
-                .enumerate()
-            {
-                let gm = gamma[g0 + c].f();
-                for (o, (xv, dv)) in oc.iter_mut().zip(xc.iter().zip(dc)) {
-                    let xh = (xv.f() - mean) * inv;
-                    let g = gm * dv.f();
-                    *o = T::from_f((g - mg - xh * mgx) * inv);
-                }
-            }
-        });
+    {
+        let gm = gamma[c].f();
+        for (o, (xv, dv)) in oc.iter_mut().zip(xc.iter().zip(dc)) {
+            let xh = (xv.f() - mean) * inv;
+            let g = gm * dv.f();
+            *o = T::from_f((g - mg - xh * mgx) * inv);
+        }
+    }
+}
+
+/// dβ_c and dγ_c: the per-(n, c) partial sums reduced over n.
+fn reduce_partials<T: Float>(
+    partial: &[[f64; 3]],
+    d: GroupNormDims,
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+) {
     for c in 0..d.c {
         let (mut b, mut g) = (0f64, 0f64);
         for n in 0..d.n {
-            b += partial[n * d.c + c].0;
-            g += partial[n * d.c + c].1;
+            b += partial[n * d.c + c][0];
+            g += partial[n * d.c + c][1];
         }
         dbeta[c] = T::from_f(b);
         dgamma[c] = T::from_f(g);
     }
+}
+
+/// The optional parts of the fused GroupNorm → SiLU (→ dropout) of a residual block,
+/// [`group_norm_silu_f32_uninit`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NormSiluExtras<'a> {
+    /// e (N·C): added to x per (item, channel) before normalising — the time embedding that
+    /// diffusers' ResnetBlock2D adds before its second norm.
+    pub shift: Option<&'a [f32]>,
+    /// Dropout after the SiLU: the keep-mask (N·C·L of 0 and 1) and the scale 1/(1 − p) of the
+    /// kept units (inverted dropout).
+    pub keep: Option<(&'a [f32], f32)>,
+}
+
+/// One (n, group) block of x, with the block's shift added when there is one (in f32, as a
+/// broadcast add would).
+fn shifted<'a>(
+    xg: &'a [f32],
+    shift: Option<&[f32]>,
+    l: usize,
+    scratch: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    match shift {
+        None => xg,
+        Some(e) => {
+            scratch.clear();
+            for (xc, &ev) in xg.chunks(l).zip(e) {
+                scratch.extend(xc.iter().map(|&v| v + ev));
+            }
+            scratch
+        }
+    }
+}
+
+/// The normalised, affine values a = γ_c x̂ + β_c of one block (the plain forward's expression).
+fn affine_block(
+    zg: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    l: usize,
+    (mean, inv): (f64, f64),
+    a: &mut [MaybeUninit<f32>],
+) {
+    for (c, (ac, zc)) in a.chunks_mut(l).zip(zg.chunks(l)).enumerate() {
+        let (gm, bt) = (gamma[c].f(), beta[c].f());
+        for (av, zv) in ac.iter_mut().zip(zc) {
+            *av = MaybeUninit::new(((zv.f() - mean) * inv * gm + bt) as f32);
+        }
+    }
+}
+
+fn check_norm_silu(x: &[f32], gamma: &[f32], beta: &[f32], ex: &NormSiluExtras, d: GroupNormDims) {
+    assert!(
+        crate::act::available(),
+        "fused group norm + SiLU needs AVX-512F"
+    );
+    assert!(
+        d.groups > 0 && d.c.is_multiple_of(d.groups),
+        "groups divide the channels"
+    );
+    assert_eq!(x.len(), d.n * d.c * d.l, "group norm input size");
+    assert!(
+        gamma.len() == d.c && beta.len() == d.c,
+        "group norm γ, β size"
+    );
+    if let Some(e) = ex.shift {
+        assert_eq!(e.len(), d.n * d.c, "group norm shift size");
+    }
+    if let Some((m, _)) = ex.keep {
+        assert_eq!(m.len(), x.len(), "dropout mask size");
+    }
+}
+
+/// y = dropout(SiLU(GroupNorm(x + e))) in one pass: the same values, bit for bit, as the plain
+/// kernel followed by [`crate::act::silu_f32`], a multiplication by the keep-mask and one by the
+/// scale (each step rounded to f32 as the separate passes round it), without writing and reading
+/// back the three intermediate tensors. Every value of `y` is written. Panics without AVX-512F.
+pub fn group_norm_silu_f32_uninit(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    ex: NormSiluExtras,
+    d: GroupNormDims,
+    y: &mut [MaybeUninit<f32>],
+) {
+    check_norm_silu(x, gamma, beta, &ex, d);
+    assert_eq!(y.len(), x.len(), "group norm output size");
+    let cg = d.c / d.groups;
+    let gl = cg * d.l;
+    crate::par::for_chunks_mut(y, gl, |ng, yg| {
+        let g0 = (ng % d.groups) * cg;
+        let mut scratch = Vec::new();
+        let zg = shifted(
+            &x[ng * gl..(ng + 1) * gl],
+            ex.shift.map(|e| &e[ng * cg..(ng + 1) * cg]),
+            d.l,
+            &mut scratch,
+        );
+        let st = stats(zg, d.eps, d.lanes);
+        affine_block(zg, &gamma[g0..g0 + cg], &beta[g0..g0 + cg], d.l, st, yg);
+        // SAFETY: affine_block wrote every value of yg.
+        let yg = unsafe { &mut *(yg as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        crate::act::silu_in_place_f32(yg);
+        if let Some((mask, scale)) = ex.keep {
+            for (v, &m) in yg.iter_mut().zip(&mask[ng * gl..(ng + 1) * gl]) {
+                // (h·keep) then candle's affine v·mul + add with add = 0.
+                *v = (*v * m) * scale + 0.0;
+            }
+        }
+    });
+}
+
+/// Gradients of [`group_norm_silu_f32_uninit`] from dy: dx, dγ, dβ and (with a shift) de
+/// (N·C, Σ over positions of dx). Recomputes the forward's statistics and activations. Panics
+/// without AVX-512F.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_silu_backward_f32(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    ex: NormSiluExtras,
+    dy: &[f32],
+    d: GroupNormDims,
+    dx: &mut [f32],
+    dshift: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    check_norm_silu(x, gamma, beta, &ex, d);
+    assert!(
+        dy.len() == x.len() && dx.len() == x.len(),
+        "group norm gradient sizes"
+    );
+    assert_eq!(
+        dshift.len(),
+        if ex.shift.is_some() { d.n * d.c } else { 0 },
+        "group norm shift gradient size"
+    );
+    assert!(
+        dgamma.len() == d.c && dbeta.len() == d.c,
+        "group norm dγ, dβ size"
+    );
+    let cg = d.c / d.groups;
+    let gl = cg * d.l;
+    // Per (n, c): Σ da, Σ da·x̂ (for dβ, dγ) and Σ_l dx (de).
+    let mut partial = vec![[0f64; 3]; d.n * d.c];
+    crate::par::for_chunks_mut2(dx, gl, &mut partial, cg, |ng, dxg, part| {
+        let g0 = (ng % d.groups) * cg;
+        let (gamma, beta) = (&gamma[g0..g0 + cg], &beta[g0..g0 + cg]);
+        let mut scratch = Vec::new();
+        let zg = shifted(
+            &x[ng * gl..(ng + 1) * gl],
+            ex.shift.map(|e| &e[ng * cg..(ng + 1) * cg]),
+            d.l,
+            &mut scratch,
+        );
+        let st = stats(zg, d.eps, d.lanes);
+        // da = g · silu′(a), with g the gradient behind the dropout: (dy·scale + 0)·keep, as
+        // the backward of candle's affine and multiplication computes it.
+        let mut a = Vec::with_capacity(gl);
+        affine_block(zg, gamma, beta, d.l, st, &mut a.spare_capacity_mut()[..gl]);
+        // SAFETY: affine_block wrote the first gl values.
+        unsafe { a.set_len(gl) };
+        let dyg = &dy[ng * gl..(ng + 1) * gl];
+        let mut da: Vec<f32> = match ex.keep {
+            Some((mask, scale)) => dyg
+                .iter()
+                .zip(&mask[ng * gl..(ng + 1) * gl])
+                .map(|(&g, &m)| (g * scale + 0.0) * m)
+                .collect(),
+            None => dyg.to_vec(),
+        };
+        crate::act::silu_grad_in_place_f32(&a, &mut da);
+        backward_group(zg, &da, gamma, d.l, st, dxg, part);
+        if ex.shift.is_some() {
+            for (p, dc) in part.iter_mut().zip(dxg.chunks(d.l)) {
+                p[2] = dc.iter().map(|&v| f64::from(v)).sum::<f64>();
+            }
+        }
+    });
+    for (de, p) in dshift.iter_mut().zip(&partial) {
+        *de = p[2] as f32;
+    }
+    reduce_partials(&partial, d, dgamma, dbeta);
 }
 
 pub fn group_norm_f32(x: &[f32], gamma: &[f32], beta: &[f32], d: GroupNormDims, y: &mut [f32]) {
@@ -199,4 +409,110 @@ pub fn group_norm_backward_f64(
     dbeta: &mut [f64],
 ) {
     backward(x, gamma, dy, d, dx, dgamma, dbeta)
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// Deterministic test values in about [−2, 2].
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (i as f32 * 0.618 + seed as f32 * 0.37).sin() * 2.0)
+            .collect()
+    }
+
+    #[test]
+    fn fused_norm_silu_dropout_equals_the_separate_passes() {
+        // Expected numbers: this crate's plain group norm, silu_f32 / silu_backward_f32 and the
+        // mask products written out as the separate tensor ops compute them (those kernels are
+        // checked against torch and candle in diffuq's model tests); the fused kernel must
+        // give the same bits for y, dx, dγ, dβ, and de = Σ_l dx to f32 rounding of an f64 sum.
+        if !crate::act::available() {
+            eprintln!("no AVX-512F on this CPU: kernel not exercised");
+            return;
+        }
+        for (n, c, l, groups, shift, keep) in [
+            (3, 8, 20, 4, true, true),
+            (2, 6, 7, 3, false, false),
+            (2, 4, 9, 2, true, false),
+            (1, 4, 16, 1, false, true),
+        ] {
+            let d = GroupNormDims {
+                n,
+                c,
+                l,
+                groups,
+                eps: 1e-5,
+                lanes: true,
+            };
+            let x = values(n * c * l, 1);
+            let (gamma, beta) = (values(c, 2), values(c, 3));
+            let e = values(n * c, 4);
+            let mask: Vec<f32> = (0..n * c * l)
+                .map(|i| ((i * 7) % 5 != 0) as u8 as f32)
+                .collect();
+            let dy = values(n * c * l, 5);
+            let scale = (1.0 / (1.0 - 0.2f64)) as f32;
+            let ex = NormSiluExtras {
+                shift: shift.then_some(&e[..]),
+                keep: keep.then_some((&mask[..], scale)),
+            };
+
+            // Separate passes.
+            let z: Vec<f32> = if shift {
+                x.iter().enumerate().map(|(i, v)| v + e[i / l]).collect()
+            } else {
+                x.clone()
+            };
+            let mut a = vec![0f32; z.len()];
+            group_norm_f32(&z, &gamma, &beta, d, &mut a);
+            let mut s = vec![0f32; z.len()];
+            crate::act::silu_f32(&a, &mut s);
+            let want_y: Vec<f32> = if keep {
+                s.iter()
+                    .zip(&mask)
+                    .map(|(v, m)| (v * m) * scale + 0.0)
+                    .collect()
+            } else {
+                s
+            };
+            let g: Vec<f32> = if keep {
+                dy.iter()
+                    .zip(&mask)
+                    .map(|(v, m)| (v * scale + 0.0) * m)
+                    .collect()
+            } else {
+                dy.clone()
+            };
+            let mut da = vec![0f32; z.len()];
+            crate::act::silu_backward_f32(&a, &g, &mut da);
+            let (mut want_dx, mut want_dg, mut want_db) =
+                (vec![0f32; z.len()], vec![0f32; c], vec![0f32; c]);
+            group_norm_backward_f32(&z, &gamma, &da, d, &mut want_dx, &mut want_dg, &mut want_db);
+
+            // Fused.
+            let mut y = vec![0f32; z.len()];
+            group_norm_silu_f32_uninit(&x, &gamma, &beta, ex, d, crate::as_uninit(&mut y));
+            let (mut dx, mut dg, mut db) = (vec![0f32; z.len()], vec![0f32; c], vec![0f32; c]);
+            let mut de = vec![0f32; if shift { n * c } else { 0 }];
+            group_norm_silu_backward_f32(
+                &x, &gamma, &beta, ex, &dy, d, &mut dx, &mut de, &mut dg, &mut db,
+            );
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            let case = format!("n {n} c {c} l {l} groups {groups} shift {shift} keep {keep}");
+            assert_eq!(bits(&y), bits(&want_y), "y, {case}");
+            assert_eq!(bits(&dx), bits(&want_dx), "dx, {case}");
+            assert_eq!(bits(&dg), bits(&want_dg), "dγ, {case}");
+            assert_eq!(bits(&db), bits(&want_db), "dβ, {case}");
+            for (i, v) in de.iter().enumerate() {
+                let want: f64 = want_dx[i * l..(i + 1) * l].iter().map(|&v| v as f64).sum();
+                assert_eq!(*v, want as f32, "de[{i}], {case}");
+            }
+            if keep {
+                // Dropped units carry neither value nor gradient.
+                assert!(y.iter().zip(&mask).all(|(v, m)| *m == 1.0 || *v == 0.0));
+            }
+        }
+    }
 }

@@ -74,6 +74,41 @@ pub(crate) fn for_chunks_mut<T: Send>(
     });
 }
 
+/// [`for_chunks_mut`] over two slices cut into the same number of pieces: `f(i, a_i, b_i)` with
+/// piece i of `a` of `a_chunk` elements and of `b` of `b_chunk` elements (both may be 0-sized
+/// at the end, as may every piece of `b` when `b_chunk` is 0).
+pub(crate) fn for_chunks_mut2<A: Send, B: Send>(
+    a: &mut [A],
+    a_chunk: usize,
+    b: &mut [B],
+    b_chunk: usize,
+    f: impl Fn(usize, &mut [A], &mut [B]) + Sync,
+) {
+    assert!(a_chunk > 0, "for_chunks_mut2: empty chunks");
+    let pieces = a.len().div_ceil(a_chunk);
+    assert!(
+        b.len() <= pieces * b_chunk,
+        "for_chunks_mut2: second slice longer than its pieces"
+    );
+    let (alen, abase) = (a.len(), a.as_mut_ptr() as usize);
+    let (blen, bbase) = (b.len(), b.as_mut_ptr() as usize);
+    for_ranges(pieces, |r| {
+        for i in r {
+            let (a0, a1) = (i * a_chunk, alen.min((i + 1) * a_chunk));
+            let (b0, b1) = (blen.min(i * b_chunk), blen.min((i + 1) * b_chunk));
+            // SAFETY: as in for_chunks_mut, for each slice: pieces of distinct i are disjoint
+            // and inside their slice, which stays mutably borrowed; each i is visited once.
+            let (pa, pb) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut((abase as *mut A).add(a0), a1 - a0),
+                    std::slice::from_raw_parts_mut((bbase as *mut B).add(b0), b1 - b0),
+                )
+            };
+            f(i, pa, pb);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +143,26 @@ mod tests {
                 }
             });
             assert_eq!(v, (1..=n).collect::<Vec<_>>(), "n = {n}, chunk = {chunk}");
+        }
+    }
+
+    #[test]
+    fn paired_chunks_line_up() {
+        // Expected: by definition, piece i of each slice starts at i·chunk of that slice.
+        for (n, ca, cb) in [(10usize, 3usize, 2usize), (64, 16, 0), (65, 16, 1)] {
+            let pieces = n.div_ceil(ca);
+            let (mut a, mut b) = (vec![0usize; n], vec![0usize; pieces * cb]);
+            for_chunks_mut2(&mut a, ca, &mut b, cb, |i, pa, pb| {
+                pa.iter_mut().for_each(|x| *x = i + 1);
+                pb.iter_mut().for_each(|x| *x = i + 1);
+            });
+            assert_eq!(a, (0..n).map(|k| k / ca + 1).collect::<Vec<_>>());
+            assert_eq!(
+                b,
+                (0..pieces * cb)
+                    .map(|k| k / cb.max(1) + 1)
+                    .collect::<Vec<_>>()
+            );
         }
     }
 }
