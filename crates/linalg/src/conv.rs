@@ -594,23 +594,18 @@ mod fast {
         unsafe { pad_rows(xi, g, xp) }
     }
 
-    /// [`pad_into`]'s copies.
+    /// [`pad_into`]'s copies, one [`kernels::copy_row`] per row.
     ///
     /// # Safety
     /// AVX-512F must be available; `xi` is one (C, H, W) image, `xp` holds its padded copy.
     #[target_feature(enable = "avx512f")]
     unsafe fn pad_rows(xi: &[f32], g: &ConvGeom, xp: &mut [f32]) {
-        use std::arch::x86_64::*;
         let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
         let (src, dst) = (xi.as_ptr(), xp.as_mut_ptr());
         for c in 0..g.c {
             for y in 0..g.h {
                 let (s, d) = ((c * g.h + y) * g.w, c * hp * wp + (y + g.ph) * wp + g.pw);
-                for x0 in (0..g.w).step_by(16) {
-                    let m = kernels::tail_mask(16.min(g.w - x0));
-                    let v = _mm512_maskz_loadu_ps(m, src.add(s + x0));
-                    _mm512_mask_storeu_ps(dst.add(d + x0), m, v);
-                }
+                kernels::copy_row(src.add(s), dst.add(d), g.w);
             }
         }
     }

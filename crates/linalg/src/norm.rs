@@ -68,6 +68,7 @@ fn sum8<T: Float>(x: &[T], f: impl Fn(T) -> f64) -> f64 {
 }
 
 /// Mean and 1/s of one group's elements.
+#[inline(always)]
 fn stats<T: Float>(x: &[T], eps: f64, lanes: bool) -> (f64, f64) {
     let m = x.len() as f64;
     if lanes {
@@ -78,6 +79,45 @@ fn stats<T: Float>(x: &[T], eps: f64, lanes: bool) -> (f64, f64) {
     let mean = x.iter().map(|v| v.f()).sum::<f64>() / m;
     let var = x.iter().map(|v| (v.f() - mean).powi(2)).sum::<f64>() / m;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// [`stats`] with lanes for f32 on AVX-512: the eight lane sums as one f64 vector (the compiler
+/// vectorises [`sum8`] only two lanes wide), same operations in the same order, same bits.
+///
+/// # Safety
+/// AVX-512F must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn stats_lanes_f32(x: &[f32], eps: f64) -> (f64, f64) {
+    use std::arch::x86_64::*;
+    let m = x.len() as f64;
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    let combine = |acc: __m512d| {
+        let mut a = [0f64; 8];
+        _mm512_storeu_pd(a.as_mut_ptr(), acc);
+        ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
+    };
+    let mut acc = _mm512_setzero_pd();
+    for c in chunks.clone() {
+        acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm256_loadu_ps(c.as_ptr())));
+    }
+    let mut s = combine(acc);
+    for &v in tail {
+        s += f64::from(v);
+    }
+    let mean = s / m;
+    let mv = _mm512_set1_pd(mean);
+    let mut acc = _mm512_setzero_pd();
+    for c in chunks {
+        let d = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(c.as_ptr())), mv);
+        acc = _mm512_add_pd(acc, _mm512_mul_pd(d, d));
+    }
+    let mut s = combine(acc);
+    for &v in tail {
+        s += (f64::from(v) - mean) * (f64::from(v) - mean);
+    }
+    (mean, 1.0 / (s / m + eps).sqrt())
 }
 
 /// Writes every value of y (which may be uninitialised).
@@ -125,6 +165,7 @@ fn backward<T: Float>(
 
 /// Backward of one (n, group) block of C/G channels × L positions with its statistics (mean, 1/s):
 /// writes dx and adds the block's Σ dy and Σ dy·x̂ per channel to `part[c][0]` and `part[c][1]`.
+#[inline(always)]
 fn backward_group<T: Float>(
     xg: &[T],
     dyg: &[T],
@@ -198,6 +239,7 @@ pub struct NormSiluExtras<'a> {
 
 /// One (n, group) block of x, with the block's shift added when there is one (in f32, as a
 /// broadcast add would).
+#[inline(always)]
 fn shifted<'a>(
     xg: &'a [f32],
     shift: Option<&[f32]>,
@@ -217,7 +259,13 @@ fn shifted<'a>(
 }
 
 /// The normalised, affine values a = γ_c x̂ + β_c of one block (the plain forward's expression).
-fn affine_block(
+///
+/// # Safety
+/// AVX-512F must be available (8 values at a time in f64 vectors: the same operations in the
+/// same order as one at a time, so the same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn affine_block(
     zg: &[f32],
     gamma: &[f32],
     beta: &[f32],
@@ -225,9 +273,22 @@ fn affine_block(
     (mean, inv): (f64, f64),
     a: &mut [MaybeUninit<f32>],
 ) {
+    use std::arch::x86_64::*;
+    let (mv, iv) = (_mm512_set1_pd(mean), _mm512_set1_pd(inv));
     for (c, (ac, zc)) in a.chunks_mut(l).zip(zg.chunks(l)).enumerate() {
         let (gm, bt) = (gamma[c].f(), beta[c].f());
-        for (av, zv) in ac.iter_mut().zip(zc) {
+        let (gv, bv) = (_mm512_set1_pd(gm), _mm512_set1_pd(bt));
+        let mut i = 0;
+        while i + 8 <= l {
+            let z = _mm512_cvtps_pd(_mm256_loadu_ps(zc.as_ptr().add(i)));
+            let r = _mm512_add_pd(
+                _mm512_mul_pd(_mm512_mul_pd(_mm512_sub_pd(z, mv), iv), gv),
+                bv,
+            );
+            _mm256_storeu_ps(ac.as_mut_ptr().add(i).cast::<f32>(), _mm512_cvtpd_ps(r));
+            i += 8;
+        }
+        for (av, zv) in ac[i..].iter_mut().zip(&zc[i..]) {
             *av = MaybeUninit::new(((zv.f() - mean) * inv * gm + bt) as f32);
         }
     }
@@ -271,27 +332,61 @@ pub fn group_norm_silu_f32_uninit(
     assert_eq!(y.len(), x.len(), "group norm output size");
     let cg = d.c / d.groups;
     let gl = cg * d.l;
+    #[cfg(target_arch = "x86_64")]
     crate::par::for_chunks_mut(y, gl, |ng, yg| {
-        let g0 = (ng % d.groups) * cg;
-        let mut scratch = Vec::new();
-        let zg = shifted(
-            &x[ng * gl..(ng + 1) * gl],
-            ex.shift.map(|e| &e[ng * cg..(ng + 1) * cg]),
-            d.l,
-            &mut scratch,
-        );
-        let st = stats(zg, d.eps, d.lanes);
-        affine_block(zg, &gamma[g0..g0 + cg], &beta[g0..g0 + cg], d.l, st, yg);
-        // SAFETY: affine_block wrote every value of yg.
-        let yg = unsafe { &mut *(yg as *mut [MaybeUninit<f32>] as *mut [f32]) };
-        crate::act::silu_in_place_f32(yg);
-        if let Some((mask, scale)) = ex.keep {
-            for (v, &m) in yg.iter_mut().zip(&mask[ng * gl..(ng + 1) * gl]) {
-                // (h·keep) then candle's affine v·mul + add with add = 0.
-                *v = (*v * m) * scale + 0.0;
-            }
-        }
+        // SAFETY: AVX-512F checked by check_norm_silu.
+        unsafe { norm_silu_block(x, gamma, beta, &ex, d, ng, yg) }
     });
+}
+
+/// The statistics of one block of the fused kernels (which run only with AVX-512).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn norm_silu_stats(zg: &[f32], d: GroupNormDims) -> (f64, f64) {
+    if d.lanes {
+        stats_lanes_f32(zg, d.eps)
+    } else {
+        stats(zg, d.eps, false)
+    }
+}
+
+/// Block ng = (n, group) of [`group_norm_silu_f32_uninit`], compiled for AVX-512 so that the
+/// f64 loops vectorise 8 wide (the same operations in the same order as without: same bits).
+///
+/// # Safety
+/// AVX-512F must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn norm_silu_block(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    ex: &NormSiluExtras,
+    d: GroupNormDims,
+    ng: usize,
+    yg: &mut [MaybeUninit<f32>],
+) {
+    let cg = d.c / d.groups;
+    let gl = cg * d.l;
+    let g0 = (ng % d.groups) * cg;
+    let mut scratch = Vec::new();
+    let zg = shifted(
+        &x[ng * gl..(ng + 1) * gl],
+        ex.shift.map(|e| &e[ng * cg..(ng + 1) * cg]),
+        d.l,
+        &mut scratch,
+    );
+    let st = norm_silu_stats(zg, d);
+    affine_block(zg, &gamma[g0..g0 + cg], &beta[g0..g0 + cg], d.l, st, yg);
+    // SAFETY: affine_block wrote every value of yg.
+    let yg = unsafe { &mut *(yg as *mut [MaybeUninit<f32>] as *mut [f32]) };
+    crate::act::silu_in_place_f32(yg);
+    if let Some((mask, scale)) = ex.keep {
+        for (v, &m) in yg.iter_mut().zip(&mask[ng * gl..(ng + 1) * gl]) {
+            // (h·keep) then candle's affine v·mul + add with add = 0.
+            *v = (*v * m) * scale + 0.0;
+        }
+    }
 }
 
 /// Gradients of [`group_norm_silu_f32_uninit`] from dy: dx, dγ, dβ and (with a shift) de
@@ -328,44 +423,70 @@ pub fn group_norm_silu_backward_f32(
     let gl = cg * d.l;
     // Per (n, c): Σ da, Σ da·x̂ (for dβ, dγ) and Σ_l dx (de).
     let mut partial = vec![[0f64; 3]; d.n * d.c];
+    #[cfg(target_arch = "x86_64")]
     crate::par::for_chunks_mut2(dx, gl, &mut partial, cg, |ng, dxg, part| {
-        let g0 = (ng % d.groups) * cg;
-        let (gamma, beta) = (&gamma[g0..g0 + cg], &beta[g0..g0 + cg]);
-        let mut scratch = Vec::new();
-        let zg = shifted(
-            &x[ng * gl..(ng + 1) * gl],
-            ex.shift.map(|e| &e[ng * cg..(ng + 1) * cg]),
-            d.l,
-            &mut scratch,
-        );
-        let st = stats(zg, d.eps, d.lanes);
-        // da = g · silu′(a), with g the gradient behind the dropout: (dy·scale + 0)·keep, as
-        // the backward of candle's affine and multiplication computes it.
-        let mut a = Vec::with_capacity(gl);
-        affine_block(zg, gamma, beta, d.l, st, &mut a.spare_capacity_mut()[..gl]);
-        // SAFETY: affine_block wrote the first gl values.
-        unsafe { a.set_len(gl) };
-        let dyg = &dy[ng * gl..(ng + 1) * gl];
-        let mut da: Vec<f32> = match ex.keep {
-            Some((mask, scale)) => dyg
-                .iter()
-                .zip(&mask[ng * gl..(ng + 1) * gl])
-                .map(|(&g, &m)| (g * scale + 0.0) * m)
-                .collect(),
-            None => dyg.to_vec(),
-        };
-        crate::act::silu_grad_in_place_f32(&a, &mut da);
-        backward_group(zg, &da, gamma, d.l, st, dxg, part);
-        if ex.shift.is_some() {
-            for (p, dc) in part.iter_mut().zip(dxg.chunks(d.l)) {
-                p[2] = dc.iter().map(|&v| f64::from(v)).sum::<f64>();
-            }
-        }
+        // SAFETY: AVX-512F checked by check_norm_silu.
+        unsafe { norm_silu_backward_block(x, gamma, beta, &ex, dy, d, ng, dxg, part) }
     });
     for (de, p) in dshift.iter_mut().zip(&partial) {
         *de = p[2] as f32;
     }
     reduce_partials(&partial, d, dgamma, dbeta);
+}
+
+/// Block ng = (n, group) of [`group_norm_silu_backward_f32`] (dx and the per-channel sums),
+/// compiled for AVX-512 like [`norm_silu_block`].
+///
+/// # Safety
+/// AVX-512F must be available.
+#[allow(clippy::too_many_arguments)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn norm_silu_backward_block(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    ex: &NormSiluExtras,
+    dy: &[f32],
+    d: GroupNormDims,
+    ng: usize,
+    dxg: &mut [f32],
+    part: &mut [[f64; 3]],
+) {
+    let cg = d.c / d.groups;
+    let gl = cg * d.l;
+    let g0 = (ng % d.groups) * cg;
+    let (gamma, beta) = (&gamma[g0..g0 + cg], &beta[g0..g0 + cg]);
+    let mut scratch = Vec::new();
+    let zg = shifted(
+        &x[ng * gl..(ng + 1) * gl],
+        ex.shift.map(|e| &e[ng * cg..(ng + 1) * cg]),
+        d.l,
+        &mut scratch,
+    );
+    let st = norm_silu_stats(zg, d);
+    // da = g · silu′(a), with g the gradient behind the dropout: (dy·scale + 0)·keep, as
+    // the backward of candle's affine and multiplication computes it.
+    let mut a = Vec::with_capacity(gl);
+    affine_block(zg, gamma, beta, d.l, st, &mut a.spare_capacity_mut()[..gl]);
+    // SAFETY: affine_block wrote the first gl values.
+    unsafe { a.set_len(gl) };
+    let dyg = &dy[ng * gl..(ng + 1) * gl];
+    let mut da: Vec<f32> = match ex.keep {
+        Some((mask, scale)) => dyg
+            .iter()
+            .zip(&mask[ng * gl..(ng + 1) * gl])
+            .map(|(&g, &m)| (g * scale + 0.0) * m)
+            .collect(),
+        None => dyg.to_vec(),
+    };
+    crate::act::silu_grad_in_place_f32(&a, &mut da);
+    backward_group(zg, &da, gamma, d.l, st, dxg, part);
+    if ex.shift.is_some() {
+        for (p, dc) in part.iter_mut().zip(dxg.chunks(d.l)) {
+            p[2] = dc.iter().map(|&v| f64::from(v)).sum::<f64>();
+        }
+    }
 }
 
 pub fn group_norm_f32(x: &[f32], gamma: &[f32], beta: &[f32], d: GroupNormDims, y: &mut [f32]) {
