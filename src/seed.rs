@@ -98,6 +98,13 @@ impl Purpose {
     ) -> Vec<f32> {
         diffuq_linalg::streams::uniform_rows(self.key, indices, step.map(word_pos), dim, lo, hi)
     }
+
+    /// Dropout keep-masks: for each of `indices`, `dim` values that are 1.0 where
+    /// [`Self::uniforms`] in [0, 1) would be ≥ `p`, else 0.0 (the same draws, thresholded where
+    /// they are made).
+    pub fn keep_masks(&self, indices: &[u64], step: Option<u32>, dim: usize, p: f64) -> Vec<f32> {
+        diffuq_linalg::streams::keep_rows(self.key, indices, step.map(word_pos), dim, p)
+    }
 }
 
 /// The word position of step `step` inside a (purpose, index) stream.

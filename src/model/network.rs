@@ -85,11 +85,7 @@ impl MaskSource for StreamMasks<'_> {
             .purpose
             .sub(&format!("pass-{}/layer-{}", self.pass, self.layer));
         self.layer += 1;
-        let u = fam.uniforms(self.indices, Some(self.step), f, 0.0, 1.0);
-        let keep: Vec<f32> = u
-            .iter()
-            .map(|&v| f32::from(u8::from(f64::from(v) >= p)))
-            .collect();
+        let keep = fam.keep_masks(self.indices, Some(self.step), f, p);
         Tensor::from_vec(keep, dims, like.device())?.to_dtype(like.dtype())
     }
 }

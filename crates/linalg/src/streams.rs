@@ -66,6 +66,26 @@ pub fn uniform_rows(
     })
 }
 
+/// Dropout keep-masks: `dim` values per index, 1.0 where the stream's uniform in [0, 1) is
+/// ≥ `p` and 0.0 where it is below. The same uniforms, bit for bit, as [`uniform_rows`] with
+/// [0, 1) (rand 0.9's float sampling from one 32-bit word: its top 23 bits as the mantissa of a
+/// number in [1, 2), minus 1, times the width 1, plus the low 0), compared as f64 as the model
+/// layer compared them, without the intermediate uniforms or rand's generic range code.
+pub fn keep_rows(
+    key: [u8; 32],
+    indices: &[u64],
+    word_pos: Option<u128>,
+    dim: usize,
+    p: f64,
+) -> Vec<f32> {
+    rows(key, indices, word_pos, dim, |rng, row| {
+        row.iter_mut().for_each(|v| {
+            let u = f32::from_bits((rand::RngCore::next_u32(rng) >> 9) | 0x3f80_0000) - 1.0;
+            *v = f32::from(u8::from(f64::from(u * 1.0 + 0.0) >= p));
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +114,29 @@ mod tests {
             assert_eq!(&uni[k * 8..(k + 1) * 8], &want[..]);
         }
         assert!(normal_rows(key, &idx, None, 0).is_empty());
+    }
+
+    #[test]
+    fn keep_masks_threshold_the_uniforms() {
+        // Expected: rand 0.9's uniforms in [0, 1) from the same streams (uniform_rows, checked
+        // above against rand_chacha drawn one number at a time), thresholded at p.
+        let key = [3u8; 32];
+        let idx: Vec<u64> = (0..600).map(|i| i * 7 + 2).collect();
+        for (dim, pos, p) in [
+            (40usize, None, 0.1),
+            (37, Some(9u128 << 36), 0.5),
+            (3, None, 0.0),
+        ] {
+            let u = uniform_rows(key, &idx, pos, dim, 0.0, 1.0);
+            let keep = keep_rows(key, &idx, pos, dim, p);
+            let want: Vec<f32> = u
+                .iter()
+                .map(|&v| f32::from(u8::from(f64::from(v) >= p)))
+                .collect();
+            assert_eq!(keep, want, "dim {dim} p {p}");
+        }
+        let keep = keep_rows(key, &idx, None, 40, 0.1);
+        let kept = keep.iter().filter(|&&v| v == 1.0).count() as f64 / keep.len() as f64;
+        assert!((kept - 0.9).abs() < 0.01, "kept fraction {kept}");
     }
 }
