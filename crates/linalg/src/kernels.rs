@@ -383,6 +383,9 @@ pub unsafe fn transpose_block(
     ldd: usize,
 ) {
     debug_assert!(rows <= out_rows && out_rows <= 16 && cols <= 16);
+    if out_rows == 8 {
+        return transpose_8(src, lds, rows, cols, dst, ldd);
+    }
     let (mc, mr) = (tail_mask(cols), tail_mask(out_rows));
     let mut r = [_mm512_setzero_ps(); 16];
     for (i, v) in r.iter_mut().enumerate().take(rows) {
@@ -421,13 +424,74 @@ pub unsafe fn transpose_block(
         ];
         for (j, v) in out {
             if j < cols {
-                // Unmasked stores where the row is 16 or 8 wide (the tiles' usual case):
-                // masked stores into memory not yet in cache run at about half speed on Zen 5.
+                // Unmasked where the row is 16 wide (8 wide: transpose_8): masked stores into
+                // memory not yet in cache run at about half speed on Zen 5.
                 match out_rows {
                     16 => _mm512_storeu_ps(dst.add(j * ldd), v),
-                    8 => _mm256_storeu_ps(dst.add(j * ldd), _mm512_castps512_ps256(v)),
                     _ => _mm512_mask_storeu_ps(dst.add(j * ldd), mr, v),
                 }
+            }
+        }
+    }
+}
+
+/// [`transpose_block`] for blocks of 8 output columns (the 32 × 8 tile's 8 positions): only the
+/// two 8 × 8 halves are transposed (40 shuffles instead of 64), and each output row is one
+/// unmasked 8-lane store.
+///
+/// # Safety
+/// As [`transpose_block`] with `out_rows` = 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_8(
+    src: *const f32,
+    lds: usize,
+    rows: usize,
+    cols: usize,
+    dst: *mut f32,
+    ldd: usize,
+) {
+    let mc = tail_mask(cols);
+    let mut r = [_mm512_setzero_ps(); 8];
+    for (i, v) in r.iter_mut().enumerate().take(rows) {
+        *v = _mm512_maskz_loadu_ps(mc, src.add(i * lds));
+    }
+    // t[2k], t[2k + 1]: rows 2k and 2k + 1 interleaved (in 128-bit lane q: columns 4q, 4q + 1
+    // and 4q + 2, 4q + 3).
+    let mut t = [_mm512_setzero_ps(); 8];
+    for k in 0..4 {
+        t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    // u[4k + m], 128-bit lane q: rows 4k..4k + 3 at column 4q + m.
+    let mut u = [_mm512_setzero_ps(); 8];
+    for k in 0..2 {
+        let (a, b) = (_mm512_castps_pd(t[4 * k]), _mm512_castps_pd(t[4 * k + 2]));
+        let (c, d) = (
+            _mm512_castps_pd(t[4 * k + 1]),
+            _mm512_castps_pd(t[4 * k + 3]),
+        );
+        u[4 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        u[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        u[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        u[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    // Column 4q + m = lane q of u[m] (rows 0..3) then lane q of u[4 + m] (rows 4..7): pairs of
+    // such columns in the two halves of one register.
+    for m in 0..4 {
+        let lo = _mm512_shuffle_f32x4::<0x44>(u[m], u[4 + m]); // u[m].0, u[m].1, u[4+m].0, u[4+m].1
+        let hi = _mm512_shuffle_f32x4::<0xee>(u[m], u[4 + m]); // lanes 2, 3 likewise
+        let pairs = [
+            (m, 4 + m, _mm512_shuffle_f32x4::<0xd8>(lo, lo)),
+            (8 + m, 12 + m, _mm512_shuffle_f32x4::<0xd8>(hi, hi)),
+        ];
+        for (j0, j1, v) in pairs {
+            if j0 < cols {
+                _mm256_storeu_ps(dst.add(j0 * ldd), _mm512_castps512_ps256(v));
+            }
+            if j1 < cols {
+                let upper = _mm512_shuffle_f32x4::<0xee>(v, v);
+                _mm256_storeu_ps(dst.add(j1 * ldd), _mm512_castps512_ps256(upper));
             }
         }
     }
@@ -725,8 +789,17 @@ mod tests {
         }
         let (lds, ldd) = (19, 21);
         let src: Vec<f32> = (0..16 * lds).map(|i| i as f32 + 1.0).collect();
-        for (rows, out_rows) in [(1, 1), (7, 7), (5, 8), (8, 8), (15, 15), (16, 16), (0, 3)] {
-            for cols in [1, 3, 9, 16] {
+        for (rows, out_rows) in [
+            (1, 1),
+            (7, 7),
+            (5, 8),
+            (8, 8),
+            (15, 15),
+            (16, 16),
+            (0, 3),
+            (0, 8),
+        ] {
+            for cols in [1, 3, 4, 5, 8, 9, 12, 13, 16] {
                 let mut dst = vec![-1f32; 16 * ldd];
                 let ptr = dst.as_mut_ptr();
                 unsafe { transpose_block(src.as_ptr(), lds, (rows, out_rows), cols, ptr, ldd) };
