@@ -158,7 +158,7 @@ fn backward<T: Float>(
         let dyg = &dy[ng * gl..(ng + 1) * gl];
         let st = stats(xg, d.eps, d.lanes);
         let g0 = (ng % d.groups) * cg;
-        backward_group(xg, dyg, &gamma[g0..g0 + cg], d.l, st, dxg, part);
+        backward_group(xg, dyg, &gamma[g0..g0 + cg], d.l, st, d.lanes, dxg, part);
     });
     reduce_partials(&partial, d, dgamma, dbeta);
 }
@@ -166,30 +166,49 @@ fn backward<T: Float>(
 /// Backward of one (n, group) block of C/G channels × L positions with its statistics (mean, 1/s):
 /// writes dx and adds the block's Σ dy and Σ dy·x̂ per channel to `part[c][0]` and `part[c][1]`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn backward_group<T: Float>(
     xg: &[T],
     dyg: &[T],
     gamma: &[T],
     l: usize,
     (mean, inv): (f64, f64),
+    lanes: bool,
     dxg: &mut [T],
     part: &mut [[f64; 3]],
 ) {
     let (mut sg, mut sgx) = (0f64, 0f64);
-    // Channel by channel (no per-element index division), same sums in the same order.
-    for (c, (xc, dc)) in xg.chunks(l).zip(dyg.chunks(l)).enumerate() {
-        let gm = gamma[c].f();
-        let (mut p0, mut p1) = (part[c][0], part[c][1]);
-        for (xv, dv) in xc.iter().zip(dc) {
-            let xh = (xv.f() - mean) * inv;
-            let g = gm * dv.f();
-            sg += g;
-            sgx += g * xh;
-            p0 += dv.f();
-            p1 += dv.f() * xh;
+    if lanes {
+        // Per channel Σ dy and Σ dy·x̂ in 8 interleaved lanes (combined as `sum8` does), and
+        // the group's Σ γ dy = Σ_c γ_c Σ dy, Σ γ dy·x̂ likewise: two short dependency chains
+        // per lane instead of four long ones per element.
+        for (c, (xc, dc)) in xg.chunks(l).zip(dyg.chunks(l)).enumerate() {
+            let (mut a0, mut a1) = ([0f64; 8], [0f64; 8]);
+            let (xs, ds) = (xc.chunks_exact(8), dc.chunks_exact(8));
+            let (xt, dt) = (xs.remainder(), ds.remainder());
+            for (x8, d8) in xs.zip(ds) {
+                for k in 0..8 {
+                    let xh = (x8[k].f() - mean) * inv;
+                    a0[k] += d8[k].f();
+                    a1[k] += d8[k].f() * xh;
+                }
+            }
+            let comb =
+                |a: [f64; 8]| ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+            let (mut p0, mut p1) = (comb(a0), comb(a1));
+            for (xv, dv) in xt.iter().zip(dt) {
+                let xh = (xv.f() - mean) * inv;
+                p0 += dv.f();
+                p1 += dv.f() * xh;
+            }
+            let gm = gamma[c].f();
+            sg += gm * p0;
+            sgx += gm * p1;
+            part[c][0] += p0;
+            part[c][1] += p1;
         }
-        part[c][0] = p0;
-        part[c][1] = p1;
+    } else {
+        sums_in_order(xg, dyg, gamma, l, (mean, inv), part, (&mut sg, &mut sgx));
     }
     let m = xg.len() as f64;
     let (mg, mgx) = (sg / m, sgx / m);
@@ -204,6 +223,35 @@ fn backward_group<T: Float>(
             let g = gm * dv.f();
             *o = T::from_f((g - mg - xh * mgx) * inv);
         }
+    }
+}
+
+/// [`backward_group`]'s sums one element at a time in order (the arithmetic of the gemm kernels'
+/// path, which the committed models' replay checks to the bit).
+#[inline(always)]
+fn sums_in_order<T: Float>(
+    xg: &[T],
+    dyg: &[T],
+    gamma: &[T],
+    l: usize,
+    (mean, inv): (f64, f64),
+    part: &mut [[f64; 3]],
+    (sg, sgx): (&mut f64, &mut f64),
+) {
+    // Channel by channel (no per-element index division), same sums in the same order.
+    for (c, (xc, dc)) in xg.chunks(l).zip(dyg.chunks(l)).enumerate() {
+        let gm = gamma[c].f();
+        let (mut p0, mut p1) = (part[c][0], part[c][1]);
+        for (xv, dv) in xc.iter().zip(dc) {
+            let xh = (xv.f() - mean) * inv;
+            let g = gm * dv.f();
+            *sg += g;
+            *sgx += g * xh;
+            p0 += dv.f();
+            p1 += dv.f() * xh;
+        }
+        part[c][0] = p0;
+        part[c][1] = p1;
     }
 }
 
@@ -481,7 +529,7 @@ unsafe fn norm_silu_backward_block(
         None => dyg.to_vec(),
     };
     crate::act::silu_grad_in_place_f32(&a, &mut da);
-    backward_group(zg, &da, gamma, d.l, st, dxg, part);
+    backward_group(zg, &da, gamma, d.l, st, d.lanes, dxg, part);
     if ex.shift.is_some() {
         for (p, dc) in part.iter_mut().zip(dxg.chunks(d.l)) {
             p[2] = dc.iter().map(|&v| f64::from(v)).sum::<f64>();
