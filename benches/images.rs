@@ -85,6 +85,13 @@ fn median_ms(reps: usize, mut f: impl FnMut()) -> f64 {
     t[t.len() / 2]
 }
 
+/// Runs per case for the ratio lines, as the torch script's `REPS` (the Inception: 3, as there).
+const REPS: usize = 7;
+
+/// Runs per convolution case, as the torch script's `CONV_REPS`: a few milliseconds each, so
+/// seven of them span less time than one of a shared machine's slow spells.
+const CONV_REPS: usize = 51;
+
 fn conv_cases() -> Vec<(usize, usize, usize)> {
     vec![(16, 128, 32), (64, 64, 8), (64, 32, 16)]
 }
@@ -110,10 +117,10 @@ fn bench(c: &mut Criterion) {
         };
         let name = format!("conv3x3 fwd b{n} c{ch} {s}x{s}");
         g.bench_function(&name, |bch| bch.iter(|| black_box(fwd())));
-        ours.insert(name, median_ms(7, || drop(fwd())));
+        ours.insert(name, median_ms(CONV_REPS, || drop(fwd())));
         let name = format!("conv3x3 fwd+bwd b{n} c{ch} {s}x{s}");
         g.bench_function(&name, |bch| bch.iter(|| black_box(fwd_bwd())));
-        ours.insert(name, median_ms(7, || drop(fwd_bwd())));
+        ours.insert(name, median_ms(CONV_REPS, || drop(fwd_bwd())));
     }
 
     for size in [16usize, 32] {
@@ -145,7 +152,7 @@ fn bench(c: &mut Criterion) {
         };
         let name = format!("unet train step b64 {size}x{size}");
         g.bench_function(&name, |bch| bch.iter(&mut step));
-        ours.insert(name, median_ms(5, &mut step));
+        ours.insert(name, median_ms(REPS, &mut step));
 
         let xe = Tensor::randn(0f32, 1., (256, 1, size, size), &dev).unwrap();
         let ye =
@@ -158,7 +165,7 @@ fn bench(c: &mut Criterion) {
         };
         let name = format!("unet eps b256 {size}x{size}");
         g.bench_function(&name, |bch| bch.iter(|| black_box(eval())));
-        ours.insert(name, median_ms(5, || drop(eval())));
+        ours.insert(name, median_ms(REPS, || drop(eval())));
     }
 
     let inception = dirs_inception();
