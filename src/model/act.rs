@@ -21,10 +21,7 @@ pub fn silu(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match s {
-        CpuStorage::F32(v) => super::contiguous_slice(v, l, "silu", what),
-        _ => candle_core::bail!("silu: {what} must be f32"),
-    }
+    super::contiguous_f32(s, l, "silu", what)
 }
 
 struct Silu;

@@ -73,3 +73,17 @@ pub(crate) fn contiguous_slice<'a, T>(
         None => candle_core::bail!("{op}: {what} must be contiguous"),
     }
 }
+
+/// [`contiguous_slice`] of an f32 CPU storage; an error naming `op` and `what` for any other
+/// dtype.
+pub(crate) fn contiguous_f32<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    op: &str,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match s {
+        candle_core::CpuStorage::F32(v) => contiguous_slice(v, l, op, what),
+        _ => candle_core::bail!("{op}: {what} must be f32"),
+    }
+}

@@ -196,16 +196,13 @@ fn with_f32<R>(
 ) -> candle_core::Result<R> {
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
-        candle_core::Storage::Cpu(CpuStorage::F32(v)) => f(slice(v, layout, what)?),
+        candle_core::Storage::Cpu(s) => f(f32s(s, layout, what)?),
         _ => candle_core::bail!("group norm + SiLU: {what} must be an f32 CPU tensor"),
     }
 }
 
 fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match s {
-        CpuStorage::F32(v) => slice(v, l, what),
-        _ => candle_core::bail!("group norm + SiLU: {what} must be f32"),
-    }
+    super::contiguous_f32(s, l, "group norm + SiLU", what)
 }
 
 impl NormSilu {

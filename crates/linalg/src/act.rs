@@ -36,34 +36,42 @@ unsafe fn exp16(z: __m512) -> __m512 {
     _mm512_scalef_ps(p, n)
 }
 
+/// y[i] = x[i] / (1 + e^(−x[i])) for i < n, 16 lanes at a time. `x` and `y` may be the same
+/// memory (each block of 16 is read before it is written).
+///
+/// # Safety
+/// AVX-512F must be available; `n` values readable at `x` and writable at `y`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn silu_chunk(x: &[f32], y: &mut [MaybeUninit<f32>]) {
+unsafe fn silu_raw(x: *const f32, y: *mut f32, n: usize) {
     let one = _mm512_set1_ps(1.0);
-    for (xc, yc) in x.chunks(16).zip(y.chunks_mut(16)) {
-        let m = crate::kernels::tail_mask(xc.len());
-        let v = _mm512_maskz_loadu_ps(m, xc.as_ptr());
+    for i in (0..n).step_by(16) {
+        let m = crate::kernels::tail_mask(16.min(n - i));
+        let v = _mm512_maskz_loadu_ps(m, x.add(i));
         let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), v));
-        let out = _mm512_div_ps(v, _mm512_add_ps(one, e));
-        _mm512_mask_storeu_ps(yc.as_mut_ptr().cast::<f32>(), m, out);
+        _mm512_mask_storeu_ps(y.add(i), m, _mm512_div_ps(v, _mm512_add_ps(one, e)));
     }
 }
 
+/// d[i] = g[i] · silu′(x[i]) for i < n, 16 lanes at a time. `g` and `d` may be the same memory.
+///
+/// # Safety
+/// AVX-512F must be available; `n` values readable at `x` and `g`, writable at `d`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn silu_grad_chunk(x: &[f32], g: &[f32], dx: &mut [f32]) {
+unsafe fn silu_grad_raw(x: *const f32, g: *const f32, d: *mut f32, n: usize) {
     let one = _mm512_set1_ps(1.0);
-    for ((xc, gc), dc) in x.chunks(16).zip(g.chunks(16)).zip(dx.chunks_mut(16)) {
-        let m = crate::kernels::tail_mask(xc.len());
-        let v = _mm512_maskz_loadu_ps(m, xc.as_ptr());
-        let gv = _mm512_maskz_loadu_ps(m, gc.as_ptr());
+    for i in (0..n).step_by(16) {
+        let m = crate::kernels::tail_mask(16.min(n - i));
+        let v = _mm512_maskz_loadu_ps(m, x.add(i));
+        let gv = _mm512_maskz_loadu_ps(m, g.add(i));
         let s = _mm512_div_ps(
             one,
             _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), v))),
         );
         // d/dx x·σ(x) = σ(x)·(1 + x·(1 − σ(x))).
-        let d = _mm512_mul_ps(s, _mm512_fmadd_ps(v, _mm512_sub_ps(one, s), one));
-        _mm512_mask_storeu_ps(dc.as_mut_ptr(), m, _mm512_mul_ps(gv, d));
+        let dv = _mm512_mul_ps(s, _mm512_fmadd_ps(v, _mm512_sub_ps(one, s), one));
+        _mm512_mask_storeu_ps(d.add(i), m, _mm512_mul_ps(gv, dv));
     }
 }
 
@@ -72,9 +80,10 @@ unsafe fn silu_grad_chunk(x: &[f32], g: &[f32], dx: &mut [f32]) {
 pub fn silu_in_place_f32(y: &mut [f32]) {
     assert!(available(), "silu_in_place_f32 needs AVX-512F");
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512F checked above.
+    // SAFETY: AVX-512F checked above; y.len() values, read before written.
     unsafe {
-        silu_in_place_chunk(y)
+        let p = y.as_mut_ptr();
+        silu_raw(p, p, y.len())
     }
 }
 
@@ -84,39 +93,10 @@ pub fn silu_grad_in_place_f32(x: &[f32], g: &mut [f32]) {
     assert!(available(), "silu_grad_in_place_f32 needs AVX-512F");
     assert_eq!(x.len(), g.len(), "silu gradient sizes");
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512F checked above.
+    // SAFETY: AVX-512F checked above; equal lengths asserted, g read before written.
     unsafe {
-        silu_grad_in_place_chunk(x, g)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn silu_grad_in_place_chunk(x: &[f32], g: &mut [f32]) {
-    let one = _mm512_set1_ps(1.0);
-    for (xc, gc) in x.chunks(16).zip(g.chunks_mut(16)) {
-        let m = crate::kernels::tail_mask(xc.len());
-        let v = _mm512_maskz_loadu_ps(m, xc.as_ptr());
-        let gv = _mm512_maskz_loadu_ps(m, gc.as_ptr());
-        let s = _mm512_div_ps(
-            one,
-            _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), v))),
-        );
-        let d = _mm512_mul_ps(s, _mm512_fmadd_ps(v, _mm512_sub_ps(one, s), one));
-        _mm512_mask_storeu_ps(gc.as_mut_ptr(), m, _mm512_mul_ps(gv, d));
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn silu_in_place_chunk(y: &mut [f32]) {
-    let one = _mm512_set1_ps(1.0);
-    for yc in y.chunks_mut(16) {
-        let m = crate::kernels::tail_mask(yc.len());
-        let v = _mm512_maskz_loadu_ps(m, yc.as_ptr());
-        let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), v));
-        let out = _mm512_div_ps(v, _mm512_add_ps(one, e));
-        _mm512_mask_storeu_ps(yc.as_mut_ptr(), m, out);
+        let p = g.as_mut_ptr();
+        silu_grad_raw(x.as_ptr(), p, p, x.len())
     }
 }
 
@@ -137,8 +117,8 @@ pub fn silu_f32_uninit(x: &[f32], y: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
     crate::par::for_chunks_mut(y, CHUNK, |i, yc| {
         let a = i * CHUNK;
-        // SAFETY: AVX-512F checked above.
-        unsafe { silu_chunk(&x[a..a + yc.len()], yc) }
+        // SAFETY: AVX-512F checked above; yc.len() values of x from a on (sizes asserted).
+        unsafe { silu_raw(x[a..].as_ptr(), yc.as_mut_ptr().cast::<f32>(), yc.len()) }
     });
 }
 
@@ -152,8 +132,8 @@ pub fn silu_backward_f32(x: &[f32], g: &[f32], dx: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     crate::par::for_chunks_mut(dx, CHUNK, |i, dc| {
         let a = i * CHUNK;
-        // SAFETY: AVX-512F checked above.
-        unsafe { silu_grad_chunk(&x[a..a + dc.len()], &g[a..a + dc.len()], dc) }
+        // SAFETY: AVX-512F checked above; dc.len() values of x and g from a on (sizes asserted).
+        unsafe { silu_grad_raw(x[a..].as_ptr(), g[a..].as_ptr(), dc.as_mut_ptr(), dc.len()) }
     });
 }
 

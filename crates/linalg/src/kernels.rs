@@ -386,30 +386,8 @@ pub unsafe fn transpose_block(
     if out_rows == 8 {
         return transpose_8(src, lds, rows, cols, dst, ldd);
     }
-    let (mc, mr) = (tail_mask(cols), tail_mask(out_rows));
-    let mut r = [_mm512_setzero_ps(); 16];
-    for (i, v) in r.iter_mut().enumerate().take(rows) {
-        *v = _mm512_maskz_loadu_ps(mc, src.add(i * lds));
-    }
-    // Pairs of rows interleaved: t[2k] lane group q = (r2k[4q], r2k+1[4q], r2k[4q+1], ...).
-    let mut t = [_mm512_setzero_ps(); 16];
-    for k in 0..8 {
-        t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
-        t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
-    }
-    // Quads: u[4k + m] holds, in 128-bit lane q, rows 4k..4k+3 at column 4q + m.
-    let mut u = [_mm512_setzero_ps(); 16];
-    for k in 0..4 {
-        let (a, b) = (_mm512_castps_pd(t[4 * k]), _mm512_castps_pd(t[4 * k + 2]));
-        let (c, d) = (
-            _mm512_castps_pd(t[4 * k + 1]),
-            _mm512_castps_pd(t[4 * k + 3]),
-        );
-        u[4 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
-        u[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
-        u[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
-        u[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
-    }
+    let mr = tail_mask(out_rows);
+    let u = quads::<16>(src, lds, rows, cols);
     // 128-bit lanes gathered: column 4q + m = lane q of u[m], u[4 + m], u[8 + m], u[12 + m].
     for m in 0..4 {
         let v0 = _mm512_shuffle_f32x4::<0x88>(u[m], u[4 + m]);
@@ -435,6 +413,48 @@ pub unsafe fn transpose_block(
     }
 }
 
+/// The first two stages of the register transposes: `N` rows (8 or 16; rows past `rows` are
+/// zero) of `cols` ≤ 16 columns loaded, pairs of rows interleaved, then pairs of pairs, so that
+/// u[4k + m] holds, in 128-bit lane q, rows 4k..4k + 3 at column 4q + m.
+///
+/// # Safety
+/// AVX-512F must be available; the `rows × cols` block is readable at `src` (row stride `lds`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn quads<const N: usize>(
+    src: *const f32,
+    lds: usize,
+    rows: usize,
+    cols: usize,
+) -> [__m512; N] {
+    let mc = tail_mask(cols);
+    let mut r = [_mm512_setzero_ps(); N];
+    for (i, v) in r.iter_mut().enumerate().take(rows) {
+        *v = _mm512_maskz_loadu_ps(mc, src.add(i * lds));
+    }
+    // Pairs of rows interleaved: t[2k] lane group q = (r2k[4q], r2k+1[4q], r2k[4q+1], ...),
+    // t[2k + 1] the same for columns 4q + 2, 4q + 3.
+    let mut t = [_mm512_setzero_ps(); N];
+    for k in 0..N / 2 {
+        t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    let mut u = [_mm512_setzero_ps(); N];
+    for k in 0..N / 4 {
+        let (a, b) = (_mm512_castps_pd(t[4 * k]), _mm512_castps_pd(t[4 * k + 2]));
+        let (c, d) = (
+            _mm512_castps_pd(t[4 * k + 1]),
+            _mm512_castps_pd(t[4 * k + 3]),
+        );
+        u[4 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        u[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        u[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        u[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    u
+}
+
 /// [`transpose_block`] for blocks of 8 output columns (the 32 × 8 tile's 8 positions): only the
 /// two 8 × 8 halves are transposed (40 shuffles instead of 64), and each output row is one
 /// unmasked 8-lane store.
@@ -451,31 +471,7 @@ unsafe fn transpose_8(
     dst: *mut f32,
     ldd: usize,
 ) {
-    let mc = tail_mask(cols);
-    let mut r = [_mm512_setzero_ps(); 8];
-    for (i, v) in r.iter_mut().enumerate().take(rows) {
-        *v = _mm512_maskz_loadu_ps(mc, src.add(i * lds));
-    }
-    // t[2k], t[2k + 1]: rows 2k and 2k + 1 interleaved (in 128-bit lane q: columns 4q, 4q + 1
-    // and 4q + 2, 4q + 3).
-    let mut t = [_mm512_setzero_ps(); 8];
-    for k in 0..4 {
-        t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
-        t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
-    }
-    // u[4k + m], 128-bit lane q: rows 4k..4k + 3 at column 4q + m.
-    let mut u = [_mm512_setzero_ps(); 8];
-    for k in 0..2 {
-        let (a, b) = (_mm512_castps_pd(t[4 * k]), _mm512_castps_pd(t[4 * k + 2]));
-        let (c, d) = (
-            _mm512_castps_pd(t[4 * k + 1]),
-            _mm512_castps_pd(t[4 * k + 3]),
-        );
-        u[4 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
-        u[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
-        u[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
-        u[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
-    }
+    let u = quads::<8>(src, lds, rows, cols);
     // Column 4q + m = lane q of u[m] (rows 0..3) then lane q of u[4 + m] (rows 4..7): pairs of
     // such columns in the two halves of one register.
     for m in 0..4 {

@@ -387,15 +387,34 @@ pub fn group_norm_silu_f32_uninit(
     });
 }
 
-/// The statistics of one block of the fused kernels (which run only with AVX-512).
+/// Block ng = (n, group) of the fused kernels' input, z = x (+ e, in `scratch`), and its
+/// statistics (mean, 1/s). The fused kernels run only with AVX-512.
+///
+/// # Safety
+/// AVX-512F must be available.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn norm_silu_stats(zg: &[f32], d: GroupNormDims) -> (f64, f64) {
-    if d.lanes {
+unsafe fn block_input<'a>(
+    x: &'a [f32],
+    ex: &NormSiluExtras,
+    d: GroupNormDims,
+    ng: usize,
+    scratch: &'a mut Vec<f32>,
+) -> (&'a [f32], (f64, f64)) {
+    let cg = d.c / d.groups;
+    let gl = cg * d.l;
+    let zg = shifted(
+        &x[ng * gl..(ng + 1) * gl],
+        ex.shift.map(|e| &e[ng * cg..(ng + 1) * cg]),
+        d.l,
+        scratch,
+    );
+    let st = if d.lanes {
         stats_lanes_f32(zg, d.eps)
     } else {
         stats(zg, d.eps, false)
-    }
+    };
+    (zg, st)
 }
 
 /// Block ng = (n, group) of [`group_norm_silu_f32_uninit`], compiled for AVX-512 so that the
@@ -418,13 +437,7 @@ unsafe fn norm_silu_block(
     let gl = cg * d.l;
     let g0 = (ng % d.groups) * cg;
     let mut scratch = Vec::new();
-    let zg = shifted(
-        &x[ng * gl..(ng + 1) * gl],
-        ex.shift.map(|e| &e[ng * cg..(ng + 1) * cg]),
-        d.l,
-        &mut scratch,
-    );
-    let st = norm_silu_stats(zg, d);
+    let (zg, st) = block_input(x, ex, d, ng, &mut scratch);
     affine_block(zg, &gamma[g0..g0 + cg], &beta[g0..g0 + cg], d.l, st, yg);
     // SAFETY: affine_block wrote every value of yg.
     let yg = unsafe { &mut *(yg as *mut [MaybeUninit<f32>] as *mut [f32]) };
@@ -506,13 +519,7 @@ unsafe fn norm_silu_backward_block(
     let g0 = (ng % d.groups) * cg;
     let (gamma, beta) = (&gamma[g0..g0 + cg], &beta[g0..g0 + cg]);
     let mut scratch = Vec::new();
-    let zg = shifted(
-        &x[ng * gl..(ng + 1) * gl],
-        ex.shift.map(|e| &e[ng * cg..(ng + 1) * cg]),
-        d.l,
-        &mut scratch,
-    );
-    let st = norm_silu_stats(zg, d);
+    let (zg, st) = block_input(x, ex, d, ng, &mut scratch);
     // da = g · silu′(a), with g the gradient behind the dropout: (dy·scale + 0)·keep, as
     // the backward of candle's affine and multiplication computes it.
     let mut a = Vec::with_capacity(gl);
