@@ -1013,6 +1013,10 @@ mod fast {
         if g.n == 0 || l == 0 {
             return;
         }
+        if crate::winograd::applies(g) {
+            // SAFETY: AVX-512F checked by the caller (fast_path); sizes checked above.
+            return unsafe { crate::winograd::forward(g, x, weight, bias, y) };
+        }
         if short_rows(g) {
             let (wp, koff) = (pack_weight32(weight, g.o, ckk), padded_offsets(g));
             let yp = SyncPtr(y.as_mut_ptr().cast::<f32>());
@@ -1151,30 +1155,16 @@ mod fast {
     /// AVX-512F must be available.
     #[target_feature(enable = "avx512f")]
     unsafe fn pad_channels_last(xi: &[f32], g: &ConvGeom, xt: &mut Vec<f32>) {
-        let (hp, wp, hw) = (g.h + 2 * g.ph, g.w + 2 * g.pw, g.h * g.w);
+        let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
         let len = hp * wp * g.c;
         if xt.len() != len {
             xt.clear();
             xt.resize(len, 0.0);
         }
-        assert!(xi.len() == g.c * hw);
         for y in 0..g.h {
-            for x0 in (0..g.w).step_by(16) {
-                for c0 in (0..g.c).step_by(16) {
-                    // SAFETY: rows c0.. < C of the image, columns x0.. < W of row y; the
-                    // destination pixels (y + ph, x0 + pw ..) lie inside the padded image.
-                    let rows = 16.min(g.c - c0);
-                    kernels::transpose_block(
-                        xi.as_ptr().add(c0 * hw + y * g.w + x0),
-                        hw,
-                        (rows, rows),
-                        16.min(g.w - x0),
-                        xt.as_mut_ptr()
-                            .add(((y + g.ph) * wp + g.pw + x0) * g.c + c0),
-                        g.c,
-                    );
-                }
-            }
+            // SAFETY: row y + ph of the padded image, from column pw: W pixels inside it.
+            let dst = xt.as_mut_ptr().add(((y + g.ph) * wp + g.pw) * g.c);
+            kernels::row_channels_last(xi, g.c, (g.h, g.w), y, dst);
         }
     }
 
@@ -1429,13 +1419,25 @@ mod fast {
         let slots: Vec<std::sync::Mutex<(Vec<f32>, Vec<f32>)>> =
             (0..groups).map(|_| Default::default()).collect();
         let on_tiles = g.c >= TILE_DW_MIN_C;
+        let winograd = crate::winograd::applies(g);
         crate::par::for_ranges(groups, |r| {
             let mut scratch = GradScratch::default();
             for i in r {
                 let part = if on_tiles {
-                    let mut gw = vec![0f32; g.o * ckk];
+                    // Winograd: the group's bracket (16 · O · C), transformed once at the end.
+                    let mut gw = vec![0f32; if winograd { 16 * g.o * g.c } else { g.o * ckk }];
                     let mut gb = vec![0f32; g.o];
-                    weight_grad_tiles(g, x, dy, bounds[i]..bounds[i + 1], &mut gw, &mut scratch);
+                    let imgs = bounds[i]..bounds[i + 1];
+                    if winograd {
+                        let (xs, dys) = (
+                            &x[imgs.start * chw..imgs.end * chw],
+                            &dy[imgs.start * g.o * l..imgs.end * g.o * l],
+                        );
+                        // SAFETY: AVX-512F checked by the caller; `winograd::applies(g)`.
+                        unsafe { crate::winograd::weight_grad(g, xs, dys, &mut gw) };
+                    } else {
+                        weight_grad_tiles(g, x, dy, imgs, &mut gw, &mut scratch);
+                    }
                     for d in dy[bounds[i] * g.o * l..bounds[i + 1] * g.o * l].chunks(g.o * l) {
                         for (b, row) in gb.iter_mut().zip(d.chunks(l)) {
                             // SAFETY: AVX-512F checked by the caller.
@@ -1501,7 +1503,11 @@ mod fast {
         });
         let partials: Vec<(Vec<f32>, Vec<f32>)> =
             slots.into_iter().map(|m| m.into_inner().unwrap()).collect();
-        add_partials_par(&partials, dw, db);
+        if winograd {
+            crate::winograd::weight_grad_finish(g, &partials, dw, db);
+        } else {
+            add_partials_par(&partials, dw, db);
+        }
     }
 
     /// [`add_partials`]'s sums (each value 0 + the groups' partials in group order, the same

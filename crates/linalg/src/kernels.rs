@@ -413,6 +413,36 @@ pub unsafe fn transpose_block(
     }
 }
 
+/// Row `y` of a (C, H, W) image, channels-last: `dst[x·C + c] = img[(c·H + y)·W + x]` for all
+/// x < W, c < C (16 × 16 register transposes; C a multiple of 16 or a last partial block).
+///
+/// # Safety
+/// AVX-512F must be available; `dst` has W·C writable values; y < H and `img` holds C·H·W.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn row_channels_last(
+    img: &[f32],
+    c: usize,
+    (h, w): (usize, usize),
+    y: usize,
+    dst: *mut f32,
+) {
+    assert!(img.len() == c * h * w && y < h);
+    for x0 in (0..w).step_by(16) {
+        for c0 in (0..c).step_by(16) {
+            let rows = 16.min(c - c0);
+            transpose_block(
+                img.as_ptr().add(c0 * h * w + y * w + x0),
+                h * w,
+                (rows, rows),
+                16.min(w - x0),
+                dst.add(x0 * c + c0),
+                c,
+            );
+        }
+    }
+}
+
 /// The first two stages of the register transposes: `N` rows (8 or 16; rows past `rows` are
 /// zero) of `cols` ≤ 16 columns loaded, pairs of rows interleaved, then pairs of pairs, so that
 /// u[4k + m] holds, in 128-bit lane q, rows 4k..4k + 3 at column 4q + m.

@@ -20,6 +20,8 @@ pub mod par;
 pub mod pool;
 pub mod resample;
 pub mod streams;
+#[cfg(target_arch = "x86_64")]
+mod winograd;
 
 use std::mem::MaybeUninit;
 
