@@ -217,10 +217,17 @@ fn report(ours: &BTreeMap<String, f64>) {
         "\n{:<36} {:>12} {:>12} {:>8}",
         "case", "diffuq ms", "torch ms", "ratio"
     );
+    // Two decimals below 10 ms (the small convolutions: a tenth of a millisecond is 5% there).
+    let ms_text = |v: f64| format!("{:>12.*}", if v < 10.0 { 2 } else { 1 }, v);
     for (name, ms) in ours {
         match torch.get(name) {
-            Some(t) => println!("{name:<36} {ms:>12.1} {t:>12.1} {:>7.2}×", ms / t),
-            None => println!("{name:<36} {ms:>12.1} {:>12} {:>8}", "—", "—"),
+            Some(t) => println!(
+                "{name:<36} {} {} {:>7.2}×",
+                ms_text(*ms),
+                ms_text(*t),
+                ms / t
+            ),
+            None => println!("{name:<36} {} {:>12} {:>8}", ms_text(*ms), "—", "—"),
         }
     }
     if let Some(kb) = peak_rss_kb() {

@@ -443,6 +443,11 @@ fn input_grad_gemm<T: ConvElem>(g: &ConvGeom, weight: &[T], dy: &[T], dx: &mut [
 
 /// The f32 convolution on the AVX-512 micro-kernels of [`crate::kernels`].
 ///
+/// 3 × 3 stride-1 convolutions with padding ≤ 2 and channel counts in whole vectors of 16 (the
+/// UNets' and most of the Inception's) go to Winograd's F(2 × 2, 3 × 3) instead
+/// ([`crate::winograd`]): forward, hence the input gradient, and weight gradient. The rest of
+/// this comment describes the direct kernels every other convolution runs on.
+///
 /// Forward: each image's output is the weight times the column matrix, read in place from the
 /// zero-padded image at stride 1 — 32 output channels × 8 positions at a time
 /// ([`crate::kernels::tile_32x8`]) where that tile's lanes are ≥ 95% useful, else 8 channels ×
@@ -1545,7 +1550,9 @@ mod fast {
 /// [`crate::norm::GroupNormDims::lanes`]) follow the same choice through [`avx512_active`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvKernels {
-    /// The AVX-512 micro-kernels where the CPU has AVX-512F, else im2col + gemm (the default).
+    /// The AVX-512 micro-kernels where the CPU has AVX-512F (Winograd F(2 × 2, 3 × 3) for 3 × 3
+    /// stride-1 convolutions with channels in multiples of 16, direct tiles otherwise), else
+    /// im2col + gemm (the default).
     Auto,
     /// im2col + the gemm crate everywhere: the arithmetic that trained the committed mini
     /// models (a different summation order from the AVX-512 kernels, so different low bits).

@@ -16,7 +16,8 @@
 //! * [`tile_8x32_runs`] — the same tile reading B in place from a padded image (runs of output
 //!   rows), and [`tile_32x8`] — its transpose (32 output channels × 8 positions, the image's
 //!   values broadcast), for stride-1 forward convolutions without packing.
-//! * [`transpose_block`] and [`lane_sum`]: the layout changes and bias sums around them.
+//! * [`transpose_block`], [`row_channels_last`] and [`lane_sum`]: the layout changes and bias
+//!   sums around them (also used by the Winograd convolution of `crate::winograd`).
 //!
 //! The machine this was written on (2-core AMD Zen 4) executes a 512-bit FMA as two 256-bit
 //! halves, so the peak is that of AVX2; the gain over the generic gemm comes from the 32 vector
