@@ -472,19 +472,7 @@ mod fast {
     /// Images whose column matrices are held at once in the weight gradient (memory bound).
     const SUB: usize = 4;
 
-    /// A pointer shared by threads that write disjoint parts of one output.
-    #[derive(Clone, Copy)]
-    struct SyncPtr(*mut f32);
-
-    impl SyncPtr {
-        /// The pointer (a method, so closures capture the whole `Sync` wrapper).
-        fn get(self) -> *mut f32 {
-            self.0
-        }
-    }
-    // SAFETY: only used to let rayon tasks write disjoint column ranges of one image's output.
-    unsafe impl Send for SyncPtr {}
-    unsafe impl Sync for SyncPtr {}
+    use crate::SyncPtr;
 
     /// W (O, K) → `[tile][k][MR]`, rows past O zero (see [`pack_rows8`]).
     fn pack_weight(w: &[f32], o: usize, k: usize) -> Vec<f32> {

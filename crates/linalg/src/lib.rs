@@ -25,6 +25,25 @@ mod winograd;
 
 use std::mem::MaybeUninit;
 
+/// A pointer shared by the threads of a parallel loop whose items write disjoint parts of one
+/// output (the convolution kernels' images, bands and panels).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
+
+#[cfg(target_arch = "x86_64")]
+impl SyncPtr {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+// SAFETY: only used to let parallel items write disjoint parts of one output.
+#[cfg(target_arch = "x86_64")]
+unsafe impl Send for SyncPtr {}
+#[cfg(target_arch = "x86_64")]
+unsafe impl Sync for SyncPtr {}
+
 /// An initialised slice viewed as output storage for the `*_uninit` kernels (sound: they only
 /// ever store initialised values into it).
 pub(crate) fn as_uninit<T>(s: &mut [T]) -> &mut [MaybeUninit<T>] {

@@ -16,29 +16,32 @@
 //! ```
 //!
 //! Why: the 16 element-wise products per tile replace 36 multiply-adds, so the sum over input
-//! channels — 16 independent products (C × P)·(C × O), one per position ξ of the 4 × 4 transformed
-//! tile — does 2.25× fewer FMAs than the direct convolution. The direct kernels of
+//! channels — 16 independent products (P × C)·(C × O) over the P tiles, one per position ξ of the
+//! 4 × 4 transformed tile — does 2.25× fewer FMAs than the direct convolution. The direct kernels of
 //! [`crate::conv`] already run the small convolutions of the mini UNet (8 × 8 and 16 × 16 images,
 //! 32–64 channels) at ≈ 90% of the machine's FMA peak, as does torch's, so only fewer operations
-//! make them faster. The transforms use only additions and halvings (exact in binary), and the
-//! result differs from the direct sum by rounding alone (tested against it in f64).
+//! make them faster. The transforms are additions and halvings, and the result differs from the
+//! direct sum by rounding alone (tested against it in f64). The input gradient is this forward
+//! on dy with the flipped kernel (see `conv::fast::backward`); the weight gradient is the
+//! transform's adjoint ([`weight_grad`]).
 //!
 //! Layout: the input is made channels-last (16 channels per vector), so both transforms are plain
-//! vector additions; the products keep 16 output channels per vector. Work is split into items
-//! of (image, band of tile rows), each writing only its own output rows, and every output value
-//! is the same sequence of operations whatever the split, batch or thread count — the bits do
-//! not depend on them.
+//! vector additions; the products keep 16 output channels per vector. Work is split into items —
+//! a group of whole images where one image's tiles fit the budget below, else one band of an
+//! image's tile rows — each writing only its own outputs, and every output value is the same
+//! sequence of operations whatever the grouping, batch or thread count: the bits do not depend
+//! on them.
 
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
 use crate::conv::ConvGeom;
-use crate::kernels;
+use crate::{kernels, SyncPtr};
 
 /// Values per vector (channels per step of both transforms and of the products).
 const L: usize = 16;
 /// Budget of one item's transformed input (16 × tiles × C floats), in floats: 24 Ki (96 KiB;
-/// 48 Ki measured 20% slower on 8 × 8 images, its products spilling out of the L2 share).
+/// 48 Ki, three 8 × 8 images per item instead of one, measured 20% slower on them).
 const V_BUDGET: usize = 24 * 1024;
 
 /// Whether [`forward`] computes this convolution: 3 × 3 kernel, stride 1, padding ≤ 2, and input
@@ -70,18 +73,6 @@ fn blocking(o: usize) -> (usize, usize) {
         (1, 12)
     }
 }
-
-/// A pointer shared by items that write disjoint parts of one output.
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-impl SyncPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-// SAFETY: only used to let items write disjoint output rows.
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
 
 /// The transformed weights U = G g Gᵀ laid out `[c][ξ][o]` (ξ = 4a + b the position in the
 /// 4 × 4 tile): for one ξ, row c holds all output channels contiguously (the products' vector
@@ -403,13 +394,8 @@ unsafe fn weight_grad_bands(
     let th = ho.div_ceil(2);
     let (chw, ol) = (c * g.h * g.w, o * ho * wo);
     let n = xs.len() / chw;
-    let q = if c.is_multiple_of(64) {
-        4
-    } else if c.is_multiple_of(32) {
-        2
-    } else {
-        1
-    };
+    // Input channels are the vector operand here: the forward's choice of vectors per step.
+    let q = blocking(c).0;
     for i0 in (0..n).step_by(group) {
         let i1 = n.min(i0 + group);
         for t0 in (0..th).step_by(band) {
