@@ -744,8 +744,9 @@ mod tests {
         // Expected numbers: the convolution's defining sum, y = b + Σ_c,ky,kx x·w, in f64 over
         // the same f32 inputs (no library); the transform reorders and rounds the sum in f32, so
         // each output agrees to 2e-6 of Σ|terms| at that output. Shapes: even and odd outputs
-        // (partial last tiles), padding 0, 1, 2 and unequal, 16–128 channels (all three register
-        // blocks), several bands per image (40 × 38), with and without bias.
+        // (partial last tiles), 1 × 1 and 2 × 3 images, padding 0, 1, 2 and unequal, 16–128
+        // channels (all three register blocks), several bands per image (40 × 38), grouped
+        // small images (4 × 4), with and without bias.
         if !kernels::available() {
             eprintln!("no AVX-512F on this CPU: Winograd path not exercised");
             return;
@@ -759,6 +760,8 @@ mod tests {
             geom(2, 16, (3, 4), 128, (1, 0)),
             geom(1, 128, (12, 12), 64, (1, 1)),
             geom(9, 32, (4, 4), 64, (1, 1)),
+            geom(3, 16, (1, 1), 32, (1, 1)),
+            geom(2, 32, (2, 3), 16, (2, 1)),
         ];
         for g in cases {
             assert!(applies(&g), "{g:?}");
@@ -824,6 +827,7 @@ mod tests {
             geom(1, 32, (40, 38), 16, (1, 1)),
             geom(2, 64, (3, 4), 128, (1, 0)),
             geom(1, 128, (12, 12), 80, (1, 1)),
+            geom(3, 16, (1, 1), 32, (1, 1)),
         ];
         for g in cases {
             let (x, _, _) = data(&g);
