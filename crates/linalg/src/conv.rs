@@ -1497,7 +1497,10 @@ mod fast {
         let partials: Vec<(Vec<f32>, Vec<f32>)> =
             slots.into_iter().map(|m| m.into_inner().unwrap()).collect();
         if winograd {
-            crate::winograd::weight_grad_finish(g, &partials, dw, db);
+            // The brackets summed as any partial gradients are, then transformed once.
+            let mut du = vec![0f32; 16 * g.o * g.c];
+            add_partials_par(&partials, crate::as_uninit(&mut du), db);
+            crate::winograd::weight_grad_transform(g, &du, dw);
         } else {
             add_partials_par(&partials, dw, db);
         }

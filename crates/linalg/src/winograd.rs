@@ -344,8 +344,8 @@ unsafe fn transform_input(
 }
 
 /// The bracket of the weight gradient for the images `xs` (whole images, consecutive) given
-/// their `dys`, added to `du` (`[ξ][o][c]`); [`weight_grad_finish`] turns the images groups'
-/// brackets into dW. The adjoint of the forward's transform (Lavin & Gray 2016, §4: the gradient
+/// their `dys`, added to `du` (`[ξ][o][c]`); [`weight_grad_transform`] turns the image groups'
+/// brackets, summed, into dW. The adjoint of the forward's transform (Lavin & Gray 2016, §4: the gradient
 /// of Y = Aᵀ[U ⊙ V]A with respect to g):
 ///
 /// ```text
@@ -458,31 +458,12 @@ unsafe fn weight_grad_bands(
     }
 }
 
-/// dW = Gᵀ (Σ brackets) G per (o, c) and db = Σ partial bias sums, the brackets and bias sums of
-/// the image groups (from [`weight_grad`]) added in group order; dW row-major (O, C·9).
+/// dW = Gᵀ · du · G per (o, c), du the image groups' brackets from [`weight_grad`] summed (in
+/// group order, by the caller); dW row-major (O, C·9).
 #[allow(clippy::needless_range_loop)] // j indexes a column across the rows of a 3 × 4 block
-pub(crate) fn weight_grad_finish(
-    g: &ConvGeom,
-    partials: &[(Vec<f32>, Vec<f32>)],
-    dw: &mut [MaybeUninit<f32>],
-    db: &mut [MaybeUninit<f32>],
-) {
+pub(crate) fn weight_grad_transform(g: &ConvGeom, du: &[f32], dw: &mut [MaybeUninit<f32>]) {
     let (o, c) = (g.o, g.c);
-    assert!(dw.len() == o * c * 9 && db.len() == o);
-    let mut du = vec![0f32; 16 * o * c];
-    for (part, _) in partials {
-        for (a, &v) in du.iter_mut().zip(part) {
-            *a += v;
-        }
-    }
-    for (oi, d) in db.iter_mut().enumerate() {
-        let mut v = 0f32;
-        for (_, gb) in partials {
-            v += gb[oi];
-        }
-        d.write(v);
-    }
-    let du = &du;
+    assert!(dw.len() == o * c * 9 && du.len() == 16 * o * c);
     crate::par::for_chunks_mut(dw, c * 9, |oi, row| {
         for ci in 0..c {
             let b = |xi_: usize| du[(xi_ * o + oi) * c + ci];
@@ -739,6 +720,32 @@ mod tests {
         y
     }
 
+    /// Every term of the convolution's defining sums: `f(n, o, c, (oy, ox), (ky, kx), x value)`
+    /// for each output position and kernel tap that reads inside the image (the padding's zeros
+    /// add nothing). Both reference sums below — y = b + Σ x·w and dW = Σ x·dy — are built from it.
+    fn for_each_term(g: &ConvGeom, x: &[f32], mut f: impl FnMut([usize; 7], f64)) {
+        let (ho, wo) = (g.ho(), g.wo());
+        for n in 0..g.n {
+            for o in 0..g.o {
+                for c in 0..g.c {
+                    for (oy, ky, ox, kx) in (0..ho).flat_map(|oy| {
+                        (0..3).flat_map(move |ky| {
+                            (0..wo).flat_map(move |ox| (0..3).map(move |kx| (oy, ky, ox, kx)))
+                        })
+                    }) {
+                        let iy = (oy + ky) as isize - g.ph as isize;
+                        let ix = (ox + kx) as isize - g.pw as isize;
+                        if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                            continue;
+                        }
+                        let xv = x[((n * g.c + c) * g.h + iy as usize) * g.w + ix as usize];
+                        f([n, o, c, oy, ox, ky, kx], xv as f64);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn matches_the_direct_sum() {
         // Expected numbers: the convolution's defining sum, y = b + Σ_c,ky,kx x·w, in f64 over
@@ -766,44 +773,27 @@ mod tests {
         for g in cases {
             assert!(applies(&g), "{g:?}");
             let (x, w, b) = data(&g);
+            let (ho, wo) = (g.ho(), g.wo());
             for bias in [None, Some(b.as_slice())] {
                 let y = run(&g, &x, &w, bias);
-                let (ho, wo) = (g.ho(), g.wo());
-                for n in 0..g.n {
-                    for o in 0..g.o {
-                        for oy in 0..ho {
-                            for ox in 0..wo {
-                                let mut sum = bias.map_or(0.0, |b| b[o] as f64);
-                                let mut mag = sum.abs();
-                                for c in 0..g.c {
-                                    for ky in 0..3 {
-                                        for kx in 0..3 {
-                                            let iy = (oy + ky) as isize - g.ph as isize;
-                                            let ix = (ox + kx) as isize - g.pw as isize;
-                                            if iy < 0
-                                                || ix < 0
-                                                || iy >= g.h as isize
-                                                || ix >= g.w as isize
-                                            {
-                                                continue;
-                                            }
-                                            let xv = x[((n * g.c + c) * g.h + iy as usize) * g.w
-                                                + ix as usize];
-                                            let t = xv as f64
-                                                * w[((o * g.c + c) * 3 + ky) * 3 + kx] as f64;
-                                            sum += t;
-                                            mag += t.abs();
-                                        }
-                                    }
-                                }
-                                let got = y[((n * g.o + o) * ho + oy) * wo + ox] as f64;
-                                assert!(
-                                    (got - sum).abs() <= 2e-6 * mag.max(1.0),
-                                    "{g:?} y[{n},{o},{oy},{ox}] = {got}, direct sum {sum}"
-                                );
-                            }
-                        }
-                    }
+                // (Σ, Σ|terms|) per output, from the bias.
+                let mut want: Vec<(f64, f64)> = (0..g.n * g.o * ho * wo)
+                    .map(|i| {
+                        let b0 = bias.map_or(0.0, |b| b[i / (ho * wo) % g.o] as f64);
+                        (b0, b0.abs())
+                    })
+                    .collect();
+                for_each_term(&g, &x, |[n, o, c, oy, ox, ky, kx], xv| {
+                    let t = xv * w[((o * g.c + c) * 3 + ky) * 3 + kx] as f64;
+                    let e = &mut want[((n * g.o + o) * ho + oy) * wo + ox];
+                    *e = (e.0 + t, e.1 + t.abs());
+                });
+                for (i, (&got, &(sum, mag))) in y.iter().zip(&want).enumerate() {
+                    let got = got as f64;
+                    assert!(
+                        (got - sum).abs() <= 2e-6 * mag.max(1.0),
+                        "{g:?} y[{i}] = {got}, direct sum {sum}"
+                    );
                 }
             }
         }
@@ -835,65 +825,33 @@ mod tests {
             let dy: Vec<f32> = (0..g.n * g.o * ho * wo)
                 .map(|i| ((i * 7 % 23) as f32) / 11.0 - 1.0)
                 .collect();
-            // Two image groups where there are two images (the brackets added in order).
+            // Two calls where there are two images, the second continuing the first's sums.
             let (chw, ol) = (g.c * g.h * g.w, g.o * ho * wo);
             let split = g.n / 2;
-            let partials: Vec<(Vec<f32>, Vec<f32>)> = [0..split, split..g.n]
-                .into_iter()
-                .filter(|r| !r.is_empty())
-                .map(|r| {
-                    let mut du = vec![0f32; 16 * g.o * g.c];
-                    let (xs, dys) = (
-                        &x[r.start * chw..r.end * chw],
-                        &dy[r.start * ol..r.end * ol],
-                    );
-                    // SAFETY: AVX-512F checked above; applies(g) holds for every case.
-                    unsafe { weight_grad(&g, xs, dys, &mut du) };
-                    (du, vec![0f32; g.o])
-                })
-                .collect();
-            let (mut gw, mut gb) = (vec![f32::NAN; g.o * g.c * 9], vec![f32::NAN; g.o]);
-            weight_grad_finish(
-                &g,
-                &partials,
-                crate::as_uninit(&mut gw),
-                crate::as_uninit(&mut gb),
-            );
-            assert!(gb.iter().all(|&v| v == 0.0));
-            for o in 0..g.o {
-                for c in 0..g.c {
-                    for ky in 0..3 {
-                        for kx in 0..3 {
-                            let (mut sum, mut mag) = (0f64, 0f64);
-                            for n in 0..g.n {
-                                for oy in 0..ho {
-                                    for ox in 0..wo {
-                                        let iy = (oy + ky) as isize - g.ph as isize;
-                                        let ix = (ox + kx) as isize - g.pw as isize;
-                                        if iy < 0
-                                            || ix < 0
-                                            || iy >= g.h as isize
-                                            || ix >= g.w as isize
-                                        {
-                                            continue;
-                                        }
-                                        let xv = x[((n * g.c + c) * g.h + iy as usize) * g.w
-                                            + ix as usize]
-                                            as f64;
-                                        let t = xv * dy[((n * g.o + o) * ho + oy) * wo + ox] as f64;
-                                        sum += t;
-                                        mag += t.abs();
-                                    }
-                                }
-                            }
-                            let got = gw[((o * g.c + c) * 3 + ky) * 3 + kx] as f64;
-                            assert!(
-                                (got - sum).abs() <= 1e-5 * mag.max(1.0),
-                                "{g:?} dW[{o},{c},{ky},{kx}] = {got}, direct sum {sum}"
-                            );
-                        }
-                    }
-                }
+            let mut du = vec![0f32; 16 * g.o * g.c];
+            for r in [0..split, split..g.n] {
+                let (xs, dys) = (
+                    &x[r.start * chw..r.end * chw],
+                    &dy[r.start * ol..r.end * ol],
+                );
+                // SAFETY: AVX-512F checked above; applies(g) holds for every case.
+                unsafe { weight_grad(&g, xs, dys, &mut du) };
+            }
+            let mut gw = vec![f32::NAN; g.o * g.c * 9];
+            weight_grad_transform(&g, &du, crate::as_uninit(&mut gw));
+            // (Σ, Σ|terms|) per weight.
+            let mut want = vec![(0f64, 0f64); g.o * g.c * 9];
+            for_each_term(&g, &x, |[n, o, c, oy, ox, ky, kx], xv| {
+                let t = xv * dy[((n * g.o + o) * ho + oy) * wo + ox] as f64;
+                let e = &mut want[((o * g.c + c) * 3 + ky) * 3 + kx];
+                *e = (e.0 + t, e.1 + t.abs());
+            });
+            for (i, (&got, &(sum, mag))) in gw.iter().zip(&want).enumerate() {
+                let got = got as f64;
+                assert!(
+                    (got - sum).abs() <= 1e-5 * mag.max(1.0),
+                    "{g:?} dW[{i}] = {got}, direct sum {sum}"
+                );
             }
         }
     }
