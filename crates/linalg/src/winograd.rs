@@ -16,14 +16,14 @@
 //! ```
 //!
 //! Why: the 16 element-wise products per tile replace 36 multiply-adds, so the sum over input
-//! channels — 16 independent products (P × C)·(C × O) over the P tiles, one per position ξ of the
-//! 4 × 4 transformed tile — does 2.25× fewer FMAs than the direct convolution. The direct kernels of
-//! [`crate::conv`] already run the small convolutions of the mini UNet (8 × 8 and 16 × 16 images,
-//! 32–64 channels) at ≈ 90% of the machine's FMA peak, as does torch's, so only fewer operations
-//! make them faster. The transforms are additions and halvings, and the result differs from the
-//! direct sum by rounding alone (tested against it in f64). The input gradient is this forward
-//! on dy with the flipped kernel (see `conv::fast::backward`); the weight gradient is the
-//! transform's adjoint ([`weight_grad`]).
+//! channels — 16 independent products (P × C)·(C × O) over the P tiles, one per position ξ of
+//! the 4 × 4 transformed tile — does 2.25× fewer FMAs than the direct convolution. The direct
+//! kernels of [`crate::conv`] already run the small convolutions of the mini UNet (8 × 8 and
+//! 16 × 16 images, 32–64 channels) at ≈ 90% of the machine's FMA peak, as does torch's, so only
+//! fewer operations make them faster. The transforms are additions and halvings, and the result
+//! differs from the direct sum by rounding alone (tested against it in f64). The input gradient
+//! is this forward on dy with the flipped kernel (see `conv::fast::backward`); the weight
+//! gradient is the transform's adjoint ([`weight_grad`]).
 //!
 //! Layout: the input is made channels-last (16 channels per vector), so both transforms are plain
 //! vector additions; the products keep 16 output channels per vector. Work is split into items —
@@ -343,10 +343,10 @@ unsafe fn transform_input(
     (tiles, padded_tiles)
 }
 
-/// The bracket of the weight gradient for the images `xs` (whole images, consecutive) given
-/// their `dys`, added to `du` (`[ξ][o][c]`); [`weight_grad_transform`] turns the image groups'
-/// brackets, summed, into dW. The adjoint of the forward's transform (Lavin & Gray 2016, §4: the gradient
-/// of Y = Aᵀ[U ⊙ V]A with respect to g):
+/// The bracket of the weight gradient for the images `xs` (whole images, consecutive) given their
+/// `dys`, added to `du` (`[ξ][o][c]`); [`weight_grad_transform`] turns the image groups' brackets,
+/// summed, into dW. The adjoint of the forward's transform (Lavin & Gray 2016, §4: the gradient of
+/// Y = Aᵀ[U ⊙ V]A with respect to g):
 ///
 /// ```text
 /// dW_{o,c} = Gᵀ [ Σ_tiles (A dY_o Aᵀ) ⊙ (Bᵀ d_c B) ] G
@@ -746,6 +746,19 @@ mod tests {
         }
     }
 
+    /// Each `got[i]` within `tol` · Σ|terms| (at least `tol`) of its f64 sum, `want[i]` being
+    /// (Σ, Σ|terms|).
+    fn assert_near(g: &ConvGeom, what: &str, got: &[f32], want: &[(f64, f64)], tol: f64) {
+        assert_eq!(got.len(), want.len());
+        for (i, (&got, &(sum, mag))) in got.iter().zip(want).enumerate() {
+            let got = got as f64;
+            assert!(
+                (got - sum).abs() <= tol * mag.max(1.0),
+                "{g:?} {what}[{i}] = {got}, direct sum {sum}"
+            );
+        }
+    }
+
     #[test]
     fn matches_the_direct_sum() {
         // Expected numbers: the convolution's defining sum, y = b + Σ_c,ky,kx x·w, in f64 over
@@ -788,13 +801,7 @@ mod tests {
                     let e = &mut want[((n * g.o + o) * ho + oy) * wo + ox];
                     *e = (e.0 + t, e.1 + t.abs());
                 });
-                for (i, (&got, &(sum, mag))) in y.iter().zip(&want).enumerate() {
-                    let got = got as f64;
-                    assert!(
-                        (got - sum).abs() <= 2e-6 * mag.max(1.0),
-                        "{g:?} y[{i}] = {got}, direct sum {sum}"
-                    );
-                }
+                assert_near(&g, "y", &y, &want, 2e-6);
             }
         }
     }
@@ -846,13 +853,7 @@ mod tests {
                 let e = &mut want[((o * g.c + c) * 3 + ky) * 3 + kx];
                 *e = (e.0 + t, e.1 + t.abs());
             });
-            for (i, (&got, &(sum, mag))) in gw.iter().zip(&want).enumerate() {
-                let got = got as f64;
-                assert!(
-                    (got - sum).abs() <= 1e-5 * mag.max(1.0),
-                    "{g:?} dW[{i}] = {got}, direct sum {sum}"
-                );
-            }
+            assert_near(&g, "dW", &gw, &want, 1e-5);
         }
     }
 
